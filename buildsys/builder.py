@@ -1,0 +1,276 @@
+"""plan -> export -> compile -> verify -> store -> registry.
+
+``build_artifact`` does the heavy, torch- and TVM-bound work for one entry
+and can run in a worker process; ``run_builds`` stays in the parent, holds
+the per-key lock, publishes files into the store and writes the registry row
+last, so a crash leaves either nothing or a whole artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import manifest as manifest_format
+from .errors import BuildError, BuildsysError, ParityError
+from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
+from .plan import BUILD, CACHED, PlanEntry
+from .registry import RUN_BUILT, RUN_FAILED, FileRecord, NewArtifact
+from .spec import BuildSpec
+from .store import Store
+from .toolchain import runtime_versions, toolchain_versions
+from .verify import compare_outputs, flatten_outputs
+
+INPUT_SEED = 0
+TIMING_RUNS = 3
+
+
+@dataclass
+class BuildOutcome:
+    """What a (possibly remote) build hands back to the publisher."""
+
+    key: str
+    staged: dict[str, str]  # file name -> staged path
+    manifest: dict
+    metrics: dict[str, tuple[float, str]]
+
+
+@dataclass
+class BuildResult:
+    entry: PlanEntry
+    status: str  # built | cached | failed | skipped
+    seconds: float = 0.0
+    error: str | None = None
+    record: object | None = None
+
+
+@dataclass
+class BuildReport:
+    results: list[BuildResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failed(self) -> bool:
+        return self.count("failed") > 0
+
+
+def example_input(spec: BuildSpec):
+    """The seeded input parity is measured on: uniform [0, 1), like a normalized-to-1 image."""
+    import torch
+
+    generator = torch.Generator().manual_seed(INPUT_SEED)
+    return torch.rand(*spec.input_shape, generator=generator)
+
+
+def _median_ms(fn: Callable[[], object], runs: int = TIMING_RUNS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -> BuildOutcome:
+    """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM."""
+    import torch
+
+    from .compile import compile_model
+    from .export import export_model
+    from .models import instantiate
+    from .runtime.loader import import_tvm_runtime, load_executable
+
+    staging_dir = Path(staging)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    module = instantiate(spec.model)
+    x = example_input(spec)
+    with torch.no_grad():
+        reference = flatten_outputs(module(x))
+    timings["model_s"] = time.perf_counter() - start
+
+    exported = export_model(module, x)
+    timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
+    compiled = compile_model(exported.mod, spec)
+    timings["compile_s"] = compiled.seconds
+
+    start = time.perf_counter()
+    library = staging_dir / LIBRARY_NAME
+    try:
+        compiled.executable.export_library(str(library))
+    except Exception as exc:
+        raise BuildError(f"export_library failed: {type(exc).__name__}: {exc}", key=key, stage="serialize") from None
+    np.savez(staging_dir / PARAMS_NAME, **{f"p{i:05d}": p for i, p in enumerate(exported.params)})
+    timings["serialize_s"] = time.perf_counter() - start
+
+    # Verify what will be shipped: reload the serialized library the way the loader does.
+    start = time.perf_counter()
+    runtime = import_tvm_runtime()
+    vm = load_executable(runtime, library)
+    args = [runtime.tensor(x.numpy())] + [runtime.tensor(p) for p in exported.params]
+    actual = flatten_outputs(vm["main"](*args))
+    parity = compare_outputs(reference, actual, spec.model.tolerance, key=key)
+    timings["verify_s"] = time.perf_counter() - start
+    if not parity.passed:
+        raise ParityError(f"max relative error {parity.max_rel:.3g} exceeds tolerance {parity.tolerance:g} "
+                          f"(max abs {parity.max_abs:.3g}); the artifact is not published", key=key, stage="verify")
+
+    with torch.no_grad():
+        eager_ms = _median_ms(lambda: module(x))
+    artifact_ms = _median_ms(lambda: vm["main"](*args))
+    threads = torch.get_num_threads()
+
+    manifest = {
+        "manifest_format": MANIFEST_FORMAT,
+        "key": key,
+        "key_material": dict(material),
+        "spec": spec.to_dict(),
+        "label": spec.describe(),
+        "route": exported.route,
+        "toolchain": toolchain_versions(),
+        "runtime": runtime_versions(),
+        "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
+               "params": len(exported.params),
+               "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in reference]},
+        "pass_trace": compiled.pass_trace,
+        "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "latency": {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
+                    "ratio_vs_eager": round(artifact_ms / eager_ms, 3), "torch_threads": threads,
+                    "runs": TIMING_RUNS, "note": "build-time estimate; use a benchmark for decisions"},
+        "build_host": {"host": socket.gethostname(), "machine": platform.machine(),
+                       "python": platform.python_version()},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metrics = {
+        "parity_max_abs": (parity.max_abs, "abs"),
+        "parity_max_rel": (parity.max_rel, "rel"),
+        "artifact_ms": (artifact_ms, "ms"),
+        "torch_eager_ms": (eager_ms, "ms"),
+        "ratio_vs_eager": (artifact_ms / eager_ms, "x"),
+        **{k: (v, "s") for k, v in timings.items()},
+    }
+    return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
+                        manifest=manifest, metrics=metrics)
+
+
+def publish(outcome: BuildOutcome, spec: BuildSpec, store: Store, registry):
+    """Files into the store first, manifest next, registry row last."""
+    files = []
+    manifest = dict(outcome.manifest)
+    manifest["files"] = {}
+    for name, path in sorted(outcome.staged.items()):
+        digest, size = store.put(path)
+        files.append(FileRecord(name, digest, size))
+        manifest["files"][name] = {"digest": digest, "size": size}
+    manifest_digest, manifest_size = store.put_bytes(manifest_format.dumps(manifest), name="manifest")
+    files.append(FileRecord(MANIFEST_NAME, manifest_digest, manifest_size))
+    parity = manifest["parity"]
+    return registry.publish(NewArtifact(
+        key=outcome.key, model=spec.model.name, task=spec.model.task, input_size=spec.size_label,
+        target=spec.target, opt_level=spec.opt_level, disabled_passes=spec.disabled_passes,
+        spec=spec.to_dict(), key_material=manifest["key_material"], toolchain=manifest["toolchain"],
+        manifest_digest=manifest_digest, files=tuple(files), metrics=outcome.metrics,
+        parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, BuildsysError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+
+
+def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 1,
+               on_event: Callable[[str, PlanEntry, dict], None] | None = None) -> BuildReport:
+    """Build every entry whose action is ``build``; one failure never stops the others."""
+    emit = on_event or (lambda *_: None)
+    report = BuildReport()
+    todo = []
+    for entry in entries:
+        if entry.action == BUILD:
+            todo.append(entry)
+        else:
+            status = "cached" if entry.action == CACHED else "skipped"
+            report.results.append(BuildResult(entry, status))
+            emit(status, entry, {"reason": entry.reason})
+    if not todo:
+        return report
+
+    def finish(entry: PlanEntry, run_id: int, started: float, outcome=None, exc=None) -> None:
+        seconds = time.perf_counter() - started
+        if exc is None:
+            try:
+                record = publish(outcome, entry.spec, store, registry)
+            except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
+                exc = publish_exc
+            else:
+                registry.finish_run(run_id, RUN_BUILT)
+                report.results.append(BuildResult(entry, "built", seconds, record=record))
+                emit("built", entry, {"seconds": seconds, "record": record, "manifest": outcome.manifest})
+                return
+        text = _error_text(exc)
+        registry.finish_run(run_id, RUN_FAILED, text)
+        report.results.append(BuildResult(entry, "failed", seconds, error=text))
+        emit("failed", entry, {"seconds": seconds, "error": text})
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+
+    with ExitStack() as stack:
+        pool = None
+        if jobs > 1 and len(todo) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")))
+        pending = {}
+        for entry in todo:
+            stack.enter_context(store.lock(entry.key))
+            if not entry.forced and registry.get(entry.key) is not None:
+                # another builder published it while we waited for the lock
+                report.results.append(BuildResult(entry, "cached"))
+                emit("cached", entry, {"reason": "built by another process meanwhile"})
+                continue
+            run_id = registry.start_run(entry.key, entry.spec.describe())
+            staging = stack.enter_context(store.staging(prefix=f"{entry.key[:12]}-"))
+            emit("start", entry, {})
+            started = time.perf_counter()
+            if pool is None:
+                try:
+                    outcome = build_artifact(entry.spec, entry.key, entry.material, str(staging))
+                except BaseException as exc:  # noqa: BLE001 - recorded per entry
+                    finish(entry, run_id, started, exc=exc)
+                else:
+                    finish(entry, run_id, started, outcome=outcome)
+            else:
+                future = pool.submit(build_artifact, entry.spec, entry.key, dict(entry.material), str(staging))
+                pending[future] = (entry, run_id, started)
+        for future in as_completed(pending):
+            entry, run_id, started = pending[future]
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                finish(entry, run_id, started, exc=BuildError("the build worker died (crash or out of memory)",
+                                                              key=entry.key, stage="worker"))
+            except BaseException as exc:  # noqa: BLE001
+                finish(entry, run_id, started, exc=exc)
+            else:
+                finish(entry, run_id, started, outcome=outcome)
+    return report
+
+
+def default_jobs() -> int:
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,285 @@
+"""``buildsys`` command line: argument parsing and printing only; the work is in the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import BuildsysError, UsageError
+from .locations import resolve_locations
+
+
+class Context:
+    def __init__(self, config: str, store: str | None, registry: str | None):
+        self.config_path = config
+        self.locations = resolve_locations(store, registry)
+        self._registry = None
+        self._store = None
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from .registry import Registry
+            self._registry = Registry(self.locations.registry_url)
+        return self._registry
+
+    @property
+    def store(self):
+        if self._store is None:
+            from .store import Store
+            self._store = Store(self.locations.store_root)
+        return self._store
+
+    def specs(self):
+        from .spec import load_specs
+        return load_specs(self.config_path)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+only_option = click.option("--only", "filters", multiple=True, metavar="FIELD=VALUE",
+                           help="Keep matching entries (model, input_size, target, opt_level, task, key prefix); "
+                                "repeat a field for OR. Model and target accept globs.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", default="builds.yaml", show_default=True, help="The build matrix.")
+@click.option("--store", default=None, help="Store directory [env BUILDSYS_STORE; default artifacts/].")
+@click.option("--registry", default=None, help="SQLAlchemy URL [env BUILDSYS_REGISTRY; default SQLite in the store].")
+@click.version_option(package_name="buildsys")
+@click.pass_context
+def cli(ctx, config, store, registry):
+    """Build PyTorch models into prebuilt TVM executables and load them by key."""
+    ctx.obj = Context(config, store, registry)
+
+
+def _plan(c: Context, filters, force, include_skipped):
+    from .plan import plan_builds
+    return plan_builds(c.specs(), c.registry, c.store, force=force, filters=filters,
+                       include_skipped=include_skipped)
+
+
+@cli.command()
+@only_option
+@click.option("--force", is_flag=True, help="Plan to rebuild even what is cached.")
+@click.option("--all", "include_skipped", is_flag=True, help="Include entries whose model is marked skip.")
+@pass_ctx
+def plan(c: Context, filters, force, include_skipped):
+    """Print what would build and why."""
+    entries = _plan(c, filters, force, include_skipped)
+    width = max((len(e.spec.describe()) for e in entries), default=0)
+    for e in entries:
+        click.echo(f"{e.action:6}  {e.key[:12]}  {e.spec.describe():{width}}  {e.reason}")
+    counts = {a: sum(1 for e in entries if e.action == a) for a in ("build", "cached", "skip")}
+    click.echo(f"{len(entries)} entries: {counts['build']} to build, {counts['cached']} cached, "
+               f"{counts['skip']} skipped")
+
+
+@cli.command()
+@only_option
+@click.option("--force", is_flag=True, help="Rebuild even what is cached.")
+@click.option("--all", "include_skipped", is_flag=True, help="Also build entries whose model is marked skip.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Build this many entries at once, each in its own process.")
+@pass_ctx
+def build(c: Context, filters, force, include_skipped, jobs):
+    """Build the matrix (what is cached is not rebuilt)."""
+    from .builder import run_builds
+
+    entries = _plan(c, filters, force, include_skipped)
+    total = len(entries)
+    index = {e.key: i + 1 for i, e in enumerate(entries)}
+
+    def on_event(kind, entry, info):
+        head = f"[{index[entry.key]}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
+        if kind == "start":
+            click.echo(f"{head}: building ...")
+        elif kind == "cached":
+            click.echo(f"{head}: cached, nothing to do: {info['reason']}")
+        elif kind == "skipped":
+            click.echo(f"{head}: {info['reason']}")
+        elif kind == "built":
+            m = info["manifest"]
+            t, p, lat = m["timings"], m["parity"], m["latency"]
+            click.echo(f"{head}: built in {info['seconds']:.1f}s (export {t['export_s']:.1f}s, import "
+                       f"{t['import_s']:.1f}s, compile {t['compile_s']:.1f}s); parity max_rel {p['max_rel']:.2e} "
+                       f"(tol {p['tolerance']:g}); {lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f}"
+                       f" ms = {lat['ratio_vs_eager']:.1f}x")
+        elif kind == "failed":
+            first = info["error"].strip().splitlines()
+            click.echo(f"{head}: FAILED after {info['seconds']:.1f}s: {first[0] if first else ''}", err=True)
+
+    report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=on_event)
+    click.echo(f"done: {report.count('built')} built, {report.count('cached')} cached, "
+               f"{report.count('skipped')} skipped, {report.count('failed')} failed")
+    if report.failed:
+        click.echo("failed entries are recorded with their error; `buildsys plan` shows them", err=True)
+        sys.exit(3)
+
+
+def _fmt(value, spec):
+    return format(value, spec) if value is not None else "-"
+
+
+@cli.command(name="ls")
+@pass_ctx
+def list_artifacts(c: Context):
+    """List the registered artifacts."""
+    from .targets import format_cli_target
+    rows = [("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "ALIASES")]
+    for r in c.registry.list():
+        ratio = r.metrics.get("ratio_vs_eager")
+        rows.append((r.key[:12], r.model, r.input_size, format_cli_target(r.target), f"O{r.opt_level}", r.status,
+                     _fmt(r.parity_max_rel, ".1e"), f"{ratio:.1f}x" if ratio is not None else "-",
+                     ",".join(r.aliases)))
+    if len(rows) == 1:
+        click.echo("no artifacts yet; run `make build-all` or `buildsys build`")
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("ref")
+@pass_ctx
+def show(c: Context, ref):
+    """Print an artifact's manifest (KEY, key prefix or alias)."""
+    from . import manifest as manifest_format
+    record = c.registry.resolve(ref)
+    data = c.store.read_verified(record.manifest_digest, key=record.key, name="manifest.json")
+    manifest = manifest_format.loads(data, key=record.key)
+    manifest["registry"] = {"aliases": list(record.aliases), "status": record.status,
+                            "created_at": record.created_at.isoformat(timespec="seconds"),
+                            "metrics": dict(record.metrics)}
+    click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+              help="A .npy array of the artifact's input shape (default: seeded random input).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random input when --input is not given.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="TVM runtime threads.")
+@click.option("--top", default=5, show_default=True, help="Top classes to print for classifiers.")
+@pass_ctx
+def run(c: Context, ref, input_path, seed, threads, top):
+    """Load an artifact with the thin runtime and print its outputs."""
+    import time
+
+    import numpy as np
+
+    from .runtime import load_artifact
+    start = time.perf_counter()
+    predictor = load_artifact(ref, registry=c.registry, store=c.store, num_threads=threads)
+    loaded = time.perf_counter()
+    if input_path:
+        try:
+            x = np.load(input_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--input {input_path}: not a .npy array ({exc})") from None
+    else:
+        x = np.random.default_rng(seed).random(predictor.input_shape, dtype=np.float32)
+    try:
+        outputs = predictor.run(x)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    done = time.perf_counter()
+    click.echo(f"artifact {predictor.key[:12]} ({predictor.manifest['label']}): loaded in {loaded - start:.2f}s, "
+               f"ran in {(done - loaded) * 1e3:.1f} ms")
+    for i, out in enumerate(outputs):
+        click.echo(f"output {i}: shape {tuple(out.shape)} {out.dtype} min {out.min():.4g} max {out.max():.4g} "
+                   f"mean {out.mean():.4g}" if out.size else f"output {i}: shape {tuple(out.shape)} (empty)")
+        if predictor.task == "classification" and out.ndim == 2:
+            order = np.argsort(-out[0])[:top]
+            click.echo("  top: " + ", ".join(f"{int(k)}:{out[0][k]:.4g}" for k in order))
+
+
+@cli.command()
+@pass_ctx
+def verify(c: Context):
+    """Re-hash every stored file against the registry."""
+    checked, problems = 0, []
+    referenced = set()
+    for key, f in c.registry.file_digests():
+        checked += 1
+        referenced.add(f.digest)
+        actual = c.store.check(f.digest)
+        if actual is None:
+            problems.append(f"{key[:12]} {f.name}: missing {c.store.object_path(f.digest)}")
+        elif actual != f.digest:
+            problems.append(f"{key[:12]} {f.name}: expected {f.digest}, found {actual}")
+    orphans = [d for d in c.store.iter_objects() if d not in referenced]
+    for p in problems:
+        click.echo(f"BAD  {p}", err=True)
+    click.echo(f"checked {checked} files: {len(problems)} problems; {len(orphans)} unreferenced objects")
+    if problems:
+        sys.exit(5)
+
+
+@cli.group()
+def alias():
+    """Name artifacts (name -> key)."""
+
+
+@alias.command(name="set")
+@click.argument("name")
+@click.argument("ref")
+@pass_ctx
+def alias_set(c: Context, name, ref):
+    """Point NAME at REF (key, prefix or another alias)."""
+    record = c.registry.set_alias(name, ref)
+    click.echo(f"{record.name} -> {record.key}")
+
+
+@alias.command(name="rm")
+@click.argument("name")
+@pass_ctx
+def alias_rm(c: Context, name):
+    """Remove alias NAME."""
+    c.registry.remove_alias(name)
+    click.echo(f"removed {name}")
+
+
+@alias.command(name="ls")
+@pass_ctx
+def alias_ls(c: Context):
+    """List aliases."""
+    for a in c.registry.aliases():
+        click.echo(f"{a.name} -> {a.key}")
+
+
+@cli.command()
+@click.argument("pattern", required=False)
+def passes(pattern):
+    """List the pass names this TVM has (for disabled_passes)."""
+    import fnmatch
+
+    from .passes import known_pass_names
+    for name in sorted(known_pass_names()):
+        if not pattern or fnmatch.fnmatchcase(name, pattern):
+            click.echo(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="buildsys", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except BuildsysError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

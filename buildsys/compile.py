@@ -1,0 +1,56 @@
+"""Relax -> VM executable under ``PassContext(opt_level, disabled_pass)``, with a pass trace."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from .errors import BuildError
+from .spec import BuildSpec
+from .targets import to_tvm
+
+
+@dataclass
+class CompiledModel:
+    executable: object
+    pass_trace: list[dict]  # [{"name": ..., "runs": n}] in first-run order
+    seconds: float
+
+
+def _pass_recorder():
+    import tvm
+
+    @tvm.instrument.pass_instrument
+    class PassRecorder:
+        """Records the name of every pass that runs (disabled ones never do)."""
+
+        def __init__(self):
+            self.counts: Counter = Counter()
+
+        def run_before_pass(self, _mod, info):
+            self.counts[info.name] += 1
+
+    return PassRecorder()
+
+
+def compile_model(mod, spec: BuildSpec) -> CompiledModel:
+    import tvm
+    from tvm import relax
+
+    target = to_tvm(spec.target)
+    recorder = _pass_recorder()
+    start = time.perf_counter()
+    try:
+        with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes),
+                                       instruments=[recorder]):
+            executable = relax.build(mod, target=target)
+    except Exception as exc:
+        raise BuildError(f"relax.build failed: {type(exc).__name__}: {str(exc)[-2000:]}", stage="compile") from None
+    seconds = time.perf_counter() - start
+    trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
+    ran = set(recorder.counts)
+    leaked = [p for p in spec.disabled_passes if p in ran]
+    if leaked:  # would mean PassContext ignored our request: never publish that silently
+        raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds)

@@ -1,0 +1,68 @@
+"""Canonical JSON, file digests, and the build key.
+
+The build key names an artifact by everything that changes its bytes or its
+behaviour. It is the sha256 of the canonical JSON (sorted keys, no spaces,
+UTF-8) of this "key material":
+
+- ``key_format``: version of this definition; bump it when fields change.
+- ``spec``: the matrix entry (``BuildSpec.to_dict``): model name, source
+  ``module:function``, task, model kwargs, weights source/seed/name, input
+  shape, the normalized target dict, opt level, disabled passes (sorted).
+- ``weights``: digest of the weights file (``sha256:...``), or
+  ``seeded:<seed>`` for random weights (then torch's version pins the values).
+- ``toolchain``: torch, torchvision, TVM, tvm-ffi and buildsys versions; a
+  compiler upgrade must never be answered from an old cache entry.
+- ``tuning``: digest of the tuning records applied (``null`` until tuning exists).
+
+Left out on purpose: the config file path and line, the weights file path
+(its digest stands for it), the parity tolerance (it decides acceptance, not
+output), and the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+KEY_FORMAT = 1
+HASH_ALGORITHM = "sha256"
+CHUNK = 1 << 20
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def digest_bytes(data: bytes) -> str:
+    return f"{HASH_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+
+
+def digest_file(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's raw bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return f"{HASH_ALGORITHM}:{h.hexdigest()}"
+
+
+def split_digest(digest: str) -> tuple[str, str]:
+    algorithm, sep, hexdigest = digest.partition(":")
+    if not sep or algorithm != HASH_ALGORITHM or len(hexdigest) != 64 or not all(
+            c in "0123456789abcdef" for c in hexdigest):
+        raise ValueError(f"not a {HASH_ALGORITHM} digest: {digest!r}")
+    return algorithm, hexdigest
+
+
+def key_material(spec_dict: Mapping[str, Any], weights: str, toolchain: Mapping[str, Any],
+                 tuning: str | None = None) -> dict:
+    return {"key_format": KEY_FORMAT, "spec": dict(spec_dict), "weights": weights,
+            "toolchain": dict(toolchain), "tuning": tuning}
+
+
+def build_key(material: Mapping[str, Any]) -> str:
+    """64 hex digits of sha256 over the canonical key material."""
+    return hashlib.sha256(canonical_json(material)).hexdigest()

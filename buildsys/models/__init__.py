@@ -1,0 +1,106 @@
+"""Turn a ``ModelSpec`` into an eval-mode ``torch.nn.Module`` with the right weights.
+
+``source`` is ``module:function``: torchvision builders
+(``torchvision.models:resnet18``), the tiny test detectors
+(``buildsys.models.tiny:tiny_fasterrcnn``) or a user's own function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+from ..errors import BuildError
+from ..keys import digest_file
+from ..spec import ModelSpec, WeightsSpec
+
+
+def load_function(source: str):
+    module_name, _, attr = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BuildError(f"cannot import module {module_name!r} for source {source!r}: {exc}",
+                         stage="model") from None
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        from ..errors import did_you_mean
+        names = [n for n in dir(module) if not n.startswith("_")]
+        hint = did_you_mean(attr, names)
+        raise BuildError(f"module {module_name!r} has no {attr!r}" + (f"; {hint}" if hint else ""),
+                         stage="model") from None
+    if not callable(fn):
+        raise BuildError(f"{source!r} is not callable", stage="model")
+    return fn
+
+
+def hub_weights_file(source: str, name: str) -> Path:
+    """The local torch hub cache file of a torchvision weights enum member (never downloads)."""
+    import torch
+    import torchvision
+
+    fn_name = source.partition(":")[2]
+    try:
+        weights_enum = torchvision.models.get_model_weights(fn_name)
+        weights = weights_enum[name] if name != "DEFAULT" else weights_enum.DEFAULT
+    except (KeyError, ValueError) as exc:
+        raise BuildError(f"torchvision has no weights {name!r} for {fn_name!r}: {exc}", stage="weights") from None
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise BuildError(
+            f"weights {fn_name}:{name} are not in the local torch hub cache ({path}); this machine cannot "
+            f"download them. Copy {filename} there, or set `weights:` to a file path", stage="weights")
+    return path
+
+
+def weights_digest(model: ModelSpec) -> str:
+    """What the key records for the weights: a file digest, or the seed for random weights."""
+    weights = model.weights
+    if weights.source == "none":
+        return f"seeded:{weights.seed}"
+    if weights.source == "file":
+        return digest_file(weights.path)
+    return digest_file(hub_weights_file(model.source, weights.name))
+
+
+def _weights_file(model: ModelSpec) -> Path | None:
+    weights: WeightsSpec = model.weights
+    if weights.source == "file":
+        return Path(weights.path)
+    if weights.source == "hub":
+        return hub_weights_file(model.source, weights.name)
+    return None
+
+
+def instantiate(model: ModelSpec):
+    """Build the module under the spec's seed, load its weights, and put it in eval mode."""
+    import torch
+
+    fn = load_function(model.source)
+    kwargs = model.kwargs
+    params = inspect.signature(fn).parameters
+    # torchvision builders would download weights unless told not to.
+    for name in ("weights", "weights_backbone"):
+        if name in params and name not in kwargs:
+            kwargs[name] = None
+    torch.manual_seed(model.weights.seed)
+    try:
+        module = fn(**kwargs)
+    except Exception as exc:
+        raise BuildError(f"{model.source}(**{kwargs}) raised {type(exc).__name__}: {exc}", stage="model") from None
+    if not isinstance(module, torch.nn.Module):
+        raise BuildError(f"{model.source} returned {type(module).__name__}, not a torch.nn.Module", stage="model")
+    path = _weights_file(model)
+    if path is not None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            module.load_state_dict(state)
+        except Exception as exc:
+            raise BuildError(f"cannot load weights from {path}: {type(exc).__name__}: {exc}",
+                             stage="weights") from None
+    return module.eval()

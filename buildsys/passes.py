@@ -1,0 +1,70 @@
+"""Pass names this TVM really has, so a disabled pass can be checked.
+
+``PassContext(disabled_pass=[...])`` silently ignores names that are no pass;
+a typo would then change nothing while the build key says it did. We refuse
+such names instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .errors import PassError, did_you_mean
+
+# Relay passes that users carry over from pre-Relax tutorials (TVM 0.27 has no Relay).
+RELAY_ONLY_PASSES = frozenset({
+    "FoldScaleAxis", "ForwardFoldScaleAxis", "BackwardFoldScaleAxis", "SimplifyInference",
+    "AlterOpLayout", "CombineParallelConv2D", "CombineParallelDense", "CombineParallelBatchMatmul",
+    "FastMath", "DefuseOps", "PartialEvaluate", "CanonicalizeOps", "CanonicalizeCast",
+    "DynamicToStatic", "InferType", "Legalize", "SimplifyExpr", "FirstOrderGradient",
+    "EtaExpand", "LazyGradientInit", "ToANormalForm", "ToGraphNormalForm", "ManifestAlloc",
+    "MemoryPlan", "PlanDevices", "FuseOps.relay",
+})
+
+_PREFIXES = {"tirx.transform.": "tirx.", "s_tir.transform.": "s_tir."}
+
+
+def _pass_name(global_func: str) -> str | None:
+    for prefix, pass_prefix in _PREFIXES.items():
+        if global_func.startswith(prefix):
+            return pass_prefix + global_func[len(prefix):]
+    if global_func.startswith("relax.") and ".transform." in global_func:
+        return global_func.rsplit(".", 1)[1]
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def known_pass_names() -> frozenset[str]:
+    """Names of the passes this TVM registers (as ``PassContext`` compares them)."""
+    import tvm_ffi
+
+    names = {_pass_name(n) for n in tvm_ffi.registry.list_global_func_names()}
+    return frozenset(n for n in names if n)
+
+
+def validate_disabled_passes(names, field: str = "disabled_passes") -> tuple[str, ...]:
+    """Refuse names TVM does not have; return them sorted and deduplicated."""
+    cleaned = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise PassError(f"a pass name must be a non-empty string, got {name!r}", field=field)
+        cleaned.append(name.strip())
+    if not cleaned:
+        return ()
+    known = known_pass_names()
+    for name in cleaned:
+        if name in known:
+            continue
+        if name in RELAY_ONLY_PASSES:
+            raise PassError(
+                f"{name!r} is a Relay pass; TVM 0.27 has no Relay and Relax has no counterpart, so disabling "
+                "it would change nothing", field=field, hint="remove it from disabled_passes")
+        raise PassError(f"TVM {_tvm_version()} has no pass named {name!r}", field=field,
+                        hint=did_you_mean(name, known) or "`buildsys passes` lists the pass names")
+    return tuple(sorted(set(cleaned)))
+
+
+def _tvm_version() -> str:
+    from .toolchain import package_version
+
+    return package_version("apache-tvm") or "?"

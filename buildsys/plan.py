@@ -1,0 +1,106 @@
+"""Which specs need building, and why (cheapest check first)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .errors import UsageError, did_you_mean
+from .keys import build_key, key_material
+from .models import weights_digest
+from .spec import BuildSpec
+from .store import Store
+from .toolchain import toolchain_versions
+
+BUILD, CACHED, SKIP = "build", "cached", "skip"
+FILTER_FIELDS = ("model", "input_size", "target", "opt_level", "key", "task")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    spec: BuildSpec
+    key: str
+    material: Mapping
+    action: str  # build | cached | skip
+    reason: str
+    forced: bool = False
+
+
+def spec_key(spec: BuildSpec, toolchain: Mapping | None = None) -> tuple[str, dict]:
+    material = key_material(spec.to_dict(), weights_digest(spec.model), toolchain or toolchain_versions())
+    return build_key(material), material
+
+
+def parse_filters(filters: Iterable[str]) -> list[tuple[str, str]]:
+    parsed = []
+    for item in filters:
+        name, sep, value = item.partition("=")
+        if not sep or not value:
+            raise UsageError(f"--only takes FIELD=VALUE, got {item!r} (fields: {', '.join(FILTER_FIELDS)})")
+        if name not in FILTER_FIELDS:
+            hint = did_you_mean(name, FILTER_FIELDS)
+            raise UsageError(f"--only: unknown field {name!r}" + (f"; {hint}" if hint else
+                                                                   f" (fields: {', '.join(FILTER_FIELDS)})"))
+        parsed.append((name, value))
+    return parsed
+
+
+def _matches(spec: BuildSpec, key: str, filters: list[tuple[str, str]]) -> bool:
+    """Filters on one field are alternatives (OR); different fields must all match (AND)."""
+    by_field: dict[str, list[str]] = {}
+    for name, value in filters:
+        by_field.setdefault(name, []).append(value)
+    values = {"model": spec.model.name, "task": spec.model.task, "input_size": spec.size_label,
+              "target": spec.target_label, "opt_level": str(spec.opt_level)}
+    for name, wanted in by_field.items():
+        if name == "key":
+            if not any(key.startswith(w.lower()) for w in wanted):
+                return False
+        elif name == "input_size":
+            labels = {values["input_size"]}
+            if spec.input_size[0] == spec.input_size[1]:
+                labels.add(str(spec.input_size[0]))
+            if not any(w in labels for w in wanted):
+                return False
+        elif not any(fnmatch.fnmatchcase(values[name], w) for w in wanted):
+            return False
+    return True
+
+
+def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bool = False,
+                filters: Iterable[str] = (), include_skipped: bool = False) -> list[PlanEntry]:
+    parsed = parse_filters(filters)
+    toolchain = toolchain_versions()
+    entries = []
+    known = registry.keys()
+    for spec in specs:
+        key, material = spec_key(spec, toolchain)
+        if parsed and not _matches(spec, key, parsed):
+            continue
+        if spec.model.skip and not include_skipped:
+            entries.append(PlanEntry(spec, key, material, SKIP, f"skipped: {spec.model.skip}"))
+            continue
+        if force:
+            entries.append(PlanEntry(spec, key, material, BUILD, "forced (--force)", forced=True))
+            continue
+        if key not in known:
+            last = registry.runs(key, limit=1)
+            why = "not built yet"
+            if last and last[0].status == "failed":
+                first_line = (last[0].error or "").strip().splitlines()[0:1]
+                why = f"last attempt failed: {first_line[0][:120] if first_line else 'unknown error'}"
+            elif last and last[0].status == "running":
+                why = "an earlier build did not finish (crashed or still running elsewhere)"
+            entries.append(PlanEntry(spec, key, material, BUILD, why))
+            continue
+        record = registry.get(key)
+        missing = [f.name for f in record.files if not store.has(f.digest)]
+        if missing:
+            entries.append(PlanEntry(spec, key, material, BUILD,
+                                     f"registered but missing from the store: {', '.join(missing)}"))
+            continue
+        entries.append(PlanEntry(spec, key, material, CACHED,
+                                 f"up to date (built {record.created_at:%Y-%m-%d %H:%M}, "
+                                 f"{len(record.files)} files present)"))
+    return entries

@@ -1,0 +1,292 @@
+"""The registry's public face: frozen records in, frozen records out.
+
+Nothing outside this package sees a SQLAlchemy object or imports TVM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import selectinload, sessionmaker
+
+from ..errors import RegistryError, UsageError, did_you_mean
+from .db import ensure_schema, make_engine, session_scope
+from .models import Alias, Artifact, ArtifactFile, BuildRun, Metric
+
+STATUS_OK = "ok"
+RUN_RUNNING, RUN_BUILT, RUN_FAILED = "running", "built", "failed"
+MIN_PREFIX = 4
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    name: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    key: str
+    model: str
+    task: str
+    input_size: str
+    target: Mapping[str, Any]
+    opt_level: int
+    disabled_passes: tuple[str, ...]
+    spec: Mapping[str, Any]
+    key_material: Mapping[str, Any]
+    toolchain: Mapping[str, Any]
+    manifest_digest: str
+    status: str
+    parity_max_abs: float | None
+    parity_max_rel: float | None
+    created_at: datetime
+    files: tuple[FileRecord, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    def file(self, name: str) -> FileRecord:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise RegistryError(f"artifact {self.key[:12]} has no file {name!r} (it has: "
+                            f"{', '.join(f.name for f in self.files)})")
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """What the builder hands over to publish one artifact."""
+
+    key: str
+    model: str
+    task: str
+    input_size: str
+    target: Mapping[str, Any]
+    opt_level: int
+    disabled_passes: tuple[str, ...]
+    spec: Mapping[str, Any]
+    key_material: Mapping[str, Any]
+    toolchain: Mapping[str, Any]
+    manifest_digest: str
+    files: tuple[FileRecord, ...]
+    metrics: Mapping[str, tuple[float, str]]  # name -> (value, unit)
+    parity_max_abs: float | None
+    parity_max_rel: float | None
+
+
+@dataclass(frozen=True)
+class BuildRunRecord:
+    id: int
+    key: str
+    label: str
+    status: str
+    error: str | None
+    host: str
+    pid: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    name: str
+    key: str
+    updated_at: datetime
+
+
+def _artifact_record(row: Artifact) -> ArtifactRecord:
+    return ArtifactRecord(
+        key=row.key, model=row.model, task=row.task, input_size=row.input_size,
+        target=json.loads(row.target), opt_level=row.opt_level,
+        disabled_passes=tuple(json.loads(row.disabled_passes)), spec=json.loads(row.spec_json),
+        key_material=json.loads(row.key_material_json), toolchain=json.loads(row.toolchain_json),
+        manifest_digest=row.manifest_digest, status=row.status, parity_max_abs=row.parity_max_abs,
+        parity_max_rel=row.parity_max_rel, created_at=row.created_at,
+        files=tuple(FileRecord(f.name, f.digest, f.size) for f in row.files),
+        metrics={m.name: m.value for m in row.metrics},
+        aliases=tuple(a.name for a in row.aliases))
+
+
+def _run_record(row: BuildRun) -> BuildRunRecord:
+    return BuildRunRecord(id=row.id, key=row.key, label=row.label, status=row.status, error=row.error,
+                          host=row.host, pid=row.pid, started_at=row.started_at, finished_at=row.finished_at,
+                          duration_s=row.duration_s)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+class Registry:
+    """A registry at a SQLAlchemy URL (default: SQLite under the store)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._engine = make_engine(url)
+        ensure_schema(self._engine)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _scope(self):
+        return session_scope(self._sessions)
+
+    @staticmethod
+    def _loaded():
+        return (selectinload(Artifact.files), selectinload(Artifact.metrics), selectinload(Artifact.aliases))
+
+    # ------------------------------------------------------------ artifacts
+
+    def publish(self, new: NewArtifact) -> ArtifactRecord:
+        """Insert (or, on a forced rebuild, replace) one artifact with its files and metrics, atomically."""
+        with self._scope() as s:
+            row = s.get(Artifact, new.key)
+            if row is None:
+                row = Artifact(key=new.key)
+                s.add(row)
+            else:
+                row.files.clear()
+                row.metrics.clear()
+                s.flush()
+            row.model, row.task, row.input_size = new.model, new.task, new.input_size
+            row.target, row.opt_level = _dumps(new.target), new.opt_level
+            row.disabled_passes = _dumps(list(new.disabled_passes))
+            row.spec_json, row.key_material_json = _dumps(new.spec), _dumps(new.key_material)
+            row.toolchain_json, row.manifest_digest = _dumps(new.toolchain), new.manifest_digest
+            row.status, row.created_at = STATUS_OK, _now()
+            row.parity_max_abs, row.parity_max_rel = new.parity_max_abs, new.parity_max_rel
+            row.files.extend(ArtifactFile(name=f.name, digest=f.digest, size=f.size) for f in new.files)
+            row.metrics.extend(Metric(name=n, value=float(v), unit=u) for n, (v, u) in sorted(new.metrics.items()))
+            s.flush()
+            s.refresh(row)
+            return _artifact_record(row)
+
+    def get(self, key: str) -> ArtifactRecord | None:
+        with self._scope() as s:
+            row = s.scalars(select(Artifact).where(Artifact.key == key).options(*self._loaded())).first()
+            return _artifact_record(row) if row else None
+
+    def keys(self) -> set[str]:
+        with self._scope() as s:
+            return set(s.scalars(select(Artifact.key)))
+
+    def list(self) -> list[ArtifactRecord]:
+        with self._scope() as s:
+            rows = s.scalars(select(Artifact).options(*self._loaded())
+                             .order_by(Artifact.model, Artifact.input_size, Artifact.created_at))
+            return [_artifact_record(r) for r in rows]
+
+    def add_metrics(self, key: str, metrics: Mapping[str, tuple[float, str]]) -> None:
+        with self._scope() as s:
+            for name, (value, unit) in metrics.items():
+                s.execute(delete(Metric).where(Metric.artifact_key == key, Metric.name == name))
+                s.add(Metric(artifact_key=key, name=name, value=float(value), unit=unit))
+
+    def resolve(self, ref: str) -> ArtifactRecord:
+        """An alias, a full key, or a unique key prefix (at least 4 hex digits), like git."""
+        ref = ref.strip()
+        with self._scope() as s:
+            alias = s.get(Alias, ref)
+            if alias is not None:
+                key = alias.artifact_key
+            else:
+                if len(ref) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in ref.lower()):
+                    names = list(s.scalars(select(Alias.name)))
+                    raise UsageError(f"no alias {ref!r} and it is not a key prefix (4+ hex digits)"
+                                     + (f"; {did_you_mean(ref, names)}" if did_you_mean(ref, names) else ""))
+                matches = list(s.scalars(select(Artifact.key).where(Artifact.key.startswith(ref.lower()))
+                                         .order_by(Artifact.key).limit(11)))
+                if not matches:
+                    raise UsageError(f"no artifact key starts with {ref!r}; `buildsys ls` lists them")
+                if len(matches) > 1:
+                    shown = ", ".join(m[:12] for m in matches[:10])
+                    raise UsageError(f"key prefix {ref!r} is ambiguous: {shown}{' ...' if len(matches) > 10 else ''}"
+                                     "; give more digits")
+                key = matches[0]
+            row = s.scalars(select(Artifact).where(Artifact.key == key).options(*self._loaded())).one()
+            return _artifact_record(row)
+
+    def delete(self, key: str) -> None:
+        with self._scope() as s:
+            row = s.get(Artifact, key)
+            if row is None:
+                return
+            if row.aliases:
+                raise RegistryError(f"artifact {key[:12]} has aliases {', '.join(a.name for a in row.aliases)}; "
+                                    "remove them first")
+            s.delete(row)
+
+    # ------------------------------------------------------------ aliases
+
+    def set_alias(self, name: str, ref: str) -> AliasRecord:
+        if not name or any(c.isspace() for c in name):
+            raise UsageError(f"alias names have no spaces and are not empty: {name!r}")
+        key = self.resolve(ref).key
+        if len(name) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in name):
+            raise UsageError(f"alias {name!r} looks like a key prefix; pick a name with a non-hex letter")
+        with self._scope() as s:
+            row = s.get(Alias, name) or Alias(name=name)
+            row.artifact_key, row.updated_at = key, _now()
+            s.add(row)
+            s.flush()
+            return AliasRecord(row.name, row.artifact_key, row.updated_at)
+
+    def remove_alias(self, name: str) -> None:
+        with self._scope() as s:
+            row = s.get(Alias, name)
+            if row is None:
+                names = list(s.scalars(select(Alias.name)))
+                raise UsageError(f"no alias {name!r}" + (f"; {did_you_mean(name, names)}"
+                                                         if did_you_mean(name, names) else ""))
+            s.delete(row)
+
+    def aliases(self) -> list[AliasRecord]:
+        with self._scope() as s:
+            return [AliasRecord(a.name, a.artifact_key, a.updated_at)
+                    for a in s.scalars(select(Alias).order_by(Alias.name))]
+
+    # ------------------------------------------------------------ build runs
+
+    def start_run(self, key: str, label: str) -> int:
+        with self._scope() as s:
+            row = BuildRun(key=key, label=label[:400], status=RUN_RUNNING, host=socket.gethostname()[:200],
+                           pid=os.getpid(), started_at=_now())
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> BuildRunRecord:
+        with self._scope() as s:
+            row = s.get(BuildRun, run_id)
+            if row is None:
+                raise RegistryError(f"no build run {run_id}")
+            row.status, row.error, row.finished_at = status, error, _now()
+            row.duration_s = (row.finished_at - row.started_at).total_seconds()
+            s.flush()
+            return _run_record(row)
+
+    def runs(self, key: str | None = None, limit: int = 50) -> list[BuildRunRecord]:
+        with self._scope() as s:
+            query = select(BuildRun).order_by(BuildRun.id.desc()).limit(limit)
+            if key:
+                query = query.where(BuildRun.key == key)
+            return [_run_record(r) for r in s.scalars(query)]
+
+    def file_digests(self) -> Iterable[tuple[str, FileRecord]]:
+        """Every (key, file) pair, for store verification and gc."""
+        with self._scope() as s:
+            return [(f.artifact_key, FileRecord(f.name, f.digest, f.size))
+                    for f in s.scalars(select(ArtifactFile).order_by(ArtifactFile.artifact_key, ArtifactFile.name))]

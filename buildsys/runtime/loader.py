@@ -1,0 +1,167 @@
+"""Resolve -> verify -> load -> predict, with TVM's runtime library alone."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import manifest as manifest_format
+from ..errors import CompatibilityError, IntegrityError
+from ..locations import resolve_locations
+from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
+from ..store import Store
+
+_import_lock = threading.Lock()
+
+
+def import_tvm_runtime():
+    """``tvm.runtime`` without torch and, in a fresh process, without the compiler library.
+
+    ``tvm_ffi`` imports torch whenever it is installed (2 s, 850 MB); the
+    runtime needs none of it, so torch is hidden while TVM imports.
+    ``TVM_USE_RUNTIME_LIB=1`` loads ``libtvm_runtime.so`` instead of the 260 MB
+    compiler library; it is set only for the import so child processes
+    (which may compile) do not inherit it.
+    """
+    with _import_lock:
+        if "tvm.runtime" in sys.modules:
+            return sys.modules["tvm.runtime"]
+        hide_torch = "torch" not in sys.modules
+        previous = os.environ.get("TVM_USE_RUNTIME_LIB")
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+        if hide_torch:
+            sys.modules["torch"] = None  # makes `import torch` raise ImportError
+        try:
+            import tvm.runtime
+        finally:
+            if hide_torch and sys.modules.get("torch", False) is None:
+                del sys.modules["torch"]
+            if previous is None:
+                os.environ.pop("TVM_USE_RUNTIME_LIB", None)
+            else:
+                os.environ["TVM_USE_RUNTIME_LIB"] = previous
+        return tvm.runtime
+
+
+def _base_version(version: str | None) -> str | None:
+    return version.split("+")[0].split(".post")[0] if version else version
+
+
+def check_compatibility(manifest: Mapping[str, Any], key: str) -> None:
+    """Refuse an artifact built for another TVM runtime than the one installed."""
+    from importlib import metadata
+
+    built = manifest.get("runtime", {}).get("tvm")
+    try:
+        installed = metadata.version("apache-tvm")
+    except metadata.PackageNotFoundError:
+        raise CompatibilityError("apache-tvm is not installed; `pip install 'buildsys[runtime]'`") from None
+    if _base_version(built) != _base_version(installed):
+        raise CompatibilityError(
+            f"artifact {key[:12]} was built with TVM {built}, this runtime is TVM {installed}; the executable "
+            f"format is not stable across TVM releases. Rebuild it here (`buildsys build --force --only "
+            f"key={key[:12]}`) or install apache-tvm=={built}")
+
+
+@dataclass
+class Predictor:
+    """A loaded artifact. ``predictor(x)`` runs it on one NCHW float32 array."""
+
+    key: str
+    manifest: Mapping[str, Any]
+    _vm: Any = field(repr=False)
+    _params: list = field(repr=False)
+    _runtime: Any = field(repr=False)
+    _workdir: Path = field(repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["io"]["input"]["shape"])
+
+    @property
+    def task(self) -> str:
+        return self.manifest["spec"]["model"]["task"]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Raw outputs as numpy arrays, in the order the model returns them."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if tuple(x.shape) != self.input_shape:
+            raise ValueError(f"artifact {self.key[:12]} takes input of shape {self.input_shape}, got {x.shape}")
+        out = self._vm["main"](self._runtime.tensor(x), *self._params)
+        return _flatten(out)
+
+    __call__ = run
+
+    def close(self) -> None:
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __del__(self):  # the private copy of the library is ours to remove
+        self.close()
+
+
+def _flatten(out: Any) -> list[np.ndarray]:
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    result: list[np.ndarray] = []
+    for item in out:
+        result.extend(_flatten(item))
+    return result
+
+
+def load_executable(runtime, library_path: str | os.PathLike):
+    """A Relax VM over a compiled library, driven through runtime functions only."""
+    module = runtime.load_module(str(library_path))
+    vm = module["vm_load_executable"]()
+    kind_cpu, pooled_allocator = 1, 2
+    # device (kind, id, allocator) for the computation, then the same for the host
+    vm["vm_initialization"](kind_cpu, 0, pooled_allocator, kind_cpu, 0, pooled_allocator)
+    return vm
+
+
+def load_artifact(ref: str, *, registry=None, store: Store | None = None, num_threads: int | None = None
+                  ) -> Predictor:
+    """Resolve ``ref`` (key, unique key prefix or alias), verify every file, and load it.
+
+    Digests are checked before anything is loaded: loading a shared library
+    runs its code. The library is copied into a private directory while
+    being hashed, and that very copy is what gets loaded.
+    """
+    from ..registry import Registry  # sqlalchemy only; no TVM, no torch
+
+    locations = resolve_locations()
+    registry = registry or Registry(locations.registry_url)
+    store = store or Store(locations.store_root)
+    record = registry.resolve(ref)
+    key = record.key
+
+    manifest = manifest_format.loads(store.read_verified(record.manifest_digest, key=key, name=MANIFEST_NAME),
+                                     key=key)
+    listed = {f.name: f.digest for f in record.files}
+    for name, entry in manifest["files"].items():
+        if listed.get(name) != entry["digest"]:
+            raise IntegrityError(key=key, path=name, expected=str(listed.get(name)), actual=entry["digest"])
+    check_compatibility(manifest, key)
+
+    params_data = store.read_verified(listed[PARAMS_NAME], key=key, name=PARAMS_NAME)
+    workdir = Path(tempfile.mkdtemp(prefix="buildsys-load-"))
+    try:
+        library = store.copy_verified(listed[LIBRARY_NAME], workdir / LIBRARY_NAME, key=key, name=LIBRARY_NAME)
+        if num_threads:
+            os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the runtime's pool starts
+        runtime = import_tvm_runtime()
+        vm = load_executable(runtime, library)
+        with np.load(io.BytesIO(params_data), allow_pickle=False) as npz:
+            params = [runtime.tensor(npz[name]) for name in sorted(npz.files)]
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Predictor(key=key, manifest=manifest, _vm=vm, _params=params, _runtime=runtime, _workdir=workdir)

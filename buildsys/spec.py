@@ -1,0 +1,383 @@
+"""builds.yaml -> validated, frozen ``BuildSpec`` list.
+
+The matrix works the way CI matrices do: the axes under ``matrix`` expand as a
+cartesian product, an axis that is not listed takes its value from
+``defaults``, ``exclude`` removes every combination that matches all the
+fields of an entry, and ``include`` adds whole entries (missing fields from
+``defaults``). Per-model options (source, task, weights, kwargs, tolerance)
+live under ``models``. See README.md for the reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import ConfigError, did_you_mean
+from .passes import validate_disabled_passes
+from .targets import format_cli_target, normalize_target
+from .yamlsource import LocatedDict, LocatedList, load_yaml
+
+CONFIG_VERSION = 1
+AXES = ("model", "input_size", "target", "opt_level", "disabled_passes")
+TASKS = ("classification", "detection")
+TOP_LEVEL = ("version", "models", "defaults", "matrix")
+MODEL_FIELDS = ("source", "task", "weights", "seed", "kwargs", "tolerance", "skip")
+MIN_SIZE, MAX_SIZE = 16, 4096
+DEFAULT_TOLERANCE = 1e-4
+BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": []}
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a model's weights come from: ``none`` (random, seeded), ``hub``, or ``file``."""
+
+    source: str
+    seed: int = 0
+    name: str | None = None  # torchvision weights name for "hub", e.g. "DEFAULT"
+    path: str | None = None  # absolute path for "file"
+
+    def to_dict(self) -> dict:
+        # The file path is left out on purpose: the key uses the file's digest,
+        # so moving a weights file does not trigger a rebuild.
+        return {"source": self.source, "seed": self.seed, "name": self.name}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # "module:function" returning a torch.nn.Module
+    task: str
+    weights: WeightsSpec
+    kwargs_json: str = "{}"  # canonical JSON keeps the spec hashable and immutable
+    tolerance: float = DEFAULT_TOLERANCE
+    skip: str | None = None
+
+    @property
+    def kwargs(self) -> dict:
+        return json.loads(self.kwargs_json)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "task": self.task,
+                "weights": self.weights.to_dict(), "kwargs": self.kwargs}
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One matrix entry, frozen. Only ``load_specs`` makes these."""
+
+    model: ModelSpec
+    input_size: tuple[int, int]
+    target_json: str
+    opt_level: int
+    disabled_passes: tuple[str, ...] = ()
+    origin: str = field(default="", compare=False)  # "builds.yaml:12", for messages
+
+    @property
+    def target(self) -> dict:
+        return json.loads(self.target_json)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.input_size)
+
+    @property
+    def size_label(self) -> str:
+        return f"{self.input_size[0]}x{self.input_size[1]}"
+
+    @property
+    def target_label(self) -> str:
+        return format_cli_target(self.target)
+
+    def describe(self) -> str:
+        passes = f" -{','.join(self.disabled_passes)}" if self.disabled_passes else ""
+        return f"{self.model.name} {self.size_label} [{self.target_label}] O{self.opt_level}{passes}"
+
+    def to_dict(self) -> dict:
+        """Everything about the entry that shapes the output (the key's ``spec`` field)."""
+        return {"model": self.model.to_dict(), "input_shape": list(self.input_shape),
+                "target": self.target, "opt_level": self.opt_level,
+                "disabled_passes": list(self.disabled_passes)}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _Reader:
+    """Validation helpers that know the file name, for messages."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+
+    def error(self, message: str, line: int | None, field: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, file=self.filename, line=line, field=field, hint=hint)
+
+    def mapping(self, value: Any, line: int | None, field: str) -> LocatedDict:
+        if not isinstance(value, dict):
+            raise self.error(f"expected a mapping, got {_type_name(value)}", line, field)
+        return value
+
+    def sequence(self, value: Any, line: int | None, field: str) -> LocatedList:
+        if not isinstance(value, list):
+            raise self.error(f"expected a list, got {_type_name(value)}", line, field,
+                             hint=f"write {field}: [{value!r}]" if value is not None else None)
+        return value
+
+    def check_keys(self, mapping: LocatedDict, allowed: Iterable[str], field: str) -> None:
+        allowed = tuple(allowed)
+        for key in mapping:
+            if key not in allowed:
+                where = f"{field}.{key}" if field else str(key)
+                raise self.error(f"unknown field {key!r}", mapping.line_of(key), where,
+                                 hint=did_you_mean(str(key), allowed) or f"allowed: {', '.join(allowed)}")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "true/false", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def _parse_size(value: Any, reader: _Reader, line: int | None, where: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise reader.error(f"an input size is a number, \"HxW\" or [H, W], got {value!r}", line, where)
+    if isinstance(value, int):
+        dims = (value, value)
+    elif isinstance(value, str) and _SIZE_RE.match(value):
+        match = _SIZE_RE.match(value)
+        dims = (int(match.group(1)), int(match.group(2)))
+    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                             for v in value):
+        dims = (value[0], value[1])
+    else:
+        raise reader.error(f"an input size is a number, \"HxW\" or [H, W], got {value!r}", line, where)
+    for dim in dims:
+        if not MIN_SIZE <= dim <= MAX_SIZE:
+            raise reader.error(f"input size {dims[0]}x{dims[1]} is out of range; each side must be "
+                               f"{MIN_SIZE}..{MAX_SIZE} pixels", line, where)
+    return dims
+
+
+def _parse_opt_level(value: Any, reader: _Reader, line: int | None, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 4:
+        raise reader.error(f"opt_level must be a whole number 0..4, got {value!r}", line, where)
+    return value
+
+
+def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path) -> ModelSpec:
+    where = f"models.{name}"
+    raw = reader.mapping(raw, line, where)
+    reader.check_keys(raw, MODEL_FIELDS, where)
+    source = raw.get("source")
+    if not isinstance(source, str) or ":" not in source or source.startswith(":") or source.endswith(":"):
+        raise reader.error(f"source must be \"module:function\", got {source!r}", raw.line_of("source"),
+                           f"{where}.source", hint="e.g. torchvision.models:resnet18 or mypkg.models:build")
+    task = raw.get("task", "classification")
+    if task not in TASKS:
+        raise reader.error(f"unknown task {task!r}", raw.line_of("task"), f"{where}.task",
+                           hint=did_you_mean(str(task), TASKS) or f"one of: {', '.join(TASKS)}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise reader.error(f"seed must be a whole number >= 0, got {seed!r}", raw.line_of("seed"), f"{where}.seed")
+    weights = _parse_weights(raw.get("weights", "none"), seed, reader, raw.line_of("weights"), f"{where}.weights",
+                             base_dir)
+    kwargs = raw.get("kwargs", {})
+    kwargs = reader.mapping(kwargs if kwargs is not None else {}, raw.line_of("kwargs"), f"{where}.kwargs")
+    if any(not isinstance(k, str) for k in kwargs):
+        raise reader.error("kwargs keys must be strings", raw.line_of("kwargs"), f"{where}.kwargs")
+    tolerance = raw.get("tolerance", DEFAULT_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise reader.error(f"tolerance is the largest accepted relative error, a number in (0, 1), got "
+                           f"{tolerance!r}", raw.line_of("tolerance"), f"{where}.tolerance")
+    skip = raw.get("skip")
+    if skip is not None and (not isinstance(skip, str) or not skip.strip()):
+        raise reader.error("skip takes the reason as text", raw.line_of("skip"), f"{where}.skip")
+    return ModelSpec(name=name, source=source, task=task, weights=weights,
+                     kwargs_json=json.dumps(_plain(kwargs), sort_keys=True, separators=(",", ":")),
+                     tolerance=float(tolerance), skip=skip)
+
+
+def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, base_dir: Path) -> WeightsSpec:
+    if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
+        return WeightsSpec(source="none", seed=seed)
+    if not isinstance(raw, str) or not raw.strip():
+        raise reader.error(f"weights is none, DEFAULT (a torchvision weights name) or a file path, got {raw!r}",
+                           line, where)
+    if raw.isidentifier() and raw.upper() == raw:
+        # DEFAULT, IMAGENET1K_V1, COCO_V1 ...: torchvision weights looked up in the torch hub cache.
+        return WeightsSpec(source="hub", seed=seed, name=raw)
+    path = (base_dir / os.path.expanduser(raw)).resolve()
+    if not path.is_file():
+        raise reader.error(f"weights file {str(path)!r} does not exist", line, where,
+                           hint="give a path relative to builds.yaml, or `none` for seeded random weights")
+    if not os.access(path, os.R_OK):
+        raise reader.error(f"weights file {str(path)!r} is not readable", line, where)
+    return WeightsSpec(source="file", seed=seed, path=str(path))
+
+
+def _plain(value: Any) -> Any:
+    """Located containers -> plain JSON-able values (rejects what JSON cannot hold)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be used here")
+
+
+class _AxisValues:
+    """Parses and normalizes axis values, caching the costly ones (targets, passes)."""
+
+    def __init__(self, reader: _Reader, models: Mapping[str, ModelSpec]):
+        self.reader, self.models = reader, models
+        self._targets: dict[str, str] = {}
+        self._passes: dict[tuple, tuple] = {}
+
+    def parse(self, axis: str, value: Any, line: int | None, where: str) -> Any:
+        reader = self.reader
+        if axis == "model":
+            if not isinstance(value, str) or value not in self.models:
+                raise reader.error(f"unknown model {value!r}", line, where,
+                                   hint=did_you_mean(str(value), self.models)
+                                   or f"define it under models: ({', '.join(self.models) or 'none defined'})")
+            return value
+        if axis == "input_size":
+            return _parse_size(_plain(value), reader, line, where)
+        if axis == "opt_level":
+            return _parse_opt_level(value, reader, line, where)
+        if axis == "target":
+            plain = _plain(value)
+            cache_key = json.dumps(plain, sort_keys=True)
+            if cache_key not in self._targets:
+                try:
+                    normalized = normalize_target(plain, where)
+                except ConfigError as exc:
+                    raise reader.error(exc.message, line, where, hint=exc.hint) from None
+                self._targets[cache_key] = json.dumps(normalized, sort_keys=True, separators=(",", ":"))
+            return self._targets[cache_key]
+        if axis == "disabled_passes":
+            if isinstance(value, str):
+                value = [value]
+            names = tuple(_plain(reader.sequence(value, line, where)))
+            if names not in self._passes:
+                try:
+                    self._passes[names] = validate_disabled_passes(names, where)
+                except ConfigError as exc:
+                    raise reader.error(exc.message, line, where, hint=exc.hint) from None
+            return self._passes[names]
+        raise AssertionError(axis)
+
+
+def load_specs(path: str | os.PathLike) -> list[BuildSpec]:
+    """Read and expand a builds.yaml. Every problem is a ConfigError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path), hint="run from the project root or pass --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    return parse_specs(text, filename=str(path), base_dir=path.resolve().parent)
+
+
+def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None = None) -> list[BuildSpec]:
+    reader = _Reader(filename)
+    base_dir = base_dir or Path.cwd()
+    doc = load_yaml(text, filename)
+    if doc is None:
+        raise reader.error("the file is empty", None, "", hint="see README.md for a builds.yaml example")
+    doc = reader.mapping(doc, 1, "(top level)")
+    reader.check_keys(doc, TOP_LEVEL, "")
+    version = doc.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise reader.error(f"unsupported version {version!r}; this buildsys reads version {CONFIG_VERSION}",
+                           doc.line_of("version"), "version")
+
+    raw_models = reader.mapping(doc.get("models", LocatedDict()), doc.line_of("models"), "models")
+    models = {}
+    for name, raw in raw_models.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise reader.error(f"model names use letters, digits, '_', '-', '.': {name!r}",
+                               raw_models.line_of(name), "models")
+        models[name] = _parse_model(name, raw, reader, raw_models.line_of(name), base_dir)
+
+    values = _AxisValues(reader, models)
+    defaults_raw = reader.mapping(doc.get("defaults", LocatedDict()), doc.line_of("defaults"), "defaults")
+    reader.check_keys(defaults_raw, AXES, "defaults")
+    defaults: dict[str, tuple[Any, int | None]] = {
+        axis: (defaults_raw[axis], defaults_raw.line_of(axis)) if axis in defaults_raw
+        else (BUILTIN_DEFAULTS[axis], None)
+        for axis in AXES if axis in defaults_raw or axis in BUILTIN_DEFAULTS}
+
+    matrix = reader.mapping(doc.get("matrix"), doc.line_of("matrix"), "matrix")
+    reader.check_keys(matrix, AXES + ("include", "exclude"), "matrix")
+
+    # Cartesian product of the listed axes; unlisted axes come from defaults.
+    axis_choices: list[list[tuple[Any, int | None]]] = []
+    for axis in AXES:
+        if axis in matrix:
+            items = reader.sequence(matrix[axis], matrix.line_of(axis), f"matrix.{axis}")
+            if not items:
+                raise reader.error("an axis needs at least one value", matrix.line_of(axis), f"matrix.{axis}")
+            axis_choices.append([(values.parse(axis, v, items.line_of(i), f"matrix.{axis}[{i}]"), items.line_of(i))
+                                 for i, v in enumerate(items)])
+        elif axis in defaults:
+            raw, line = defaults[axis]
+            axis_choices.append([(values.parse(axis, raw, line, f"defaults.{axis}"), line)])
+        else:
+            axis_choices.append([])  # model / input_size with no default: product only if listed
+
+    entries: list[tuple[dict, int | None]] = []
+    if all(axis_choices):
+        for combo in itertools.product(*axis_choices):
+            entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix.line))
+    elif "model" in matrix or "input_size" in matrix:
+        missing = [a for a, c in zip(AXES, axis_choices) if not c]
+        raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix.line, "matrix",
+                           hint=f"add matrix.{missing[0]} or defaults.{missing[0]}")
+
+    for i, rule in enumerate(reader.sequence(matrix.get("exclude", []), matrix.line_of("exclude"),
+                                             "matrix.exclude")):
+        where = f"matrix.exclude[{i}]"
+        rule = reader.mapping(rule, matrix["exclude"].line_of(i), where)
+        reader.check_keys(rule, AXES, where)
+        wanted = {axis: values.parse(axis, v, rule.line_of(axis), f"{where}.{axis}") for axis, v in rule.items()}
+        entries = [(e, line) for e, line in entries if not all(e[a] == v for a, v in wanted.items())]
+
+    for i, extra in enumerate(reader.sequence(matrix.get("include", []), matrix.line_of("include"),
+                                              "matrix.include")):
+        where = f"matrix.include[{i}]"
+        extra = reader.mapping(extra, matrix["include"].line_of(i), where)
+        reader.check_keys(extra, AXES, where)
+        entry = {}
+        for axis in AXES:
+            if axis in extra:
+                entry[axis] = values.parse(axis, extra[axis], extra.line_of(axis), f"{where}.{axis}")
+            elif axis in defaults:
+                raw, line = defaults[axis]
+                entry[axis] = values.parse(axis, raw, line, f"defaults.{axis}")
+            else:
+                raise reader.error(f"an include entry needs {axis!r} (no default for it)", extra.line, where)
+        entries.append((entry, extra.line))
+
+    specs: list[BuildSpec] = []
+    seen: set[BuildSpec] = set()
+    for entry, line in entries:
+        spec = BuildSpec(model=models[entry["model"]], input_size=entry["input_size"],
+                         target_json=entry["target"], opt_level=entry["opt_level"],
+                         disabled_passes=entry["disabled_passes"], origin=f"{filename}:{line}")
+        if spec not in seen:
+            seen.add(spec)
+            specs.append(spec)
+    if not specs:
+        raise reader.error("the matrix expands to no entries", matrix.line, "matrix",
+                           hint="list at least one model and input_size, or check that exclude does not remove all")
+    return specs

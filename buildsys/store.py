@@ -1,0 +1,172 @@
+"""Content-addressed objects under ``<root>/sha256/ab/cdef...``.
+
+Objects are written whole or not at all: bytes are staged under
+``<root>/tmp`` (same file system), fsynced, made read-only and renamed into
+place with ``os.replace``. Readers re-hash what they read. Never imports TVM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .errors import IntegrityError, StoreError
+from .keys import CHUNK, HASH_ALGORITHM, digest_file, split_digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.objects = self.root / HASH_ALGORITHM
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+
+    def _ensure_dirs(self) -> None:
+        try:
+            for d in (self.objects, self.tmp, self.locks):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store directories under {self.root}: {exc}") from None
+
+    def object_path(self, digest: str) -> Path:
+        _, hexdigest = split_digest(digest)
+        return self.objects / hexdigest[:2] / hexdigest[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.object_path(digest).is_file()
+
+    @contextlib.contextmanager
+    def staging(self, prefix: str = "build-") -> Iterator[Path]:
+        """A scratch directory inside the store, removed afterwards whatever happens."""
+        self._ensure_dirs()
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """An exclusive per-key lock, so two builders never compile the same key at once."""
+        self._ensure_dirs()
+        with open(self.locks / f"{key}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def put(self, staged: str | os.PathLike) -> tuple[str, int]:
+        """Move a staged file (inside ``tmp``) into the store; return ``(digest, size)``."""
+        staged = Path(staged)
+        try:
+            digest = digest_file(staged)
+            size = staged.stat().st_size
+            dest = self.object_path(digest)
+            if dest.is_file():
+                staged.unlink()
+                return digest, size
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(staged, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(staged, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            os.replace(staged, dest)
+            _fsync_dir(dest.parent)
+        except OSError as exc:
+            hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
+            raise StoreError(f"cannot store {staged.name} in {self.root}{hint}: {exc}") from None
+        return digest, size
+
+    def put_bytes(self, data: bytes, name: str = "object") -> tuple[str, int]:
+        self._ensure_dirs()
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{name}-", dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return self.put(tmp_name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+
+    def read_verified(self, digest: str, *, key: str | None = None, name: str = "") -> bytes:
+        """The object's bytes, after checking they hash to ``digest``."""
+        path = self.object_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(key=key, path=f"{path} ({name})" if name else str(path), expected=digest,
+                                 actual=None) from None
+        actual = f"{HASH_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+        if actual != digest:
+            raise IntegrityError(key=key, path=f"{path} ({name})" if name else str(path), expected=digest,
+                                 actual=actual)
+        return data
+
+    def copy_verified(self, digest: str, dest: str | os.PathLike, *, key: str | None = None,
+                      name: str = "") -> Path:
+        """Copy an object to ``dest`` while hashing; the copy is removed unless it matches ``digest``.
+
+        Hashing the very bytes that were written closes the gap between
+        checking a file and loading it.
+        """
+        src, dest = self.object_path(digest), Path(dest)
+        h = hashlib.sha256()
+        try:
+            with open(src, "rb") as fin, open(dest, "wb") as fout:
+                for chunk in iter(lambda: fin.read(CHUNK), b""):
+                    h.update(chunk)
+                    fout.write(chunk)
+        except FileNotFoundError:
+            dest.unlink(missing_ok=True)
+            raise IntegrityError(key=key, path=f"{src} ({name})" if name else str(src), expected=digest,
+                                 actual=None) from None
+        actual = f"{HASH_ALGORITHM}:{h.hexdigest()}"
+        if actual != digest:
+            dest.unlink(missing_ok=True)
+            raise IntegrityError(key=key, path=f"{src} ({name})" if name else str(src), expected=digest,
+                                 actual=actual)
+        return dest
+
+    def check(self, digest: str) -> str | None:
+        """The actual digest of the stored object, or None when it is missing."""
+        path = self.object_path(digest)
+        if not path.is_file():
+            return None
+        return digest_file(path)
+
+    def iter_objects(self) -> Iterator[str]:
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            if sub.is_dir():
+                for obj in sorted(sub.iterdir()):
+                    yield f"{HASH_ALGORITHM}:{sub.name}{obj.name}"
+
+    def clean_tmp(self, older_than_s: float = 3600) -> int:
+        """Remove staging leftovers of crashed builds; returns how many entries went."""
+        if not self.tmp.is_dir():
+            return 0
+        removed, cutoff = 0, time.time() - older_than_s
+        for entry in self.tmp.iterdir():
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -1,0 +1,155 @@
+"""Classic TVM target strings <-> the JSON dict form TVM 0.27 accepts.
+
+TVM 0.27 rejects ``"llvm -mcpu=skylake-avx512"`` ("CLI target string form ...
+is no longer supported"), yet every tutorial writes it. We accept both forms,
+validate every option (TVM prints an error line for an unknown ``mcpu`` and
+silently falls back to generic x86-64, which runs tuned code 8x slower), and
+keep one normalized dict that goes into the build key.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any, Mapping
+
+from .errors import TargetError, did_you_mean
+
+SUPPORTED_KINDS = ("llvm",)
+# option name -> parser of its value
+_OPTIONS = ("mcpu", "mtriple", "mattr", "num-cores", "mabi", "opt-level")
+_UNSUPPORTED = {
+    "libs": "this TVM wheel is built without MKL, BLAS, cuDNN or DNNL, so no -libs value can be honoured; "
+            "drop the option",
+    "device": "device options are for GPU targets; buildsys builds CPU (llvm) targets",
+    "host": "a separate host target is only meaningful for GPU targets",
+}
+_KNOWN_NON_CPU_KINDS = ("cuda", "rocm", "vulkan", "metal", "opencl", "webgpu", "hexagon", "c")
+
+
+def _int_option(name: str, value: Any, where: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise TargetError(f"option {name!r} needs a whole number, got {value!r}", field=where) from None
+    if number < 1 or number > 1024:
+        raise TargetError(f"option {name!r} must be between 1 and 1024, got {number}", field=where)
+    return number
+
+
+def parse_cli_target(text: str, where: str = "target") -> dict:
+    """``"llvm -mcpu=znver3 -num-cores=2"`` -> ``{"kind": "llvm", "mcpu": "znver3", "num-cores": 2}``.
+
+    Syntax only; see ``normalize_target`` for validation against this TVM.
+    """
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise TargetError(f"cannot parse target string {text!r}: {exc}", field=where) from None
+    if not words:
+        raise TargetError("empty target string", field=where, hint='write e.g. "llvm" or "llvm -mcpu=znver3"')
+    result: dict[str, Any] = {"kind": words[0]}
+    for word in words[1:]:
+        if not word.startswith("-"):
+            raise TargetError(f"unexpected word {word!r} in target string {text!r}", field=where,
+                              hint="options look like -name=value, e.g. -mcpu=znver3")
+        name, sep, value = word.lstrip("-").partition("=")
+        if not sep:
+            raise TargetError(f"option {word!r} has no value in target string {text!r}", field=where,
+                              hint=f"write -{name}=VALUE")
+        if name in result:
+            raise TargetError(f"option {name!r} given twice in target string {text!r}", field=where)
+        result[name] = value
+    return result
+
+
+def format_cli_target(target: Mapping[str, Any]) -> str:
+    """The classic string form of a normalized target, for display."""
+    parts = [str(target["kind"])]
+    for name in sorted(k for k in target if k != "kind"):
+        value = target[name]
+        if isinstance(value, (list, tuple)):
+            value = ",".join(value)
+        parts.append(f"-{name}={value}")
+    return " ".join(parts)
+
+
+def normalize_target(raw: Any, where: str = "target") -> dict:
+    """Validate a target (CLI string or dict) and return its normalized dict.
+
+    ``-mcpu=native`` resolves to this host's CPU name, so the key records the
+    CPU that the code was really compiled for.
+    """
+    if isinstance(raw, str):
+        target = parse_cli_target(raw, where)
+    elif isinstance(raw, Mapping):
+        target = dict(raw)
+    else:
+        raise TargetError(f"a target is a string such as \"llvm -mcpu=znver3\" or a mapping, got {type(raw).__name__}",
+                          field=where)
+
+    kind = target.pop("kind", None)
+    if kind is None:
+        raise TargetError("the target has no kind", field=where, hint='add kind: llvm')
+    if kind not in SUPPORTED_KINDS:
+        why = ("GPU and other non-CPU targets are not supported yet" if kind in _KNOWN_NON_CPU_KINDS
+               else f"unknown target kind {kind!r}")
+        raise TargetError(f"{why}; buildsys builds for: {', '.join(SUPPORTED_KINDS)}", field=where,
+                          hint=did_you_mean(str(kind), SUPPORTED_KINDS))
+
+    normalized: dict[str, Any] = {"kind": kind}
+    for name, value in target.items():
+        if name in _UNSUPPORTED:
+            raise TargetError(f"option {name!r} is not supported: {_UNSUPPORTED[name]}", field=where)
+        if name not in _OPTIONS:
+            raise TargetError(f"unknown target option {name!r}", field=where,
+                              hint=did_you_mean(name, _OPTIONS) or f"known options: {', '.join(_OPTIONS)}")
+        if name in ("num-cores", "opt-level"):
+            normalized[name] = _int_option(name, value, where)
+        elif name == "mattr":
+            attrs = value.split(",") if isinstance(value, str) else list(value)
+            bad = [a for a in attrs if not a or a[0] not in "+-"]
+            if bad:
+                raise TargetError(f"mattr entries look like +avx2 or -avx512f, got {bad}", field=where)
+            normalized[name] = sorted(attrs)
+        else:
+            if not isinstance(value, str) or not value:
+                raise TargetError(f"option {name!r} needs a non-empty string", field=where)
+            normalized[name] = value
+
+    if "mcpu" in normalized:
+        normalized["mcpu"] = _validate_mcpu(normalized["mcpu"], normalized.get("mtriple"), where)
+    return normalized
+
+
+def _validate_mcpu(mcpu: str, mtriple: str | None, where: str) -> str:
+    from tvm.target import codegen  # lazy: parsing a target string should not load TVM
+
+    triple = mtriple or codegen.llvm_get_system_triple()
+    if mcpu == "native":
+        return codegen.llvm_get_system_cpu()
+    if not codegen.llvm_is_valid_cpu(mcpu, triple):
+        choices = [str(c) for c in codegen.llvm_get_cpu_archlist(_tvm_target({"kind": "llvm", "mtriple": triple}))]
+        raise TargetError(
+            f"LLVM does not know CPU {mcpu!r} for triple {triple} (TVM would silently fall back to generic "
+            "x86-64)", field=where,
+            hint=did_you_mean(mcpu, choices) or f"this host is {codegen.llvm_get_system_cpu()!r}; "
+                                                 "-mcpu=native picks it")
+    return mcpu
+
+
+def _tvm_target(target: Mapping[str, Any]):
+    import tvm
+
+    return tvm.target.Target(dict(target))
+
+
+def to_tvm(target: Mapping[str, Any]):
+    """A ``tvm.target.Target`` for a normalized target dict."""
+    tvm_dict = {k: (",".join(v) if isinstance(v, list) else v) for k, v in target.items()}
+    if "mattr" in target:
+        tvm_dict["mattr"] = list(target["mattr"])
+    try:
+        return _tvm_target(tvm_dict)
+    except Exception as exc:  # TVM raises its own error types; report the target we tried
+        raise TargetError(f"TVM rejected target {json.dumps(tvm_dict)}: {exc}") from None
