@@ -102,7 +102,10 @@ class CompatibilityError(BuildsysError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a typo, or None when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    # a fragment of a longer name ("size" for "input_size") is a likely slip too
+    close += [c for c in choices if word and word in c and c not in close][: 3 - len(close)]
     if not close:
         return None
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"

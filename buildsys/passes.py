@@ -36,6 +36,7 @@ def _pass_name(global_func: str) -> str | None:
 @functools.lru_cache(maxsize=1)
 def known_pass_names() -> frozenset[str]:
     """Names of the passes this TVM registers (as ``PassContext`` compares them)."""
+    import tvm  # noqa: F401 - loading TVM's library registers its passes
     import tvm_ffi
 
     names = {_pass_name(n) for n in tvm_ffi.registry.list_global_func_names()}

@@ -138,8 +138,11 @@ class _Reader:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number",
-            bool: "true/false", type(None): "nothing"}.get(type(value), type(value).__name__)
+    for kind, name in ((bool, "true/false"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
+                       ((int, float), "a number"), (type(None), "nothing")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -318,6 +321,7 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
         for axis in AXES if axis in defaults_raw or axis in BUILTIN_DEFAULTS}
 
     matrix = reader.mapping(doc.get("matrix"), doc.line_of("matrix"), "matrix")
+    matrix_line = doc.line_of("matrix")
     reader.check_keys(matrix, AXES + ("include", "exclude"), "matrix")
 
     # Cartesian product of the listed axes; unlisted axes come from defaults.
@@ -338,10 +342,10 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
     entries: list[tuple[dict, int | None]] = []
     if all(axis_choices):
         for combo in itertools.product(*axis_choices):
-            entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix.line))
+            entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix_line))
     elif "model" in matrix or "input_size" in matrix:
         missing = [a for a, c in zip(AXES, axis_choices) if not c]
-        raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix.line, "matrix",
+        raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix_line, "matrix",
                            hint=f"add matrix.{missing[0]} or defaults.{missing[0]}")
 
     for i, rule in enumerate(reader.sequence(matrix.get("exclude", []), matrix.line_of("exclude"),
@@ -378,6 +382,6 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
             seen.add(spec)
             specs.append(spec)
     if not specs:
-        raise reader.error("the matrix expands to no entries", matrix.line, "matrix",
+        raise reader.error("the matrix expands to no entries", matrix_line, "matrix",
                            hint="list at least one model and input_size, or check that exclude does not remove all")
     return specs

@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # test fixtures are importable as model sources ("tests.fixtures.models:...")
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("BUILDSYS_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="full-size model build; run with BUILDSYS_SLOW_TESTS=1 (make test-all)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """An empty store + SQLite registry, used through env vars like a user would."""
+    store = tmp_path / "artifacts"
+    monkeypatch.setenv("BUILDSYS_STORE", str(store))
+    monkeypatch.delenv("BUILDSYS_REGISTRY", raising=False)
+    return tmp_path

@@ -1,0 +1,48 @@
+import textwrap
+
+import pytest
+
+from buildsys.cli import main
+
+TINY_CONFIG = """
+models:
+  tiny_cnn:
+    source: tests.fixtures.models:tiny_cnn
+    kwargs: {classes: 10}
+  upsample:
+    source: tests.fixtures.models:nearest_upsample
+matrix:
+  model: [tiny_cnn]
+  input_size: [32, 48]
+  include:
+    - {model: upsample, input_size: 29}   # 29 -> 15 -> 29: not a multiple, exposes nearest-resize semantics
+"""
+
+
+class Workspace:
+    def __init__(self, root, config_text):
+        self.root = root
+        self.config = root / "builds.yaml"
+        self.config.write_text(textwrap.dedent(config_text))
+        self.store = root / "artifacts"
+
+    def cli(self, *args):
+        return main(["-c", str(self.config), "--store", str(self.store), *args])
+
+    @property
+    def registry(self):
+        from buildsys.registry import Registry
+        return Registry(f"sqlite:///{self.store / 'registry.db'}")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The tiny matrix, built once for the whole session (read-only users only)."""
+    ws = Workspace(tmp_path_factory.mktemp("built"), TINY_CONFIG)
+    assert ws.cli("build") == 0
+    return ws
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    return lambda text=TINY_CONFIG: Workspace(tmp_path, text)

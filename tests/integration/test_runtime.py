@@ -1,0 +1,120 @@
+"""The thin loader: verified before it loads, refuses skew, runs without torch."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from buildsys import manifest as manifest_format
+from buildsys.errors import CompatibilityError, IntegrityError
+from buildsys.registry import FileRecord, NewArtifact
+from buildsys.runtime import load_artifact, loader
+from buildsys.store import Store
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture
+def copy_of_built(built, tmp_path):
+    """A private copy of the built workspace, safe to tamper with."""
+    shutil.copytree(built.store, tmp_path / "artifacts")
+    for path in (tmp_path / "artifacts").rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    ws = type(built)(tmp_path, "")
+    ws.config = built.config
+    return ws
+
+
+def _record(ws):
+    return next(r for r in ws.registry.list() if r.input_size == "32x32")
+
+
+def test_tampered_library_is_refused_before_loading(copy_of_built):
+    ws = copy_of_built
+    record = _record(ws)
+    store = Store(ws.store)
+    lib = store.object_path(record.file("lib.so").digest)
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    lib.write_bytes(bytes(data))
+    with mock.patch.object(loader, "load_executable") as load_executable:
+        with pytest.raises(IntegrityError) as info:
+            load_artifact(record.key, registry=ws.registry, store=store)
+    load_executable.assert_not_called()
+    message = str(info.value)
+    assert record.key in message and "lib.so" in message
+    assert record.file("lib.so").digest in message and "found    sha256:" in message
+
+
+def test_missing_params_file_is_refused(copy_of_built):
+    ws = copy_of_built
+    record = _record(ws)
+    store = Store(ws.store)
+    store.object_path(record.file("params.npz").digest).unlink()
+    with mock.patch.object(loader, "load_executable") as load_executable:
+        with pytest.raises(IntegrityError, match="missing file"):
+            load_artifact(record.key, registry=ws.registry, store=store)
+    load_executable.assert_not_called()
+
+
+def _republish_with_manifest(ws, record, edit):
+    store = Store(ws.store)
+    manifest = manifest_format.loads(store.read_verified(record.manifest_digest))
+    edit(manifest)
+    digest, size = store.put_bytes(manifest_format.dumps(manifest))
+    files = tuple(f if f.name != "manifest.json" else FileRecord(f.name, digest, size) for f in record.files)
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(NewArtifact) if hasattr(record, f.name)}
+    fields.update(manifest_digest=digest, files=files, metrics={})
+    ws.registry.publish(NewArtifact(**fields))
+    return store
+
+
+def test_other_tvm_version_is_refused_with_rebuild_hint(copy_of_built):
+    ws = copy_of_built
+    record = _record(ws)
+    store = _republish_with_manifest(ws, record, lambda m: m["runtime"].update(tvm="0.26.0"))
+    with mock.patch.object(loader, "load_executable") as load_executable:
+        with pytest.raises(CompatibilityError, match="built with TVM 0.26.0.*Rebuild it"):
+            load_artifact(record.key, registry=ws.registry, store=store)
+    load_executable.assert_not_called()
+
+
+def test_unknown_manifest_format_is_refused(copy_of_built):
+    ws = copy_of_built
+    record = _record(ws)
+    store = _republish_with_manifest(ws, record, lambda m: m.update(manifest_format=99))
+    with pytest.raises(CompatibilityError, match="manifest format 99"):
+        load_artifact(record.key, registry=ws.registry, store=store)
+
+
+def test_loader_process_imports_neither_torch_nor_the_compiler(built):
+    record = _record(built)
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        from buildsys.runtime import load_artifact
+        p = load_artifact({record.key[:10]!r})
+        out = p(np.zeros((1, 3, 32, 32), np.float32))
+        print(json.dumps({{"torch": "torch" in sys.modules, "relax": "tvm.relax" in sys.modules,
+                          "shape": list(out[0].shape)}}))
+    """)
+    env = {**os.environ, "BUILDSYS_STORE": str(built.store)}
+    env.pop("BUILDSYS_REGISTRY", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"torch": False, "relax": False, "shape": [1, 10]}
+
+
+def test_wrong_input_shape_is_a_clear_error(built):
+    record = _record(built)
+    predictor = load_artifact(record.key, registry=built.registry, store=Store(built.store))
+    with pytest.raises(ValueError, match=r"takes input of shape \(1, 3, 32, 32\)"):
+        predictor(np.zeros((1, 3, 48, 48), np.float32))

@@ -1,0 +1,131 @@
+import pytest
+from sqlalchemy import text
+
+from buildsys.errors import RegistryError, UsageError
+from buildsys.registry import FileRecord, NewArtifact, Registry
+from buildsys.registry.db import head_revision, make_engine, upgrade
+from buildsys.registry.models import Base
+
+
+def new_artifact(key, model="m", **over):
+    fields = dict(key=key, model=model, task="classification", input_size="32x32", target={"kind": "llvm"},
+                  opt_level=3, disabled_passes=("FoldConstant",), spec={"model": {"name": model}},
+                  key_material={"key_format": 1}, toolchain={"tvm": "0.27.0.post1"},
+                  manifest_digest="sha256:" + "0" * 64,
+                  files=(FileRecord("lib.so", "sha256:" + "1" * 64, 10),
+                         FileRecord("params.npz", "sha256:" + "2" * 64, 20)),
+                  metrics={"parity_max_rel": (1e-6, "rel"), "compile_s": (1.5, "s")},
+                  parity_max_abs=2e-6, parity_max_rel=1e-6)
+    fields.update(over)
+    return NewArtifact(**fields)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    yield reg
+    reg.close()
+
+
+def test_round_trip(registry):
+    published = registry.publish(new_artifact("ab" * 32))
+    got = registry.get("ab" * 32)
+    assert got == published
+    assert got.target == {"kind": "llvm"}
+    assert got.disabled_passes == ("FoldConstant",)
+    assert [f.name for f in got.files] == ["lib.so", "params.npz"]
+    assert got.metrics == {"compile_s": 1.5, "parity_max_rel": 1e-6}
+    assert got.parity_max_rel == 1e-6
+    with pytest.raises(Exception):
+        got.key = "x"  # frozen
+
+
+def test_republish_replaces_files_and_metrics(registry):
+    registry.publish(new_artifact("ab" * 32))
+    registry.publish(new_artifact("ab" * 32, files=(FileRecord("lib.so", "sha256:" + "3" * 64, 5),),
+                                  metrics={"x": (1.0, "s")}))
+    got = registry.get("ab" * 32)
+    assert [(f.name, f.digest) for f in got.files] == [("lib.so", "sha256:" + "3" * 64)]
+    assert got.metrics == {"x": 1.0}
+
+
+def test_resolve_by_key_prefix_and_alias(registry):
+    one, two = "abcd1" + "0" * 59, "abcd2" + "0" * 59
+    registry.publish(new_artifact(one))
+    registry.publish(new_artifact(two))
+    assert registry.resolve("abcd1").key == one
+    assert registry.resolve(two).key == two
+    assert registry.resolve("ABCD2").key == two
+    with pytest.raises(UsageError, match="ambiguous: abcd10000000, abcd20000000"):
+        registry.resolve("abcd")
+    with pytest.raises(UsageError, match="no artifact key starts with"):
+        registry.resolve("ffff")
+    with pytest.raises(UsageError, match="not a key prefix"):
+        registry.resolve("abc")
+    registry.set_alias("prod", "abcd1")
+    assert registry.resolve("prod").key == one
+    assert registry.get(one).aliases == ("prod",)
+    registry.set_alias("prod", "abcd2")  # moves
+    assert registry.resolve("prod").key == two
+    with pytest.raises(UsageError, match="did you mean 'prod'"):
+        registry.resolve("prdo")
+    registry.remove_alias("prod")
+    with pytest.raises(UsageError):
+        registry.remove_alias("prod")
+
+
+def test_aliases_must_not_look_like_keys(registry):
+    registry.publish(new_artifact("abcd" + "0" * 60))
+    with pytest.raises(UsageError, match="looks like a key prefix"):
+        registry.set_alias("beef", "abcd")
+
+
+def test_aliased_artifact_cannot_be_deleted(registry):
+    registry.publish(new_artifact("abcd" + "0" * 60))
+    registry.set_alias("prod", "abcd")
+    with pytest.raises(RegistryError, match="has aliases prod"):
+        registry.delete("abcd" + "0" * 60)
+    registry.remove_alias("prod")
+    registry.delete("abcd" + "0" * 60)
+    assert registry.get("abcd" + "0" * 60) is None
+
+
+def test_build_runs_start_running_and_finish(registry):
+    run_id = registry.start_run("k" * 64, "m 32x32")
+    assert registry.runs("k" * 64)[0].status == "running"
+    record = registry.finish_run(run_id, "failed", "boom")
+    assert (record.status, record.error) == ("failed", "boom")
+    assert record.duration_s >= 0
+
+
+def test_sqlite_pragmas(registry):
+    with registry._engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_database_errors_become_registry_errors(registry):
+    registry.publish(new_artifact("abcd" + "0" * 60))
+    dup = new_artifact("abcd" + "0" * 60, files=(FileRecord("a", "sha256:" + "1" * 64, 1),
+                                                 FileRecord("a", "sha256:" + "2" * 64, 1)))
+    with pytest.raises(RegistryError, match="uq_artifact_files_key_name|UNIQUE"):
+        registry.publish(dup)
+
+
+def test_bad_url_is_a_registry_error():
+    with pytest.raises(RegistryError, match="not a database URL"):
+        Registry("not a url at all")
+
+
+def test_migrations_are_the_only_schema_source(tmp_path):
+    """The migrated schema equals the ORM models: nothing calls create_all."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision(engine)
+    assert diff == []

@@ -1,0 +1,139 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from buildsys.errors import ConfigError
+from buildsys.spec import BuildSpec, load_specs, parse_specs
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
+
+BASE = """
+models:
+  a: {source: "tests.fixtures.models:tiny_cnn"}
+  b: {source: "tests.fixtures.models:tiny_cnn", kwargs: {classes: 3}}
+"""
+
+
+def labels(specs):
+    return sorted((s.model.name, s.input_size, s.target_label, s.opt_level) for s in specs)
+
+
+def test_cartesian_product_over_listed_axes_with_defaults():
+    specs = parse_specs(BASE + """
+defaults: {opt_level: 2}
+matrix:
+  model: [a, b]
+  input_size: [32, "48x64"]
+  opt_level: [0, 3]
+""")
+    assert len(specs) == 8
+    assert all(isinstance(s, BuildSpec) for s in specs)
+    assert ("b", (48, 64), "llvm", 0) in labels(specs)
+    assert {s.target_label for s in specs} == {"llvm"}
+
+
+def test_exclude_removes_every_matching_combination_and_include_adds_entries():
+    specs = parse_specs(BASE + """
+matrix:
+  model: [a, b]
+  input_size: [32, 48]
+  exclude:
+    - {model: b, input_size: 48}
+  include:
+    - {model: a, input_size: [40, 56], opt_level: 1}
+    - {model: a, input_size: 32}        # duplicate of a product entry: kept once
+""")
+    assert labels(specs) == [
+        ("a", (32, 32), "llvm", 3), ("a", (40, 56), "llvm", 1), ("a", (48, 48), "llvm", 3),
+        ("b", (32, 32), "llvm", 3)]
+
+
+def test_include_only_matrix():
+    specs = parse_specs(BASE + """
+matrix:
+  include:
+    - {model: b, input_size: 32}
+""")
+    assert labels(specs) == [("b", (32, 32), "llvm", 3)]
+
+
+def test_exclude_matches_normalized_values():
+    # "32" as 32 and "32x32" name the same size; a target string and its dict form are one target.
+    specs = parse_specs(BASE + """
+matrix:
+  model: [a]
+  input_size: [32, 48]
+  target: ["llvm", {kind: llvm, num-cores: 2}]
+  exclude:
+    - {input_size: "32x32", target: "llvm -num-cores=2"}
+""")
+    assert labels(specs) == [("a", (32, 32), "llvm", 3), ("a", (48, 48), "llvm", 3),
+                             ("a", (48, 48), "llvm -num-cores=2", 3)]
+
+
+def test_specs_are_frozen_and_do_not_share_mutable_kwargs():
+    spec = parse_specs(BASE + "matrix: {model: [b], input_size: [32]}")[0]
+    with pytest.raises(AttributeError):
+        spec.opt_level = 1
+    spec.model.kwargs["classes"] = 99  # a copy: the spec is unchanged
+    assert spec.model.kwargs == {"classes": 3}
+
+
+def test_disabled_passes_are_sorted_and_deduplicated():
+    spec = parse_specs(BASE + """
+matrix:
+  model: [a]
+  input_size: [32]
+  disabled_passes: [[LegalizeOps, FoldConstant, FoldConstant]]
+""")[0]
+    assert spec.disabled_passes == ("FoldConstant", "LegalizeOps")
+
+
+def test_origin_names_file_and_line(tmp_path):
+    path = tmp_path / "builds.yaml"
+    path.write_text(BASE + "matrix:\n  include:\n    - {model: a, input_size: 32}\n")
+    spec = load_specs(path)[0]
+    assert spec.origin == f"{path}:7"  # the include entry's line
+
+
+def test_weights_file_resolves_relative_to_config(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"not really weights")
+    path = tmp_path / "builds.yaml"
+    path.write_text("models:\n  a: {source: 'm:f', weights: w.pth}\nmatrix: {model: [a], input_size: [32]}\n")
+    spec = load_specs(path)[0]
+    assert spec.model.weights.source == "file"
+    assert spec.model.weights.path == str(tmp_path / "w.pth")
+
+
+def test_hub_weights_name():
+    spec = parse_specs("models:\n  a: {source: 'torchvision.models:resnet18', weights: DEFAULT}\n"
+                       "matrix: {model: [a], input_size: [32]}\n")[0]
+    assert (spec.model.weights.source, spec.model.weights.name) == ("hub", "DEFAULT")
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_specs(tmp_path / "nope.yaml")
+
+
+def _expectations(path: Path):
+    text = path.read_text()
+    expected = re.findall(r"^# expect: (.+)$", text, re.M)
+    line = re.search(r"^# expect-line: (\d+)$", text, re.M)
+    return expected, int(line.group(1)) if line else None
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_bad_config_fixture(fixture):
+    expected, line = _expectations(fixture)
+    assert expected, f"{fixture.name} names no expected message"
+    with pytest.raises(ConfigError) as info:
+        load_specs(fixture)
+    message = str(info.value)
+    for part in expected:
+        assert part in message, message
+    assert message.startswith(str(fixture)), message
+    if line is not None:
+        assert info.value.line == line, message
+    assert info.value.exit_code == 2

@@ -1,0 +1,73 @@
+import os
+import stat
+
+import pytest
+
+from buildsys.errors import IntegrityError, StoreError
+from buildsys.keys import digest_bytes
+from buildsys.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "artifacts")
+
+
+def test_put_lays_out_objects_by_digest_and_makes_them_read_only(store):
+    digest, size = store.put_bytes(b"hello")
+    assert digest == digest_bytes(b"hello") and size == 5
+    path = store.object_path(digest)
+    assert path.relative_to(store.root).parts[:2] == ("sha256", digest[7:9])
+    assert path.name == digest[9:]
+    assert not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert list(store.tmp.iterdir()) == []  # the staged file was moved, not copied
+
+
+def test_put_same_bytes_twice_is_one_object(store):
+    a, _ = store.put_bytes(b"same")
+    b, _ = store.put_bytes(b"same")
+    assert a == b and list(store.iter_objects()) == [a]
+
+
+def test_read_verified_detects_tampering_and_missing(store):
+    digest, _ = store.put_bytes(b"payload")
+    path = store.object_path(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"pAyload")
+    with pytest.raises(IntegrityError) as info:
+        store.read_verified(digest, key="k" * 64, name="lib.so")
+    assert info.value.expected == digest and info.value.actual == digest_bytes(b"pAyload")
+    assert "lib.so" in str(info.value) and "kkkk" in str(info.value)
+    path.unlink()
+    with pytest.raises(IntegrityError, match="missing file"):
+        store.read_verified(digest)
+
+
+def test_copy_verified_leaves_no_copy_on_mismatch(store, tmp_path):
+    digest, _ = store.put_bytes(b"library bytes")
+    path = store.object_path(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"library bytez")
+    dest = tmp_path / "lib.so"
+    with pytest.raises(IntegrityError):
+        store.copy_verified(digest, dest)
+    assert not dest.exists()
+
+
+def test_failed_write_leaves_nothing(store, monkeypatch):
+    def full_disk(*_args, **_kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(StoreError, match="disk full"):
+        store.put_bytes(b"x" * 100)
+    assert list(store.iter_objects()) == []
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_staging_is_removed_whatever_happens(store):
+    with pytest.raises(RuntimeError):
+        with store.staging() as d:
+            (d / "partial").write_bytes(b"half")
+            raise RuntimeError("crash")
+    assert list(store.tmp.iterdir()) == []
