@@ -33,7 +33,7 @@ from .registry import RUN_BUILT, RUN_FAILED, FileRecord, NewArtifact
 from .spec import BuildSpec
 from .store import Store
 from .toolchain import runtime_versions, toolchain_versions
-from .verify import compare_outputs, flatten_outputs
+from .verify import compare_detections, compare_outputs, flatten_outputs
 
 INPUT_SEED = 0
 TIMING_RUNS = 3
@@ -102,12 +102,12 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     start = time.perf_counter()
     module = instantiate(spec.model)
     x = example_input(spec)
-    with torch.no_grad():
-        reference = flatten_outputs(module(x))
     timings["model_s"] = time.perf_counter() - start
 
-    exported = export_model(module, x)
+    exported = export_model(module, x, spec.model.task)
     timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
+    with torch.no_grad():
+        reference = flatten_outputs(exported.reference(x))
     compiled = compile_model(exported.mod, spec)
     timings["compile_s"] = compiled.seconds
 
@@ -126,14 +126,15 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     vm = load_executable(runtime, library)
     args = [runtime.tensor(x.numpy())] + [runtime.tensor(p) for p in exported.params]
     actual = flatten_outputs(vm["main"](*args))
-    parity = compare_outputs(reference, actual, spec.model.tolerance, key=key)
+    compare = compare_detections if spec.model.task == "detection" else compare_outputs
+    parity = compare(reference, actual, spec.model.tolerance, key=key)
     timings["verify_s"] = time.perf_counter() - start
     if not parity.passed:
         raise ParityError(f"max relative error {parity.max_rel:.3g} exceeds tolerance {parity.tolerance:g} "
                           f"(max abs {parity.max_abs:.3g}); the artifact is not published", key=key, stage="verify")
 
     with torch.no_grad():
-        eager_ms = _median_ms(lambda: module(x))
+        eager_ms = _median_ms(lambda: exported.reference(x))
     artifact_ms = _median_ms(lambda: vm["main"](*args))
     threads = torch.get_num_threads()
 
@@ -143,12 +144,14 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         "key_material": dict(material),
         "spec": spec.to_dict(),
         "label": spec.describe(),
-        "route": exported.route,
+        "route": {"name": exported.route, **exported.details},
         "toolchain": toolchain_versions(),
         "runtime": runtime_versions(),
         "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
                "params": len(exported.params),
-               "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in reference]},
+               "outputs": [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)}
+                           for name, o in zip(exported.output_names or [f"output{i}" for i in range(len(reference))],
+                                              reference)]},
         "pass_trace": compiled.pass_trace,
         "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
         "timings": {k: round(v, 4) for k, v in timings.items()},

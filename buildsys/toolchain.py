@@ -15,6 +15,8 @@ TOOLCHAIN_PACKAGES = {
     "torchvision": "torchvision",
     "apache-tvm": "tvm",
     "apache-tvm-ffi": "tvm_ffi",
+    "onnx": "onnx",  # the detection route exports through ONNX
+    "onnxsim": "onnxsim",
     "buildsys": "buildsys",
 }
 

@@ -61,3 +61,43 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray], toler
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / scale if scale > 0 else diff)
     return Parity(max_abs=max_abs, max_rel=max_rel, outputs=len(reference), tolerance=tolerance)
+
+
+def match_detections(reference: list[np.ndarray], actual: list[np.ndarray]) -> np.ndarray | None:
+    """Index into ``actual`` for each reference detection, matched regardless of order.
+
+    Outputs are (boxes, scores, labels, per-detection extras...). Reference
+    detections, highest score first, each take the unmatched detection of the
+    same label whose box is closest (L-inf). None when the counts differ or a
+    label has no partner: the artifact found different detections.
+    """
+    ref_boxes, ref_scores, ref_labels = reference[:3]
+    boxes, labels = actual[0], actual[2]
+    if len(ref_boxes) != len(boxes):
+        return None
+    order = np.full(len(ref_boxes), -1)
+    taken = np.zeros(len(boxes), bool)
+    for i in np.argsort(-ref_scores, kind="stable"):
+        candidates = np.flatnonzero((labels == ref_labels[i]) & ~taken)
+        if candidates.size == 0:
+            return None
+        distance = np.abs(boxes[candidates].astype(np.float64) - ref_boxes[i]).max(axis=1)
+        best = candidates[int(np.argmin(distance))]
+        order[i], taken[best] = best, True
+    return order
+
+
+def compare_detections(reference: list[np.ndarray], actual: list[np.ndarray], tolerance: float,
+                       key: str | None = None) -> Parity:
+    """Match detections regardless of order, then compare the aligned outputs element-wise."""
+    if len(reference) != len(actual):
+        raise ParityError(f"PyTorch returned {len(reference)} outputs, the artifact {len(actual)}",
+                          key=key, stage="verify")
+    order = match_detections(reference, actual)
+    if order is None:
+        raise ParityError(f"detections differ: PyTorch found {len(reference[0])} "
+                          f"(labels {np.bincount(reference[2].astype(int)).tolist()}), the artifact "
+                          f"{len(actual[0])} (labels {np.bincount(actual[2].astype(int)).tolist()})",
+                          key=key, stage="verify")
+    aligned = [out[order] if out.ndim and len(out) == len(order) else out for out in actual]
+    return compare_outputs(reference, aligned, tolerance, key=key)

@@ -6,7 +6,8 @@ takes them as arguments after the input, in the order of ``params``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,16 +21,17 @@ class ExportedModel:
     route: str
     seconds_export: float
     seconds_import: float
+    reference: object  # the torch module whose outputs the artifact must reproduce
+    output_names: list[str] | None = None
+    details: dict = field(default_factory=dict)
 
 
-def export_model(module, example) -> ExportedModel:
-    import time
-
+def export_classifier(module, example) -> ExportedModel:
     import torch
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    from .fixes import apply_torch_importer_fixes
+    from . import fixes
 
     start = time.perf_counter()
     try:
@@ -41,9 +43,9 @@ def export_model(module, example) -> ExportedModel:
     try:
         mod = from_exported_program(program, keep_params_as_input=True)
         mod, params = relax.frontend.detach_params(mod)
-        mod = apply_torch_importer_fixes(mod)
+        mod = fixes.apply_torch_importer_fixes(mod)
     except Exception as exc:
         raise BuildError(f"Relax import failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="import") from None
-    arrays = [p.numpy() for p in params.get("main", [])]
-    return ExportedModel(mod=mod, params=arrays, route="torch.export",
-                         seconds_export=exported - start, seconds_import=time.perf_counter() - exported)
+    return ExportedModel(mod=mod, params=[p.numpy() for p in params.get("main", [])], route="torch.export",
+                         seconds_export=exported - start, seconds_import=time.perf_counter() - exported,
+                         reference=module)

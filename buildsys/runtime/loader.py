@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from ..errors import CompatibilityError, IntegrityError
 from ..locations import resolve_locations
 from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 from ..store import Store
+from .builtins import install_runtime_builtins
 
 _import_lock = threading.Lock()
 
@@ -117,13 +119,22 @@ def _flatten(out: Any) -> list[np.ndarray]:
     return result
 
 
-def load_executable(runtime, library_path: str | os.PathLike):
+def load_executable(runtime, library_path: str | os.PathLike, key: str = "?"):
     """A Relax VM over a compiled library, driven through runtime functions only."""
+    install_runtime_builtins(runtime)
     module = runtime.load_module(str(library_path))
     vm = module["vm_load_executable"]()
     kind_cpu, pooled_allocator = 1, 2
-    # device (kind, id, allocator) for the computation, then the same for the host
-    vm["vm_initialization"](kind_cpu, 0, pooled_allocator, kind_cpu, 0, pooled_allocator)
+    try:
+        # device (kind, id, allocator) for the computation, then the same for the host
+        vm["vm_initialization"](kind_cpu, 0, pooled_allocator, kind_cpu, 0, pooled_allocator)
+    except Exception as exc:  # TVM raises its own error types
+        missing = re.search(r"Cannot find ffi::Function (\S+)", str(exc))
+        if missing:
+            raise CompatibilityError(
+                f"artifact {key[:12]} calls {missing.group(1)}, which this TVM runtime does not provide; "
+                "load it in a process with the full TVM (`import tvm.relax`) or report it") from None
+        raise
     return vm
 
 
@@ -158,7 +169,7 @@ def load_artifact(ref: str, *, registry=None, store: Store | None = None, num_th
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the runtime's pool starts
         runtime = import_tvm_runtime()
-        vm = load_executable(runtime, library)
+        vm = load_executable(runtime, library, key)
         with np.load(io.BytesIO(params_data), allow_pickle=False) as npz:
             params = [runtime.tensor(npz[name]) for name in sorted(npz.files)]
     except BaseException:

@@ -46,3 +46,21 @@ def built(tmp_path_factory):
 @pytest.fixture
 def fresh(tmp_path):
     return lambda text=TINY_CONFIG: Workspace(tmp_path, text)
+
+
+DETECTOR_CONFIG = """
+models:
+  tiny_fasterrcnn: {source: "buildsys.models.tiny:tiny_fasterrcnn", task: detection}
+  tiny_retinanet: {source: "buildsys.models.tiny:tiny_retinanet", task: detection}
+  tiny_maskrcnn: {source: "buildsys.models.tiny:tiny_maskrcnn", task: detection}
+matrix:
+  model: [tiny_fasterrcnn, tiny_retinanet, tiny_maskrcnn]
+  input_size: [64]
+"""
+
+
+@pytest.fixture(scope="session")
+def built_detectors(tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("detectors"), DETECTOR_CONFIG)
+    assert ws.cli("build") == 0
+    return ws

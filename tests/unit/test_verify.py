@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from buildsys.errors import ParityError
+from buildsys.verify import compare_detections, compare_outputs, match_detections
+
+
+def dets(boxes, scores, labels):
+    return [np.array(boxes, np.float32), np.array(scores, np.float32), np.array(labels, np.int64)]
+
+
+def test_compare_outputs_measures_relative_error():
+    parity = compare_outputs([np.array([1.0, -2.0])], [np.array([1.0, -2.002])], tolerance=1e-2)
+    assert parity.max_abs == pytest.approx(0.002)
+    assert parity.max_rel == pytest.approx(0.001)
+    assert parity.passed
+    assert not compare_outputs([np.array([1.0])], [np.array([1.5])], tolerance=1e-2).passed
+
+
+def test_compare_outputs_refuses_shape_and_count_mismatch_and_nan():
+    with pytest.raises(ParityError, match="shape"):
+        compare_outputs([np.zeros((2, 3))], [np.zeros((3, 2))], 1e-4)
+    with pytest.raises(ParityError, match="1 outputs, the artifact 2"):
+        compare_outputs([np.zeros(2)], [np.zeros(2), np.zeros(2)], 1e-4)
+    with pytest.raises(ParityError, match="NaN"):
+        compare_outputs([np.zeros(2)], [np.array([0.0, np.nan])], 1e-4)
+
+
+def test_detections_match_regardless_of_order():
+    ref = dets([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4]], [0.9, 0.8, 0.7], [1, 2, 1])
+    out = dets([[1, 1, 4, 4], [0, 0, 10, 10.001], [5, 5, 20, 20]], [0.7, 0.9, 0.8], [1, 1, 2])
+    assert match_detections(ref, out).tolist() == [1, 2, 0]
+    parity = compare_detections(ref, out, tolerance=1e-3)
+    assert parity.passed and parity.max_abs == pytest.approx(0.001, rel=1e-3)
+
+
+def test_detections_with_different_labels_or_counts_fail():
+    ref = dets([[0, 0, 10, 10]], [0.9], [1])
+    with pytest.raises(ParityError, match="detections differ"):
+        compare_detections(ref, dets([[0, 0, 10, 10]], [0.9], [2]), 1e-3)
+    with pytest.raises(ParityError, match="detections differ"):
+        compare_detections(ref, dets([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.5], [1, 1]), 1e-3)
+
+
+def test_wrong_box_is_measured_not_hidden():
+    ref = dets([[0, 0, 10, 10]], [0.9], [1])
+    parity = compare_detections(ref, dets([[0, 0, 10, 15]], [0.9], [1]), 1e-3)
+    assert not parity.passed and parity.max_abs == 5
