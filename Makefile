@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 BUILD_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv build-all test test-all clean-artifacts
+RUNTIME_VENV ?= .venv-runtime
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
+SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
+
+.PHONY: venv build-all test test-all runtime-venv runtime-smoke bench-loader clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +30,24 @@ test: $(STAMP)
 ## Everything, full-size model builds included (slow).
 test-all: $(STAMP)
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(RUNTIME_STAMP): pyproject.toml
+	test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[runtime]'
+	touch $(RUNTIME_STAMP)
+
+## A deployment's venv: the runtime extra only (no torch).
+runtime-venv: $(RUNTIME_STAMP)
+
+## Build a tiny detector with the builder venv, then load and run it in the runtime-only venv.
+runtime-smoke: $(STAMP) $(RUNTIME_STAMP)
+	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
+	$(BIN)/buildsys -c tests/smoke/builds.yaml --store $(SMOKE_DIR)/artifacts build
+	$(RUNTIME_VENV)/bin/python tests/smoke/runtime_smoke.py $(SMOKE_DIR)
+
+## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
+bench-loader: $(STAMP) $(RUNTIME_STAMP)
+	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python
 
 ## Remove the local store and registry (generated; never committed).
 clean-artifacts:

@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import manifest as manifest_format
+from .cpu import required_features
 from .errors import BuildError, BuildsysError, ParityError
 from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
 from .plan import BUILD, CACHED, PlanEntry
@@ -152,6 +153,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
                "outputs": [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)}
                            for name, o in zip(exported.output_names or [f"output{i}" for i in range(len(reference))],
                                               reference)]},
+        "cpu": {"required_features": required_features(spec.target)},
         "pass_trace": compiled.pass_trace,
         "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
         "timings": {k: round(v, 4) for k, v in timings.items()},

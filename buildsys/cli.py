@@ -220,6 +220,19 @@ def verify(c: Context):
         sys.exit(5)
 
 
+@cli.command(name="export")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write one sub-directory per artifact into.")
+@pass_ctx
+def export_cmd(c: Context, refs, out_dir):
+    """Copy artifacts out as self-contained bundle directories (load them without the registry)."""
+    from .bundle import export_bundle
+    for ref in refs:
+        record = c.registry.resolve(ref)
+        click.echo(f"{record.key[:12]} -> {export_bundle(record, c.store, out_dir)}")
+
+
 @cli.group()
 def alias():
     """Name artifacts (name -> key)."""

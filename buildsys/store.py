@@ -23,6 +23,47 @@ from .errors import IntegrityError, StoreError
 from .keys import CHUNK, HASH_ALGORITHM, digest_file, split_digest
 
 
+def _where(path: Path, name: str) -> str:
+    return f"{path} ({name})" if name else str(path)
+
+
+def read_verified(path: str | os.PathLike, digest: str, *, key: str | None = None, name: str = "") -> bytes:
+    """A file's bytes, after checking they hash to ``digest``; IntegrityError otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(key=key, path=_where(path, name), expected=digest, actual=None) from None
+    actual = f"{HASH_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+    if actual != digest:
+        raise IntegrityError(key=key, path=_where(path, name), expected=digest, actual=actual)
+    return data
+
+
+def copy_verified(src: str | os.PathLike, digest: str, dest: str | os.PathLike, *, key: str | None = None,
+                  name: str = "") -> Path:
+    """Copy ``src`` to ``dest`` while hashing; the copy is removed unless it matches ``digest``.
+
+    Hashing the very bytes that were written closes the gap between checking
+    a file and loading it.
+    """
+    src, dest = Path(src), Path(dest)
+    h = hashlib.sha256()
+    try:
+        with open(src, "rb") as fin, open(dest, "wb") as fout:
+            for chunk in iter(lambda: fin.read(CHUNK), b""):
+                h.update(chunk)
+                fout.write(chunk)
+    except FileNotFoundError:
+        dest.unlink(missing_ok=True)
+        raise IntegrityError(key=key, path=_where(src, name), expected=digest, actual=None) from None
+    actual = f"{HASH_ALGORITHM}:{h.hexdigest()}"
+    if actual != digest:
+        dest.unlink(missing_ok=True)
+        raise IntegrityError(key=key, path=_where(src, name), expected=digest, actual=actual)
+    return dest
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -108,42 +149,11 @@ class Store:
 
     def read_verified(self, digest: str, *, key: str | None = None, name: str = "") -> bytes:
         """The object's bytes, after checking they hash to ``digest``."""
-        path = self.object_path(digest)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise IntegrityError(key=key, path=f"{path} ({name})" if name else str(path), expected=digest,
-                                 actual=None) from None
-        actual = f"{HASH_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
-        if actual != digest:
-            raise IntegrityError(key=key, path=f"{path} ({name})" if name else str(path), expected=digest,
-                                 actual=actual)
-        return data
+        return read_verified(self.object_path(digest), digest, key=key, name=name)
 
     def copy_verified(self, digest: str, dest: str | os.PathLike, *, key: str | None = None,
                       name: str = "") -> Path:
-        """Copy an object to ``dest`` while hashing; the copy is removed unless it matches ``digest``.
-
-        Hashing the very bytes that were written closes the gap between
-        checking a file and loading it.
-        """
-        src, dest = self.object_path(digest), Path(dest)
-        h = hashlib.sha256()
-        try:
-            with open(src, "rb") as fin, open(dest, "wb") as fout:
-                for chunk in iter(lambda: fin.read(CHUNK), b""):
-                    h.update(chunk)
-                    fout.write(chunk)
-        except FileNotFoundError:
-            dest.unlink(missing_ok=True)
-            raise IntegrityError(key=key, path=f"{src} ({name})" if name else str(src), expected=digest,
-                                 actual=None) from None
-        actual = f"{HASH_ALGORITHM}:{h.hexdigest()}"
-        if actual != digest:
-            dest.unlink(missing_ok=True)
-            raise IntegrityError(key=key, path=f"{src} ({name})" if name else str(src), expected=digest,
-                                 actual=actual)
-        return dest
+        return copy_verified(self.object_path(digest), digest, dest, key=key, name=name)
 
     def check(self, digest: str) -> str | None:
         """The actual digest of the stored object, or None when it is missing."""

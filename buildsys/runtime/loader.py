@@ -16,10 +16,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import manifest as manifest_format
+from ..cpu import host_flags, missing_features
 from ..errors import CompatibilityError, IntegrityError
 from ..locations import resolve_locations
 from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
-from ..store import Store
+from ..store import Store, copy_verified, read_verified
 from .builtins import install_runtime_builtins
 
 _import_lock = threading.Lock()
@@ -58,9 +59,18 @@ def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
 
 
-def check_compatibility(manifest: Mapping[str, Any], key: str) -> None:
-    """Refuse an artifact built for another TVM runtime than the one installed."""
+def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[str] | None = None) -> None:
+    """Refuse an artifact built for another TVM runtime, or for CPU features this host lacks."""
     from importlib import metadata
+
+    required = manifest.get("cpu", {}).get("required_features", [])
+    lacking = missing_features(required, host_flags() if cpu_flags is None else cpu_flags)
+    if lacking:
+        target = manifest.get("spec", {}).get("target", {})
+        raise CompatibilityError(
+            f"artifact {key[:12]} was compiled for {target.get('mcpu', target)} and uses CPU features this host "
+            f"lacks: {', '.join(lacking)}; running it would crash (SIGILL). Build it for this host "
+            "(target \"llvm -mcpu=native\") and load that key instead")
 
     built = manifest.get("runtime", {}).get("tvm")
     try:
@@ -138,14 +148,33 @@ def load_executable(runtime, library_path: str | os.PathLike, key: str = "?"):
     return vm
 
 
-def load_artifact(ref: str, *, registry=None, store: Store | None = None, num_threads: int | None = None
-                  ) -> Predictor:
-    """Resolve ``ref`` (key, unique key prefix or alias), verify every file, and load it.
+class _StoreFiles:
+    """An artifact's files in the content-addressed store, digests from the registry."""
 
-    Digests are checked before anything is loaded: loading a shared library
-    runs its code. The library is copied into a private directory while
-    being hashed, and that very copy is what gets loaded.
-    """
+    def __init__(self, store: Store, digests: Mapping[str, str], key: str):
+        self.store, self.digests, self.key = store, digests, key
+
+    def read(self, name: str) -> bytes:
+        return self.store.read_verified(self.digests[name], key=self.key, name=name)
+
+    def copy(self, name: str, dest: Path) -> Path:
+        return self.store.copy_verified(self.digests[name], dest, key=self.key, name=name)
+
+
+class _BundleFiles:
+    """An exported artifact directory (``buildsys export``): digests from its manifest."""
+
+    def __init__(self, directory: Path, digests: Mapping[str, str], key: str):
+        self.directory, self.digests, self.key = directory, digests, key
+
+    def read(self, name: str) -> bytes:
+        return read_verified(self.directory / name, self.digests[name], key=self.key, name=name)
+
+    def copy(self, name: str, dest: Path) -> Path:
+        return copy_verified(self.directory / name, self.digests[name], dest, key=self.key, name=name)
+
+
+def _from_registry(ref: str, registry, store: Store | None):
     from ..registry import Registry  # sqlalchemy only; no TVM, no torch
 
     locations = resolve_locations()
@@ -153,19 +182,48 @@ def load_artifact(ref: str, *, registry=None, store: Store | None = None, num_th
     store = store or Store(locations.store_root)
     record = registry.resolve(ref)
     key = record.key
-
     manifest = manifest_format.loads(store.read_verified(record.manifest_digest, key=key, name=MANIFEST_NAME),
                                      key=key)
-    listed = {f.name: f.digest for f in record.files}
+    digests = {f.name: f.digest for f in record.files}
     for name, entry in manifest["files"].items():
-        if listed.get(name) != entry["digest"]:
-            raise IntegrityError(key=key, path=name, expected=str(listed.get(name)), actual=entry["digest"])
+        if digests.get(name) != entry["digest"]:
+            raise IntegrityError(key=key, path=f"{name} (registry vs manifest)", expected=str(digests.get(name)),
+                                 actual=entry["digest"])
+    return key, manifest, _StoreFiles(store, digests, key)
+
+
+def _from_bundle(directory: Path):
+    """No database: the manifest beside the files names their digests (sign bundles to trust it)."""
+    try:
+        data = (directory / MANIFEST_NAME).read_bytes()
+    except OSError as exc:
+        raise CompatibilityError(f"{directory} is not an artifact bundle: cannot read {MANIFEST_NAME}: {exc}") from None
+    manifest = manifest_format.loads(data, key=str(directory))
+    key = manifest.get("key", str(directory))
+    digests = {name: entry["digest"] for name, entry in manifest["files"].items()}
+    return key, manifest, _BundleFiles(directory, digests, key)
+
+
+def load_artifact(ref: str | os.PathLike, *, registry=None, store: Store | None = None,
+                  num_threads: int | None = None) -> Predictor:
+    """Load ``ref``: a key, unique key prefix or alias (through the registry), or the
+    directory of an exported bundle (no database needed).
+
+    Digests and compatibility are checked before anything is loaded: loading
+    a shared library runs its code. The library is copied into a private
+    directory while being hashed, and that very copy is what gets loaded.
+    """
+    path = Path(ref)
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        key, manifest, files = _from_bundle(path)
+    else:
+        key, manifest, files = _from_registry(str(ref), registry, store)
     check_compatibility(manifest, key)
 
-    params_data = store.read_verified(listed[PARAMS_NAME], key=key, name=PARAMS_NAME)
+    params_data = files.read(PARAMS_NAME)
     workdir = Path(tempfile.mkdtemp(prefix="buildsys-load-"))
     try:
-        library = store.copy_verified(listed[LIBRARY_NAME], workdir / LIBRARY_NAME, key=key, name=LIBRARY_NAME)
+        library = files.copy(LIBRARY_NAME, workdir / LIBRARY_NAME)
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the runtime's pool starts
         runtime = import_tvm_runtime()

@@ -118,3 +118,43 @@ def test_wrong_input_shape_is_a_clear_error(built):
     predictor = load_artifact(record.key, registry=built.registry, store=Store(built.store))
     with pytest.raises(ValueError, match=r"takes input of shape \(1, 3, 32, 32\)"):
         predictor(np.zeros((1, 3, 48, 48), np.float32))
+
+
+def test_bundle_loads_without_the_registry_and_is_verified(built, tmp_path, monkeypatch):
+    from buildsys.bundle import export_bundle
+
+    record = _record(built)
+    bundle = export_bundle(record, Store(built.store), tmp_path / "bundles")
+    assert sorted(p.name for p in bundle.iterdir()) == ["lib.so", "manifest.json", "params.npz"]
+    # no registry reachable: a bundle needs none
+    monkeypatch.setenv("BUILDSYS_REGISTRY", "sqlite:////nonexistent/dir/registry.db")
+    predictor = load_artifact(bundle)
+    assert predictor.key == record.key
+    x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
+    via_registry = load_artifact(record.key, registry=built.registry, store=Store(built.store))
+    np.testing.assert_array_equal(predictor(x)[0], via_registry(x)[0])
+
+    os.chmod(bundle / "params.npz", 0o644)
+    data = bytearray((bundle / "params.npz").read_bytes())
+    data[-100] ^= 0xFF
+    (bundle / "params.npz").write_bytes(bytes(data))
+    with mock.patch.object(loader, "load_executable") as load_executable:
+        with pytest.raises(IntegrityError, match="params.npz"):
+            load_artifact(bundle)
+    load_executable.assert_not_called()
+
+
+def test_cli_export_writes_a_bundle(built, tmp_path, capsys):
+    record = _record(built)
+    assert built.cli("export", record.key[:8], "-o", str(tmp_path / "out")) == 0
+    assert (tmp_path / "out" / record.key / "manifest.json").is_file()
+
+
+def test_missing_cpu_features_are_refused(built):
+    record = _record(built)
+    manifest = manifest_format.loads(Store(built.store).read_verified(record.manifest_digest))
+    manifest["cpu"] = {"required_features": ["avx2", "avx512f"]}
+    manifest["spec"]["target"] = {"kind": "llvm", "mcpu": "skylake-avx512"}
+    with pytest.raises(CompatibilityError, match="skylake-avx512.*lacks: avx512f"):
+        loader.check_compatibility(manifest, record.key, cpu_flags={"avx", "avx2", "fma"})
+    loader.check_compatibility(manifest, record.key, cpu_flags={"avx2", "avx512f"})  # all present: fine

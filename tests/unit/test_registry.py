@@ -3,7 +3,7 @@ from sqlalchemy import text
 
 from buildsys.errors import RegistryError, UsageError
 from buildsys.registry import FileRecord, NewArtifact, Registry
-from buildsys.registry.db import head_revision, make_engine, upgrade
+from buildsys.registry.db import HEAD_REVISION, head_revision, make_engine, upgrade
 from buildsys.registry.models import Base
 
 
@@ -129,3 +129,7 @@ def test_migrations_are_the_only_schema_source(tmp_path):
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision(engine)
     assert diff == []
+
+
+def test_head_revision_constant_matches_the_migration_scripts(tmp_path):
+    assert HEAD_REVISION == head_revision(make_engine(f"sqlite:///{tmp_path / 'h.db'}"))
