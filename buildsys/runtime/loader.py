@@ -6,9 +6,7 @@ import io
 import os
 import re
 import shutil
-import sys
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,39 +19,7 @@ from ..errors import CompatibilityError, IntegrityError
 from ..locations import resolve_locations
 from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 from ..store import Store, copy_verified, read_verified
-from .builtins import install_runtime_builtins
-
-_import_lock = threading.Lock()
-
-
-def import_tvm_runtime():
-    """``tvm.runtime`` without torch and, in a fresh process, without the compiler library.
-
-    ``tvm_ffi`` imports torch whenever it is installed (2 s, 850 MB); the
-    runtime needs none of it, so torch is hidden while TVM imports.
-    ``TVM_USE_RUNTIME_LIB=1`` loads ``libtvm_runtime.so`` instead of the 260 MB
-    compiler library; it is set only for the import so child processes
-    (which may compile) do not inherit it.
-    """
-    with _import_lock:
-        if "tvm.runtime" in sys.modules:
-            return sys.modules["tvm.runtime"]
-        hide_torch = "torch" not in sys.modules
-        previous = os.environ.get("TVM_USE_RUNTIME_LIB")
-        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-        if hide_torch:
-            sys.modules["torch"] = None  # makes `import torch` raise ImportError
-        try:
-            import tvm.runtime
-        finally:
-            if hide_torch and sys.modules.get("torch", False) is None:
-                del sys.modules["torch"]
-            if previous is None:
-                os.environ.pop("TVM_USE_RUNTIME_LIB", None)
-            else:
-                os.environ["TVM_USE_RUNTIME_LIB"] = previous
-        return tvm.runtime
-
+from .ffi import outputs_to_numpy, runtime_ffi, to_device
 
 def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
@@ -92,7 +58,6 @@ class Predictor:
     manifest: Mapping[str, Any]
     _vm: Any = field(repr=False)
     _params: list = field(repr=False)
-    _runtime: Any = field(repr=False)
     _workdir: Path = field(repr=False)
 
     @property
@@ -108,8 +73,7 @@ class Predictor:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"artifact {self.key[:12]} takes input of shape {self.input_shape}, got {x.shape}")
-        out = self._vm["main"](self._runtime.tensor(x), *self._params)
-        return _flatten(out)
+        return outputs_to_numpy(self._vm["main"](to_device(x), *self._params))
 
     __call__ = run
 
@@ -120,19 +84,9 @@ class Predictor:
         self.close()
 
 
-def _flatten(out: Any) -> list[np.ndarray]:
-    if hasattr(out, "numpy"):
-        return [out.numpy()]
-    result: list[np.ndarray] = []
-    for item in out:
-        result.extend(_flatten(item))
-    return result
-
-
-def load_executable(runtime, library_path: str | os.PathLike, key: str = "?"):
+def load_executable(library_path: str | os.PathLike, key: str = "?"):
     """A Relax VM over a compiled library, driven through runtime functions only."""
-    install_runtime_builtins(runtime)
-    module = runtime.load_module(str(library_path))
+    module = runtime_ffi().load_module(str(library_path))
     vm = module["vm_load_executable"]()
     kind_cpu, pooled_allocator = 1, 2
     try:
@@ -226,11 +180,10 @@ def load_artifact(ref: str | os.PathLike, *, registry=None, store: Store | None 
         library = files.copy(LIBRARY_NAME, workdir / LIBRARY_NAME)
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the runtime's pool starts
-        runtime = import_tvm_runtime()
-        vm = load_executable(runtime, library, key)
+        vm = load_executable(library, key)
         with np.load(io.BytesIO(params_data), allow_pickle=False) as npz:
-            params = [runtime.tensor(npz[name]) for name in sorted(npz.files)]
+            params = [to_device(npz[name]) for name in sorted(npz.files)]
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return Predictor(key=key, manifest=manifest, _vm=vm, _params=params, _runtime=runtime, _workdir=workdir)
+    return Predictor(key=key, manifest=manifest, _vm=vm, _params=params, _workdir=workdir)

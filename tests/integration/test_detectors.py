@@ -39,7 +39,7 @@ def test_detector_runs_in_the_thin_loader_without_torch(built_detectors):
         x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
         boxes, scores, labels, masks = p(x)
         np.save(sys.argv[1], np.concatenate([boxes.ravel(), scores, labels.astype(np.float32), masks.ravel()]))
-        print(json.dumps({{"torch": "torch" in sys.modules, "relax": "tvm.relax" in sys.modules,
+        print(json.dumps({{"torch": "torch" in sys.modules, "relax": "tvm.relax" in sys.modules, "tvm": "tvm" in sys.modules,
                           "n": len(boxes), "masks": list(masks.shape)}}))
     """)
     out = built_detectors.root / "thin.npy"
@@ -48,7 +48,7 @@ def test_detector_runs_in_the_thin_loader_without_torch(built_detectors):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen == {"torch": False, "relax": False, "n": 10, "masks": [10, 1, 28, 28]}
+    assert seen == {"torch": False, "relax": False, "tvm": False, "n": 10, "masks": [10, 1, 28, 28]}
 
     # the same artifact in a process with the full compiler gives the same detections
     from buildsys.runtime import load_artifact

@@ -102,7 +102,7 @@ def test_loader_process_imports_neither_torch_nor_the_compiler(built):
         from buildsys.runtime import load_artifact
         p = load_artifact({record.key[:10]!r})
         out = p(np.zeros((1, 3, 32, 32), np.float32))
-        print(json.dumps({{"torch": "torch" in sys.modules, "relax": "tvm.relax" in sys.modules,
+        print(json.dumps({{"torch": "torch" in sys.modules, "relax": "tvm.relax" in sys.modules, "tvm": "tvm" in sys.modules,
                           "shape": list(out[0].shape)}}))
     """)
     env = {**os.environ, "BUILDSYS_STORE": str(built.store)}
@@ -110,7 +110,7 @@ def test_loader_process_imports_neither_torch_nor_the_compiler(built):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen == {"torch": False, "relax": False, "shape": [1, 10]}
+    assert seen == {"torch": False, "relax": False, "tvm": False, "shape": [1, 10]}
 
 
 def test_wrong_input_shape_is_a_clear_error(built):

@@ -1,0 +1,96 @@
+"""TVM's runtime through ``tvm_ffi`` alone: no ``tvm`` Python package, no compiler.
+
+Importing ``tvm`` costs 0.5-0.9 s even with ``TVM_USE_RUNTIME_LIB=1`` (it
+registers every Python object class) and pulls in torch when torch is
+installed. A VM needs none of that: ``libtvm_runtime.so`` (plus
+``libtvm_runtime_extra.so`` for the sort/top-k kernels detectors call) loaded
+into the process, ``tvm_ffi.load_module`` for the artifact, and DLPack to move
+numpy arrays in and out. Where the process already imported ``tvm`` (a
+builder verifying its output) its libraries are reused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+_lock = threading.Lock()
+_ffi = None
+
+# Registered by TVM from Python (tvm.relax.op), which a runtime-only process never imports.
+# Same semantics, numpy inside.
+_PYTHON_BUILTINS = ("relax.run.nonzero", "relax.run.shape_to_tensor")
+
+
+def _import_tvm_ffi():
+    """``tvm_ffi`` imports torch eagerly when it can (2 s, 850 MB); hide torch meanwhile."""
+    hide_torch = "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        import tvm_ffi
+    finally:
+        if hide_torch and sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+    return tvm_ffi
+
+
+def _tvm_lib_dir() -> Path:
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        from ..errors import CompatibilityError
+        raise CompatibilityError("apache-tvm is not installed; `pip install 'buildsys[runtime]'`")
+    return Path(list(spec.submodule_search_locations)[0]) / "lib"
+
+
+def runtime_ffi():
+    """``tvm_ffi`` with TVM's runtime loaded and the VM builtins available."""
+    global _ffi
+    with _lock:
+        if _ffi is not None:
+            return _ffi
+        ffi = _import_tvm_ffi()
+        if "tvm" not in sys.modules:
+            ctypes.CDLL(str(_tvm_lib_dir() / "libtvm_runtime.so"), ctypes.RTLD_GLOBAL)
+        if ffi.get_global_func("tvm.contrib.sort.topk", allow_missing=True) is None:
+            ctypes.CDLL(str(_tvm_lib_dir() / "libtvm_runtime_extra.so"), ctypes.RTLD_GLOBAL)
+        _register_python_builtins(ffi)
+        _ffi = ffi
+        return ffi
+
+
+def _register_python_builtins(ffi) -> None:
+    def nonzero(x):
+        return to_device(np.stack(np.atleast_1d(to_numpy(x)).nonzero(), axis=0).astype("int64"))
+
+    def shape_to_tensor(shape):
+        return to_device(np.array([int(v) for v in shape], dtype="int64"))
+
+    for name, func in zip(_PYTHON_BUILTINS, (nonzero, shape_to_tensor)):
+        if ffi.get_global_func(name, allow_missing=True) is None:
+            ffi.register_global_func(name, func)
+
+
+def to_device(array: np.ndarray):
+    """A numpy array as a TVM tensor (zero-copy; the array must stay alive, which DLPack ensures)."""
+    return _ffi.from_dlpack(np.ascontiguousarray(array))
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """A TVM CPU tensor as an owned numpy array (copied: the VM may reuse its buffers)."""
+    return np.array(np.from_dlpack(tensor), copy=True)
+
+
+def outputs_to_numpy(value) -> list[np.ndarray]:
+    """A VM result (tensor, or nested arrays of tensors) as a flat list of numpy arrays."""
+    if isinstance(value, _ffi.Tensor):
+        return [to_numpy(value)]
+    result: list[np.ndarray] = []
+    for item in value:
+        result.extend(outputs_to_numpy(item))
+    return result
