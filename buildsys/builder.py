@@ -171,6 +171,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     metrics = {
         "parity_max_abs": (parity.max_abs, "abs"),
         "parity_max_rel": (parity.max_rel, "rel"),
+        **({"parity_detections": (parity.detections, "count")} if parity.detections is not None else {}),
         "artifact_ms": (artifact_ms, "ms"),
         "torch_eager_ms": (eager_ms, "ms"),
         "ratio_vs_eager": (artifact_ms / eager_ms, "x"),

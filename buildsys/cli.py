@@ -104,9 +104,13 @@ def build(c: Context, filters, force, include_skipped, jobs):
         elif kind == "built":
             m = info["manifest"]
             t, p, lat = m["timings"], m["parity"], m["latency"]
+            compared = ""
+            if p.get("detections") is not None:
+                compared = (f", {p['detections']} detections matched" if p["detections"]
+                            else ", 0 detections: parity is vacuous for this input")
             click.echo(f"{head}: built in {info['seconds']:.1f}s (export {t['export_s']:.1f}s, import "
                        f"{t['import_s']:.1f}s, compile {t['compile_s']:.1f}s); parity max_rel {p['max_rel']:.2e} "
-                       f"(tol {p['tolerance']:g}); {lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f}"
+                       f"(tol {p['tolerance']:g}{compared}); {lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f}"
                        f" ms = {lat['ratio_vs_eager']:.1f}x")
         elif kind == "failed":
             first = info["error"].strip().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ class Parity:
     max_rel: float  # max over outputs of max|ref - out| / max|ref|
     outputs: int
     tolerance: float
+    detections: int | None = None  # detections matched and compared (detectors only); 0 means vacuous
 
     @property
     def passed(self) -> bool:
@@ -100,4 +102,4 @@ def compare_detections(reference: list[np.ndarray], actual: list[np.ndarray], to
                           f"{len(actual[0])} (labels {np.bincount(actual[2].astype(int)).tolist()})",
                           key=key, stage="verify")
     aligned = [out[order] if out.ndim and len(out) == len(order) else out for out in actual]
-    return compare_outputs(reference, aligned, tolerance, key=key)
+    return dataclasses.replace(compare_outputs(reference, aligned, tolerance, key=key), detections=len(order))

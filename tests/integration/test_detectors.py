@@ -27,6 +27,7 @@ def test_detectors_build_with_order_free_parity(built_detectors):
         assert names == expected
         assert manifest["io"]["outputs"][0]["shape"] == [10, 4]  # detections_per_img of the tiny models
         assert record.parity_max_rel is not None and record.parity_max_rel < 1e-4
+        assert record.metrics["parity_detections"] == 10  # all compared, none vacuous
 
 
 def test_detector_runs_in_the_thin_loader_without_torch(built_detectors):
