@@ -32,7 +32,7 @@ from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
 from .plan import BUILD, CACHED, PlanEntry
 from .registry import RUN_BUILT, RUN_FAILED, FileRecord, NewArtifact
 from .spec import BuildSpec
-from .store import Store
+from .store import Store, pid_alive
 from .toolchain import runtime_versions, toolchain_versions
 from .verify import compare_detections, compare_outputs, flatten_outputs
 
@@ -103,7 +103,12 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     staging_dir = Path(staging)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    module = instantiate(spec.model)
+    try:
+        module = instantiate(spec.model)
+    except BuildError as exc:  # say where the model is defined
+        field = "weights" if exc.stage == "weights" else "source"
+        raise BuildError(f"models.{spec.model.name}.{field} (matrix entry at {spec.origin}): {exc}",
+                         key=key, stage=exc.stage) from None
     x = example_input(spec)
     timings["model_s"] = time.perf_counter() - start
 
@@ -212,6 +217,9 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
     """Build every entry whose action is ``build``; one failure never stops the others."""
     emit = on_event or (lambda *_: None)
     report = BuildReport()
+    # what crashed builders left: staging dirs, and runs that will never finish
+    store.clean_tmp()
+    registry.mark_crashed_runs(pid_alive)
     todo = []
     for entry in entries:
         if entry.action == BUILD:
@@ -242,43 +250,67 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
         if isinstance(exc, KeyboardInterrupt):
             raise exc
 
-    with ExitStack() as stack:
-        pool = None
-        if jobs > 1 and len(todo) > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")))
-        pending = {}
-        for entry in todo:
+    def begin(entry: PlanEntry, stack: ExitStack):
+        """With the key's lock held: (run id, staging dir), or None if another builder
+        published the key while we waited for its lock."""
+        if not entry.forced and registry.get(entry.key) is not None:
+            report.results.append(BuildResult(entry, "cached"))
+            emit("cached", entry, {"reason": "built by another process meanwhile"})
+            return None
+        run_id = registry.start_run(entry.key, entry.spec.describe())
+        staging = stack.enter_context(store.staging(prefix=entry.key[:12]))
+        emit("start", entry, {})
+        return run_id, staging
+
+    def build_here(entry: PlanEntry) -> None:
+        with ExitStack() as stack:
             stack.enter_context(store.lock(entry.key))
-            if not entry.forced and registry.get(entry.key) is not None:
-                # another builder published it while we waited for the lock
-                report.results.append(BuildResult(entry, "cached"))
-                emit("cached", entry, {"reason": "built by another process meanwhile"})
-                continue
-            run_id = registry.start_run(entry.key, entry.spec.describe())
-            staging = stack.enter_context(store.staging(prefix=f"{entry.key[:12]}-"))
-            emit("start", entry, {})
+            begun = begin(entry, stack)
+            if begun is None:
+                return
+            run_id, staging = begun
             started = time.perf_counter()
-            if pool is None:
-                try:
-                    outcome = build_artifact(entry.spec, entry.key, entry.material, str(staging))
-                except BaseException as exc:  # noqa: BLE001 - recorded per entry
-                    finish(entry, run_id, started, exc=exc)
-                else:
-                    finish(entry, run_id, started, outcome=outcome)
-            else:
-                future = pool.submit(build_artifact, entry.spec, entry.key, dict(entry.material), str(staging))
-                pending[future] = (entry, run_id, started)
-        for future in as_completed(pending):
-            entry, run_id, started = pending[future]
             try:
-                outcome = future.result()
-            except BrokenProcessPool:
-                finish(entry, run_id, started, exc=BuildError("the build worker died (crash or out of memory)",
-                                                              key=entry.key, stage="worker"))
-            except BaseException as exc:  # noqa: BLE001
+                outcome = build_artifact(entry.spec, entry.key, entry.material, str(staging))
+            except BaseException as exc:  # noqa: BLE001 - recorded per entry
                 finish(entry, run_id, started, exc=exc)
             else:
                 finish(entry, run_id, started, outcome=outcome)
+
+    # A builder holds at most one key lock while it waits for another, so builders with
+    # overlapping matrices cannot deadlock: busy keys are deferred, then waited for one by one.
+    deferred = todo
+    if jobs > 1 and len(todo) > 1:
+        deferred = []
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            pending = {}
+            for entry in todo:
+                stack = ExitStack()
+                if not stack.enter_context(store.lock(entry.key, blocking=False)):
+                    stack.close()
+                    deferred.append(entry)
+                    continue
+                begun = begin(entry, stack)
+                if begun is None:
+                    stack.close()
+                    continue
+                run_id, staging = begun
+                future = pool.submit(build_artifact, entry.spec, entry.key, dict(entry.material), str(staging))
+                pending[future] = (entry, run_id, time.perf_counter(), stack)
+            for future in as_completed(pending):
+                entry, run_id, started, stack = pending[future]
+                with stack:  # then the lock is released and the staging dir removed
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        finish(entry, run_id, started, exc=BuildError(
+                            "the build worker died (crash or out of memory)", key=entry.key, stage="worker"))
+                    except BaseException as exc:  # noqa: BLE001
+                        finish(entry, run_id, started, exc=exc)
+                    else:
+                        finish(entry, run_id, started, outcome=outcome)
+    for entry in deferred:
+        build_here(entry)
     return report
 
 

@@ -224,6 +224,28 @@ def verify(c: Context):
         sys.exit(5)
 
 
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.option("--grace", default=3600, show_default=True, type=click.IntRange(0),
+              help="Seconds an unreferenced object is kept (a running build writes its row last).")
+@pass_ctx
+def gc(c: Context, dry_run, grace):
+    """Clean up after crashed builds: staging dirs, unfinished runs, unreferenced objects."""
+    from .store import pid_alive
+    temps = c.store.clean_tmp(dry_run=dry_run)
+    crashed = 0 if dry_run else c.registry.mark_crashed_runs(pid_alive)
+    referenced = {f.digest for _, f in c.registry.file_digests()}
+    referenced |= {r.manifest_digest for r in c.registry.list()}
+    objects = c.store.remove_unreferenced(referenced, grace_s=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in temps:
+        click.echo(f"{verb} staging {path}")
+    for digest in objects:
+        click.echo(f"{verb} object {digest}")
+    click.echo(f"{verb} {len(temps)} staging entries and {len(objects)} unreferenced objects; "
+               f"{crashed} unfinished runs marked crashed")
+
+
 @cli.command(name="export")
 @click.argument("refs", nargs=-1, required=True)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),

@@ -216,8 +216,12 @@ def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, 
     if raw.isidentifier() and raw.upper() == raw:
         # DEFAULT, IMAGENET1K_V1, COCO_V1 ...: torchvision weights looked up in the torch hub cache.
         return WeightsSpec(source="hub", seed=seed, name=raw)
-    path = (base_dir / os.path.expanduser(raw)).resolve()
-    if not path.is_file():
+    try:
+        path = (base_dir / os.path.expanduser(raw)).resolve()
+        is_file = path.is_file()
+    except (ValueError, OSError) as exc:  # NUL bytes, names too long ...
+        raise reader.error(f"weights is not a usable file path: {exc}", line, where) from None
+    if not is_file:
         raise reader.error(f"weights file {str(path)!r} does not exist", line, where,
                            hint="give a path relative to builds.yaml, or `none` for seeded random weights")
     if not os.access(path, os.R_OK):
@@ -242,7 +246,7 @@ class _AxisValues:
     def __init__(self, reader: _Reader, models: Mapping[str, ModelSpec]):
         self.reader, self.models = reader, models
         self._targets: dict[str, str] = {}
-        self._passes: dict[tuple, tuple] = {}
+        self._passes: dict[str, tuple] = {}
 
     def parse(self, axis: str, value: Any, line: int | None, where: str) -> Any:
         reader = self.reader
@@ -269,13 +273,14 @@ class _AxisValues:
         if axis == "disabled_passes":
             if isinstance(value, str):
                 value = [value]
-            names = tuple(_plain(reader.sequence(value, line, where)))
-            if names not in self._passes:
+            names = _plain(reader.sequence(value, line, where))
+            cache_key = json.dumps(names, sort_keys=True)
+            if cache_key not in self._passes:
                 try:
-                    self._passes[names] = validate_disabled_passes(names, where)
+                    self._passes[cache_key] = validate_disabled_passes(names, where)
                 except ConfigError as exc:
                     raise reader.error(exc.message, line, where, hint=exc.hint) from None
-            return self._passes[names]
+            return self._passes[cache_key]
         raise AssertionError(axis)
 
 

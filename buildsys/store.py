@@ -94,23 +94,28 @@ class Store:
         return self.object_path(digest).is_file()
 
     @contextlib.contextmanager
-    def staging(self, prefix: str = "build-") -> Iterator[Path]:
+    def staging(self, prefix: str = "build") -> Iterator[Path]:
         """A scratch directory inside the store, removed afterwards whatever happens."""
         self._ensure_dirs()
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}.{os.getpid()}.", dir=self.tmp))
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """An exclusive per-key lock, so two builders never compile the same key at once."""
+    def lock(self, key: str, blocking: bool = True) -> Iterator[bool]:
+        """An exclusive per-key lock, so two builders never compile the same key at once.
+        Yields whether it was acquired (always True when ``blocking``)."""
         self._ensure_dirs()
         with open(self.locks / f"{key}.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -137,7 +142,7 @@ class Store:
 
     def put_bytes(self, data: bytes, name: str = "object") -> tuple[str, int]:
         self._ensure_dirs()
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{name}-", dir=self.tmp)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -170,13 +175,50 @@ class Store:
                 for obj in sorted(sub.iterdir()):
                     yield f"{HASH_ALGORITHM}:{sub.name}{obj.name}"
 
-    def clean_tmp(self, older_than_s: float = 3600) -> int:
-        """Remove staging leftovers of crashed builds; returns how many entries went."""
+    def clean_tmp(self, older_than_s: float = 86400, dry_run: bool = False) -> list[Path]:
+        """Remove staging leftovers: those of builders that are gone (the pid in the name is
+        not alive), and anything older than ``older_than_s``. Returns what was (or would be) removed."""
         if not self.tmp.is_dir():
-            return 0
-        removed, cutoff = 0, time.time() - older_than_s
-        for entry in self.tmp.iterdir():
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-                removed += 1
+            return []
+        removed, cutoff = [], time.time() - older_than_s
+        for entry in sorted(self.tmp.iterdir()):
+            if pid_alive(_owner_pid(entry.name)) and entry.stat().st_mtime >= cutoff:
+                continue
+            removed.append(entry)
+            if not dry_run:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
         return removed
+
+    def remove_unreferenced(self, referenced: set[str], grace_s: float = 3600,
+                            dry_run: bool = False) -> list[str]:
+        """Delete objects no registry row names, once older than ``grace_s`` (a concurrent
+        build puts its objects before it writes its row)."""
+        removed, cutoff = [], time.time() - grace_s
+        for digest in list(self.iter_objects()):
+            path = self.object_path(digest)
+            if digest in referenced or path.stat().st_mtime >= cutoff:
+                continue
+            removed.append(digest)
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        return removed
+
+
+def _owner_pid(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -69,16 +69,22 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 def load_yaml(text: str, filename: str) -> Any:
     """Parse YAML text; syntax errors become ConfigError with file and line."""
-    loader = _Loader(text)
-    loader.filename = filename
+    loader = None
     try:
+        loader = _Loader(text)
+        loader.filename = filename
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"invalid YAML: {problem}", file=filename, line=line) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, control codes)
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"invalid YAML: character {exc.character!r} is not allowed", file=filename,
+                          line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=filename) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

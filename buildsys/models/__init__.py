@@ -101,6 +101,7 @@ def instantiate(model: ModelSpec):
                 state = state["state_dict"]
             module.load_state_dict(state)
         except Exception as exc:
-            raise BuildError(f"cannot load weights from {path}: {type(exc).__name__}: {exc}",
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise BuildError(f"cannot load weights from {path}: {type(exc).__name__}: {first_line}",
                              stage="weights") from None
     return module.eval()

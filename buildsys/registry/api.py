@@ -20,7 +20,7 @@ from .db import ensure_schema, make_engine, session_scope
 from .models import Alias, Artifact, ArtifactFile, BuildRun, Metric
 
 STATUS_OK = "ok"
-RUN_RUNNING, RUN_BUILT, RUN_FAILED = "running", "built", "failed"
+RUN_RUNNING, RUN_BUILT, RUN_FAILED, RUN_CRASHED = "running", "built", "failed", "crashed"
 MIN_PREFIX = 4
 
 
@@ -284,6 +284,18 @@ class Registry:
             if key:
                 query = query.where(BuildRun.key == key)
             return [_run_record(r) for r in s.scalars(query)]
+
+    def mark_crashed_runs(self, alive) -> int:
+        """Runs still 'running' on this host whose process is gone become 'crashed'."""
+        host = socket.gethostname()[:200]
+        with self._scope() as s:
+            stale = [r for r in s.scalars(select(BuildRun).where(BuildRun.status == RUN_RUNNING,
+                                                                 BuildRun.host == host))
+                     if not alive(r.pid)]
+            for row in stale:
+                row.status, row.finished_at = RUN_CRASHED, _now()
+                row.error = "the builder process ended without finishing (killed or crashed)"
+            return len(stale)
 
     def file_digests(self) -> Iterable[tuple[str, FileRecord]]:
         """Every (key, file) pair, for store verification and gc."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 from pathlib import Path
 from typing import Iterator
 
@@ -79,14 +80,36 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         raise RegistryError(f"registry {engine.url!r}: migration failed: {exc}") from None
 
 
+def _at_head(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return (inspect(conn).has_table("alembic_version")
+                and conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION)
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Builders starting together on a new SQLite file must not both create the tables.
+    (Other databases serialize the migration in its transaction.)"""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_schema(engine: Engine) -> None:
     """Upgrade to the newest schema unless the database is already there."""
     try:
-        with engine.connect() as conn:
-            if inspect(conn).has_table("alembic_version"):
-                if conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION:
-                    return
-        upgrade(engine)
+        if _at_head(engine):
+            return
+        with _migration_lock(engine):
+            if not _at_head(engine):  # another process may have migrated while we waited
+                upgrade(engine)
     except SQLAlchemyError as exc:
         raise RegistryError(f"registry {engine.url!r}: {exc}") from None
 

@@ -152,3 +152,68 @@ def test_run_output_matches_pytorch(built):
     with torch.no_grad():
         expected = instantiate(spec.model)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(predictor(x)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_corrupt_weights_file_fails_naming_file_and_field(fresh, capsys):
+    ws = fresh("""
+models:
+  tiny_cnn: {source: "tests.fixtures.models:tiny_cnn", weights: garbage.pth}
+matrix:
+  model: [tiny_cnn]
+  input_size: [32]
+""")
+    (ws.root / "garbage.pth").write_bytes(b"\x00not a checkpoint" * 10)
+    assert ws.cli("build") == 3
+    err = capsys.readouterr().err
+    assert "cannot load weights from" in err and "garbage.pth" in err
+    assert "models.tiny_cnn.weights" in err and "builds.yaml:" in err
+
+
+def test_gc_removes_leftovers_of_a_crashed_build(fresh, capsys):
+    import os
+
+    ws = fresh()
+    assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 0
+    store = Store(ws.store)
+    dead = store.tmp / "abc.999999999.x"  # staging dir of a builder that no longer exists
+    dead.mkdir()
+    orphan, _ = store.put_bytes(b"object of a build that died before its registry row")
+    old = 10**9
+    os.utime(store.object_path(orphan), (old, old))
+    run_id = ws.registry.start_run("f" * 64, "crashed entry")
+    with mock.patch("buildsys.store.pid_alive", return_value=False):
+        assert ws.cli("gc", "--dry-run") == 0
+        assert dead.exists() and store.has(orphan)
+        assert ws.cli("gc") == 0
+    out = capsys.readouterr().out
+    assert "removed 1 staging entries and 1 unreferenced objects; 1 unfinished runs marked crashed" in out
+    assert not dead.exists() and not store.has(orphan)
+    assert ws.registry.runs("f" * 64)[0].status == "crashed" and run_id
+    assert ws.cli("verify") == 0
+
+
+def test_disk_full_while_publishing_leaves_no_partial_object_or_row(fresh, capsys):
+    ws = fresh()
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    with mock.patch("buildsys.store.os.replace", side_effect=no_space):
+        assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 3
+    assert "disk full" in capsys.readouterr().err
+    store = Store(ws.store)
+    assert list(store.iter_objects()) == [] and list(store.tmp.iterdir()) == []
+    assert ws.registry.list() == [] and ws.registry.runs()[0].status == "failed"
+    assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 0  # space is back
+
+
+def test_registry_failure_after_objects_leaves_no_row(fresh, capsys):
+    from buildsys.errors import RegistryError
+    from buildsys.registry import Registry
+
+    ws = fresh()
+    with mock.patch.object(Registry, "publish", side_effect=RegistryError("registry error: disk I/O error")):
+        assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 3
+    assert ws.registry.list() == []
+    assert ws.cli("verify") == 0  # no row points anywhere; the orphans are whole objects
+    assert "unreferenced objects" in capsys.readouterr().out

@@ -1,0 +1,19 @@
+"""CI-sized runs of the stress scripts (full size: see their --help)."""
+
+import pytest
+
+from tests.stress import concurrent_builders, crash_loop
+
+pytestmark = pytest.mark.model
+
+
+def test_kill_9_at_random_points_leaves_only_whole_artifacts(tmp_path):
+    result = crash_loop.run(rounds=3, root=tmp_path, seed=1)
+    assert result["problems"] == [] and result["failures"] == 0
+    assert result["rows_checked"] > 0 and result["objects_checked"] > 0
+
+
+def test_concurrent_builders_build_each_key_once(tmp_path):
+    result = concurrent_builders.run(procs=3, root=tmp_path)
+    assert result["problems"] == []
+    assert result["artifacts"] == result["compiled"] == 4
