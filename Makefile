@@ -10,7 +10,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all test test-all runtime-venv runtime-smoke bench-loader clean-artifacts
+.PHONY: venv build-all test test-all runtime-venv runtime-smoke bench-loader stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ runtime-smoke: $(STAMP) $(RUNTIME_STAMP)
 ## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
 bench-loader: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python
+
+## Full-size reliability runs: 50 kill -9 rounds, 4 concurrent builders (prints the counts).
+stress: $(STAMP)
+	$(BIN)/python -m tests.stress.crash_loop --rounds 50
+	$(BIN)/python -m tests.stress.concurrent_builders --procs 4
 
 ## Remove the local store and registry (generated; never committed).
 clean-artifacts:
