@@ -96,7 +96,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
 
     from .compile import compile_model
     from .export import export_model
-    from .models import instantiate
+    from .models import category_names, instantiate
     from .runtime.ffi import outputs_to_numpy, to_device
     from .runtime.loader import load_executable
 
@@ -163,6 +163,8 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
                            for name, o in zip(exported.output_names or [f"output{i}" for i in range(len(reference))],
                                               reference)]},
         "cpu": {"required_features": required_features(spec.target)},
+        **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
+           if exported.detection is not None else {}),
         "pass_trace": compiled.pass_trace,
         "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
         "timings": {k: round(v, 4) for k, v in timings.items()},

@@ -166,20 +166,45 @@ def show(c: Context, ref):
 @click.argument("ref")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
               help="A .npy array of the artifact's input shape (default: seeded random input).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random input when --input is not given.")
+@click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False),
+              help="A photo (any format Pillow reads) for a detector: resized to the input, detections printed.")
+@click.option("--score-threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+              help="Keep detections scoring above this.")
+@click.option("--max-detections", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="With --image: save an annotated copy.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random input when neither is given.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="TVM runtime threads.")
 @click.option("--top", default=5, show_default=True, help="Top classes to print for classifiers.")
 @pass_ctx
-def run(c: Context, ref, input_path, seed, threads, top):
-    """Load an artifact with the thin runtime and print its outputs."""
+def run(c: Context, ref, input_path, image_path, score_threshold, max_detections, out_path, seed, threads, top):
+    """Load an artifact with the thin runtime and print its outputs (or detections on a photo)."""
     import time
 
     import numpy as np
 
     from .runtime import load_artifact
+    if out_path and not image_path:
+        raise UsageError("--out draws on the photo given with --image")
     start = time.perf_counter()
     predictor = load_artifact(ref, registry=c.registry, store=c.store, num_threads=threads)
     loaded = time.perf_counter()
+    head = f"artifact {predictor.key[:12]} ({predictor.manifest['label']}): loaded in {loaded - start:.2f}s"
+    if image_path:
+        from .annotate import draw_detections, read_image
+        if predictor.task != "detection":
+            raise UsageError(f"--image needs a detector; {ref} is a {predictor.task} artifact")
+        image = read_image(image_path)
+        detections = predictor.detect(image, score_threshold, max_detections)
+        click.echo(f"{head}, ran in {(time.perf_counter() - loaded) * 1e3:.1f} ms; {len(detections)} detections "
+                   f"above {score_threshold} in {image_path} ({image.shape[1]}x{image.shape[0]})")
+        for i in range(len(detections)):
+            box = ", ".join(f"{v:.1f}" for v in detections.boxes[i])
+            mask = "" if detections.masks is None else f"  mask {int((detections.masks[i] > 0.5).sum())} px"
+            click.echo(f"  {detections.label_name(i):20} {detections.scores[i]:.3f}  [{box}]{mask}")
+        if out_path:
+            draw_detections(image, detections, out_path)
+            click.echo(f"annotated image: {out_path}")
+        return
     if input_path:
         try:
             x = np.load(input_path, allow_pickle=False)
@@ -191,9 +216,7 @@ def run(c: Context, ref, input_path, seed, threads, top):
         outputs = predictor.run(x)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    done = time.perf_counter()
-    click.echo(f"artifact {predictor.key[:12]} ({predictor.manifest['label']}): loaded in {loaded - start:.2f}s, "
-               f"ran in {(done - loaded) * 1e3:.1f} ms")
+    click.echo(f"{head}, ran in {(time.perf_counter() - loaded) * 1e3:.1f} ms")
     for i, out in enumerate(outputs):
         click.echo(f"output {i}: shape {tuple(out.shape)} {out.dtype} min {out.min():.4g} max {out.max():.4g} "
                    f"mean {out.mean():.4g}" if out.size else f"output {i}: shape {tuple(out.shape)} (empty)")

@@ -48,6 +48,15 @@ def _detector_wrapper(model):
             self.masks = bool(heads is not None and heads.has_mask())
             self.keypoints = bool(heads is not None and heads.has_keypoint())
 
+        def describe(self, example) -> dict:
+            """What the runtime needs to map outputs back to the image: the frame boxes are in."""
+            if self.masks or self.keypoints:  # boxes come out in the detector's resized image
+                images, _ = self.detector.transform([example[0]])
+                frame = list(images.image_sizes[0])
+            else:  # torchvision's own post-processing already maps them to the input
+                frame = list(example.shape[-2:])
+            return {"boxes_frame": frame}
+
         @property
         def output_names(self) -> list[str]:
             names = ["boxes", "scores", "labels"]
@@ -171,4 +180,5 @@ def export_detector(module, example) -> ExportedModel:
     return ExportedModel(mod=mod, params=[p.numpy() for p in params.get("main", [])], route="onnx",
                          seconds_export=exported - start, seconds_import=time.perf_counter() - exported,
                          reference=wrapper, output_names=wrapper.output_names,
-                         details={"onnx_nodes": len(graph.graph.node), "opset": OPSET})
+                         details={"onnx_nodes": len(graph.graph.node), "opset": OPSET},
+                         detection=wrapper.describe(example))

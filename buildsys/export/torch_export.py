@@ -24,6 +24,7 @@ class ExportedModel:
     reference: object  # the torch module whose outputs the artifact must reproduce
     output_names: list[str] | None = None
     details: dict = field(default_factory=dict)
+    detection: dict | None = None  # detectors: how outputs map back to the image (see runtime.detections)
 
 
 def export_classifier(module, example) -> ExportedModel:

@@ -105,3 +105,13 @@ def instantiate(model: ModelSpec):
             raise BuildError(f"cannot load weights from {path}: {type(exc).__name__}: {first_line}",
                              stage="weights") from None
     return module.eval()
+
+
+def category_names(model: ModelSpec) -> list[str] | None:
+    """Label names for a detector's outputs: COCO's for torchvision detectors left at 91 classes."""
+    module_name = model.source.partition(":")[0]
+    if module_name != "torchvision.models.detection" or model.kwargs.get("num_classes", 91) != 91:
+        return None
+    from torchvision.models._meta import _COCO_CATEGORIES
+
+    return list(_COCO_CATEGORIES)

@@ -19,6 +19,7 @@ from ..errors import CompatibilityError, IntegrityError
 from ..locations import resolve_locations
 from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 from ..store import Store, copy_verified, read_verified
+from .detections import image_to_input, to_detections
 from .ffi import outputs_to_numpy, runtime_ffi, to_device
 
 def _base_version(version: str | None) -> str | None:
@@ -68,14 +69,26 @@ class Predictor:
     def task(self) -> str:
         return self.manifest["spec"]["model"]["task"]
 
+    def detect(self, image: np.ndarray, score_threshold: float = 0.9, max_detections: int | None = 100):
+        """An HxWx3 image (uint8 0-255, or float 0-1) -> Detections in its own pixel coordinates."""
+        if self.task != "detection":
+            raise ValueError(f"artifact {self.key[:12]} is a {self.task} model, not a detector")
+        x = image_to_input(image, self.input_shape)
+        detections = to_detections(self.run(x), self.manifest, tuple(image.shape[:2]))
+        return detections.filter(score_threshold, max_detections)
+
+    def __call__(self, x: np.ndarray):
+        """Detectors given an HxWx3 image return Detections; otherwise the raw outputs."""
+        if self.task == "detection" and x.ndim == 3:
+            return self.detect(x)
+        return self.run(x)
+
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         """Raw outputs as numpy arrays, in the order the model returns them."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"artifact {self.key[:12]} takes input of shape {self.input_shape}, got {x.shape}")
         return outputs_to_numpy(self._vm["main"](to_device(x), *self._params))
-
-    __call__ = run
 
     def close(self) -> None:
         shutil.rmtree(self._workdir, ignore_errors=True)
