@@ -56,8 +56,9 @@ def fix_shape_inputs(F) -> None:
 
 
 def fix_unknown_shapes(F) -> None:
-    """Cures legalization failures (``LegalizeOps`` leaves ops with ``R.Tensor(ndim=N)``
-    unlowered, then ``relax.build`` fails) after data-dependent ops.
+    """Cures ``CodeGenVM cannot emit this Relax operator directly`` (``LegalizeOps``
+    leaves ops on ``R.Tensor(ndim=N)`` unlowered) and, on import, ``'NoneType'
+    object is not iterable``, after data-dependent ops.
 
     Before converting any op, tensors of unknown shape but known rank get
     fresh symbolic dimensions via ``match_cast``.
@@ -121,10 +122,11 @@ def fix_constant_of_shape(F) -> None:
 
 
 def fix_slice_to_end(F) -> None:
-    """Cures broadcasting failures after ``Slice(end=INT64_MAX)`` on a symbolic
-    dim ``n``: its shape ``min(INT64_MAX, n) - min(0, n)`` is not provably
-    ``n``, so later ``R.add`` gets an unknown shape and is never legalized.
-    Clamp such ends to the (symbolic) dimension."""
+    """Cures a segmentation fault inside TVM (tiny Faster R-CNN) and broadcasting
+    failures after ``Slice(end=INT64_MAX)`` on a symbolic dim ``n``: its shape
+    ``min(INT64_MAX, n) - min(0, n)`` is not provably ``n``, so a later ``R.add``
+    gets an unknown shape and is never legalized. Clamp such ends to the
+    (symbolic) dimension."""
     from tvm import relax, tirx
 
     original = F.Slice._impl_v13.__func__
@@ -161,9 +163,9 @@ def fix_slice_to_end(F) -> None:
 
 
 def fix_topk_runtime_k(F) -> None:
-    """Cures ``TopK`` with a run-time ``k`` (torchvision one-stage post-processing
-    uses ``k = min(topk_candidates, num_above_threshold)``), which the importer
-    only accepts as a constant: full descending argsort, then slice to ``k``."""
+    """Cures ``TopK k must be a constant``: torchvision's one-stage post-processing
+    uses ``k = min(topk_candidates, num_above_threshold)``, known only at run
+    time. Full descending argsort, then slice to ``k``."""
     from tvm import relax
 
     original = F.TopK._impl_v11.__func__
@@ -201,8 +203,8 @@ _BINARY = {"Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater", "LessOrEqual"
 
 
 def fix_binary_symbolic_dims(F) -> None:
-    """Cures element-wise ops left with unknown output shape (then never legalized)
-    when operands have dims equal at run time but not provably equal, e.g.
+    """Cures ``CodeGenVM cannot emit this Relax operator directly`` for element-wise
+    ops left with unknown output shape (then never legalized) when operands have dims equal at run time but not provably equal, e.g.
     ``arange(n)`` against ``labels[min(10, n) - min(0, n)]``: ``match_cast`` the
     second operand to the first's dims (checked at run time)."""
     from tvm import relax, tirx
