@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .errors import UsageError, did_you_mean
+from .errors import BuildError, ConfigError, UsageError, did_you_mean
 from .keys import build_key, key_material
 from .models import weights_digest
 from .spec import BuildSpec
@@ -75,7 +75,13 @@ def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bo
     entries = []
     known = registry.keys()
     for spec in specs:
-        key, material = spec_key(spec, toolchain)
+        try:
+            key, material = spec_key(spec, toolchain)
+        except BuildError as exc:  # weights that cannot be found or read: bad input, found before building
+            file, _, line = spec.origin.rpartition(":")
+            raise ConfigError(str(exc).removeprefix("weights: "), file=file or None,
+                              line=int(line) if line.isdigit() else None,
+                              field=f"models.{spec.model.name}.weights") from None
         if parsed and not _matches(spec, key, parsed):
             continue
         if spec.model.skip and not include_skipped:

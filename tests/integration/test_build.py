@@ -217,3 +217,39 @@ def test_registry_failure_after_objects_leaves_no_row(fresh, capsys):
     assert ws.registry.list() == []
     assert ws.cli("verify") == 0  # no row points anywhere; the orphans are whole objects
     assert "unreferenced objects" in capsys.readouterr().out
+
+
+def test_hub_weights_come_from_the_local_cache_or_fail_clearly(fresh, monkeypatch, capsys):
+    """weights: DEFAULT reads torchvision's file from the torch hub cache; nothing is downloaded."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(fresh().root / "torch-home"))
+    ws = fresh("""
+models:
+  resnet18: {source: "torchvision.models:resnet18", weights: DEFAULT}
+matrix:
+  model: [resnet18]
+  input_size: [32]
+""")
+    checkpoints = ws.root / "torch-home" / "hub" / "checkpoints"
+    assert ws.cli("plan") == 2  # the key needs the weights' digest: no file, no key
+    err = capsys.readouterr().err
+    assert "models.resnet18.weights" in err and "not in the local torch hub cache" in err
+    assert str(checkpoints / "resnet18-f37072fd.pth") in err
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(5)
+    weights = torchvision.models.resnet18().state_dict()
+    torch.save(weights, checkpoints / "resnet18-f37072fd.pth")
+    assert ws.cli("build") == 0
+    record = ws.registry.list()[0]
+    assert record.key_material["weights"].startswith("sha256:")
+    # the artifact carries those weights, not seeded ones
+    from buildsys.runtime import load_artifact
+    predictor = load_artifact(record.key, registry=ws.registry, store=Store(ws.store))
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    model = torchvision.models.resnet18()
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(predictor.run(x)[0], expected, rtol=1e-4, atol=1e-4)
