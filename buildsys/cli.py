@@ -105,9 +105,13 @@ def build(c: Context, filters, force, include_skipped, jobs):
             m = info["manifest"]
             t, p, lat = m["timings"], m["parity"], m["latency"]
             compared = ""
-            if p.get("detections") is not None:
-                compared = (f", {p['detections']} detections matched" if p["detections"]
-                            else ", 0 detections: parity is vacuous for this input")
+            if p.get("matched_fraction") is not None:
+                pre = p.get("pre_nms_max_rel")
+                compared = (f"; pre-NMS max_rel {pre:.2e}" if pre is not None else "") + (
+                    f"; {p['detections']} detections matched ({p['matched_fraction']:.0%})" if p["detections"]
+                    else "; 0 final detections to compare")
+                if p.get("tied_scores"):
+                    compared += ", scores tied: final order not enforced"
             click.echo(f"{head}: built in {info['seconds']:.1f}s (export {t['export_s']:.1f}s, import "
                        f"{t['import_s']:.1f}s, compile {t['compile_s']:.1f}s); parity max_rel {p['max_rel']:.2e} "
                        f"(tol {p['tolerance']:g}{compared}); {lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f}"

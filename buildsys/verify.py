@@ -17,10 +17,16 @@ class Parity:
     outputs: int
     tolerance: float
     detections: int | None = None  # detections matched and compared (detectors only); 0 means vacuous
+    matched_fraction: float | None = None  # detectors: matched / max(reference, artifact) detections
+    tied_scores: bool | None = None  # the reference has equal scores: final order is not well defined
+    pre_nms_max_rel: float | None = None
+    final_max_rel: float | None = None
 
     @property
     def passed(self) -> bool:
-        return self.max_rel <= self.tolerance
+        if self.max_rel > self.tolerance:
+            return False
+        return self.matched_fraction in (None, 1.0) or bool(self.tied_scores)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -65,41 +71,58 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray], toler
     return Parity(max_abs=max_abs, max_rel=max_rel, outputs=len(reference), tolerance=tolerance)
 
 
-def match_detections(reference: list[np.ndarray], actual: list[np.ndarray]) -> np.ndarray | None:
-    """Index into ``actual`` for each reference detection, matched regardless of order.
-
-    Outputs are (boxes, scores, labels, per-detection extras...). Reference
-    detections, highest score first, each take the unmatched detection of the
-    same label whose box is closest (L-inf). None when the counts differ or a
-    label has no partner: the artifact found different detections.
-    """
+def _match(reference: list[np.ndarray], actual: list[np.ndarray]) -> np.ndarray:
+    """For each reference detection (highest score first), the unmatched artifact detection
+    of the same label with the closest box (L-inf), or -1."""
     ref_boxes, ref_scores, ref_labels = reference[:3]
     boxes, labels = actual[0], actual[2]
-    if len(ref_boxes) != len(boxes):
-        return None
     order = np.full(len(ref_boxes), -1)
     taken = np.zeros(len(boxes), bool)
     for i in np.argsort(-ref_scores, kind="stable"):
         candidates = np.flatnonzero((labels == ref_labels[i]) & ~taken)
-        if candidates.size == 0:
-            return None
-        distance = np.abs(boxes[candidates].astype(np.float64) - ref_boxes[i]).max(axis=1)
-        best = candidates[int(np.argmin(distance))]
-        order[i], taken[best] = best, True
+        if candidates.size:
+            distance = np.abs(boxes[candidates].astype(np.float64) - ref_boxes[i]).max(axis=1)
+            best = candidates[int(np.argmin(distance))]
+            order[i], taken[best] = best, True
     return order
 
 
-def compare_detections(reference: list[np.ndarray], actual: list[np.ndarray], tolerance: float,
-                       key: str | None = None) -> Parity:
-    """Match detections regardless of order, then compare the aligned outputs element-wise."""
+def match_detections(reference: list[np.ndarray], actual: list[np.ndarray]) -> np.ndarray | None:
+    """Index into ``actual`` for each reference detection, matched regardless of order;
+    None when the counts differ or a detection has no partner of the same label."""
+    if len(reference[0]) != len(actual[0]):
+        return None
+    order = _match(reference, actual)
+    return None if (order < 0).any() else order
+
+
+def compare_detector_outputs(reference: list[np.ndarray], actual: list[np.ndarray], final_count: int,
+                             tolerance: float, key: str | None = None) -> Parity:
+    """Pre-NMS tensors element-wise (the gate), then final detections matched regardless of order.
+
+    Final detections gate too, unless the reference has tied scores (random-weight
+    detectors): then which of two equal boxes survives NMS is arbitrary, and the
+    matched fraction and errors are recorded, not enforced.
+    """
     if len(reference) != len(actual):
         raise ParityError(f"PyTorch returned {len(reference)} outputs, the artifact {len(actual)}",
                           key=key, stage="verify")
-    order = match_detections(reference, actual)
-    if order is None:
-        raise ParityError(f"detections differ: PyTorch found {len(reference[0])} "
-                          f"(labels {np.bincount(reference[2].astype(int)).tolist()}), the artifact "
-                          f"{len(actual[0])} (labels {np.bincount(actual[2].astype(int)).tolist()})",
-                          key=key, stage="verify")
-    aligned = [out[order] if out.ndim and len(out) == len(order) else out for out in actual]
-    return dataclasses.replace(compare_outputs(reference, aligned, tolerance, key=key), detections=len(order))
+    pre = compare_outputs(reference[final_count:], actual[final_count:], tolerance, key=key) \
+        if len(reference) > final_count else None
+    ref_final, out_final = reference[:final_count], actual[:final_count]
+    scores = ref_final[1]
+    tied = bool(len(np.unique(scores)) < len(scores))
+    order = _match(ref_final, out_final)
+    matched = int((order >= 0).sum())
+    total = max(len(ref_final[0]), len(out_final[0]))
+    fraction = matched / total if total else 1.0
+    final = None
+    if fraction == 1.0:
+        aligned = [out[order] if out.ndim and len(out) == len(order) else out for out in out_final]
+        final = compare_outputs(ref_final, aligned, tolerance, key=key)
+    gates = [p for p in (pre, None if tied else final) if p is not None]
+    return Parity(max_abs=max((p.max_abs for p in gates), default=0.0),
+                  max_rel=max((p.max_rel for p in gates), default=0.0),
+                  outputs=len(reference), tolerance=tolerance, detections=matched, matched_fraction=fraction,
+                  tied_scores=tied, pre_nms_max_rel=pre.max_rel if pre else None,
+                  final_max_rel=final.max_rel if final else None)

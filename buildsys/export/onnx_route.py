@@ -47,6 +47,20 @@ def _detector_wrapper(model):
             heads = getattr(detector, "roi_heads", None)
             self.masks = bool(heads is not None and heads.has_mask())
             self.keypoints = bool(heads is not None and heads.has_keypoint())
+            # Pre-NMS tensors are returned too: with random weights, scores tie and the final
+            # detections depend on tie order, so parity is measured on these first.
+            self._captured: list[tuple[str, torch.Tensor]] = []
+            self.pre_nms_names: list[str] = []
+            pre_nms = {"backbone": detector.backbone}
+            rpn = getattr(detector, "rpn", None)
+            pre_nms["head"] = rpn.head if rpn is not None else detector.head
+            for name, module in pre_nms.items():
+                module.register_forward_hook(self._capture(name))
+
+        def _capture(self, prefix):
+            def hook(_module, _inputs, output):
+                self._captured.extend((f"pre_nms/{prefix}{suffix}", t) for suffix, t in _flatten(output))
+            return hook
 
         def describe(self, example) -> dict:
             """What the runtime needs to map outputs back to the image: the frame boxes are in."""
@@ -58,7 +72,7 @@ def _detector_wrapper(model):
             return {"boxes_frame": frame}
 
         @property
-        def output_names(self) -> list[str]:
+        def final_names(self) -> list[str]:
             names = ["boxes", "scores", "labels"]
             if self.masks:
                 names.append("mask_probs")
@@ -66,11 +80,19 @@ def _detector_wrapper(model):
                 names.append("keypoint_logits")
             return names
 
+        @property
+        def output_names(self) -> list[str]:
+            return self.final_names + self.pre_nms_names
+
         def forward(self, x):
+            self._captured = []
             if not (self.masks or self.keypoints):
                 result = self.detector([x[0]])[0]
-                return result["boxes"], result["scores"], result["labels"]
-            return self._two_stage_without_loops(x)
+                final = (result["boxes"], result["scores"], result["labels"])
+            else:
+                final = self._two_stage_without_loops(x)
+            self.pre_nms_names = [name for name, _ in self._captured]
+            return tuple(final) + tuple(t for _, t in self._captured)
 
         def _two_stage_without_loops(self, x):
             import collections
@@ -98,6 +120,17 @@ def _detector_wrapper(model):
             return tuple(outputs)
 
     return DetectorOutputs(model).eval()
+
+
+def _flatten(value, suffix=""):
+    """(suffix, tensor) pairs of a module output: tensors, lists/tuples and dicts of them."""
+    if hasattr(value, "shape"):
+        return [(suffix, value)]
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    pairs = []
+    for key, item in items:
+        pairs.extend(_flatten(item, f"{suffix}.{key}"))
+    return pairs
 
 
 def _initializers_as_constants(model) -> None:
@@ -181,4 +214,4 @@ def export_detector(module, example) -> ExportedModel:
                          seconds_export=exported - start, seconds_import=time.perf_counter() - exported,
                          reference=wrapper, output_names=wrapper.output_names,
                          details={"onnx_nodes": len(graph.graph.node), "opset": OPSET},
-                         detection=wrapper.describe(example))
+                         detection={**wrapper.describe(example), "final_outputs": len(wrapper.final_names)})

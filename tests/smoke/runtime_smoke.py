@@ -26,7 +26,7 @@ results = {}
 for label, ref in (("prefix", record.key[:8]), ("alias", "smoke"),
                    ("bundle", str(export_bundle(record, store, root / "bundles")))):
     predictor = load_artifact(ref, registry=registry, store=store)
-    boxes, scores, labels = predictor(x)
+    boxes, scores, labels = predictor.run(x)[:3]
     results[label] = (boxes.shape, float(scores.max()))
 assert len({str(v) for v in results.values()}) == 1, results
 assert "torch" not in sys.modules and "tvm" not in sys.modules

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from buildsys.errors import ParityError
-from buildsys.verify import compare_detections, compare_outputs, match_detections
+from buildsys.verify import compare_detector_outputs, compare_outputs, match_detections
 
 
 def dets(boxes, scores, labels):
@@ -30,19 +30,33 @@ def test_detections_match_regardless_of_order():
     ref = dets([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4]], [0.9, 0.8, 0.7], [1, 2, 1])
     out = dets([[1, 1, 4, 4], [0, 0, 10, 10.001], [5, 5, 20, 20]], [0.7, 0.9, 0.8], [1, 1, 2])
     assert match_detections(ref, out).tolist() == [1, 2, 0]
-    parity = compare_detections(ref, out, tolerance=1e-3)
-    assert parity.passed and parity.max_abs == pytest.approx(0.001, rel=1e-3)
+    parity = compare_detector_outputs(ref, out, 3, tolerance=1e-3)
+    assert parity.passed and parity.matched_fraction == 1.0 and parity.detections == 3
+    assert parity.max_abs == pytest.approx(0.001, rel=1e-3)
 
 
-def test_detections_with_different_labels_or_counts_fail():
+def test_different_labels_or_counts_fail_with_the_matched_fraction():
     ref = dets([[0, 0, 10, 10]], [0.9], [1])
-    with pytest.raises(ParityError, match="detections differ"):
-        compare_detections(ref, dets([[0, 0, 10, 10]], [0.9], [2]), 1e-3)
-    with pytest.raises(ParityError, match="detections differ"):
-        compare_detections(ref, dets([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.5], [1, 1]), 1e-3)
+    wrong_label = compare_detector_outputs(ref, dets([[0, 0, 10, 10]], [0.9], [2]), 3, 1e-3)
+    assert not wrong_label.passed and wrong_label.matched_fraction == 0.0
+    extra = compare_detector_outputs(ref, dets([[0, 0, 10, 10], [1, 1, 2, 2]], [0.9, 0.5], [1, 1]), 3, 1e-3)
+    assert not extra.passed and extra.matched_fraction == 0.5
+    assert match_detections(ref, dets([[0, 0, 10, 10]], [0.9], [2])) is None
 
 
 def test_wrong_box_is_measured_not_hidden():
     ref = dets([[0, 0, 10, 10]], [0.9], [1])
-    parity = compare_detections(ref, dets([[0, 0, 10, 15]], [0.9], [1]), 1e-3)
+    parity = compare_detector_outputs(ref, dets([[0, 0, 10, 15]], [0.9], [1]), 3, 1e-3)
     assert not parity.passed and parity.max_abs == 5
+
+
+def test_pre_nms_tensors_gate_and_ties_make_final_order_informational():
+    ref = dets([[0, 0, 10, 10], [0, 0, 12, 12]], [0.5, 0.5], [1, 1]) + [np.array([1.0, 2.0])]
+    # a tie: the artifact kept the other box of two equal scores; its pre-NMS tensors agree
+    swapped = dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.5, 0.5], [1, 1]) + [np.array([1.0, 2.0])]
+    parity = compare_detector_outputs(ref, swapped, 3, 1e-3)
+    assert parity.tied_scores and parity.passed and parity.pre_nms_max_rel == 0.0
+    # but pre-NMS tensors that disagree fail, ties or not
+    bad = dets([[0, 0, 10, 10], [0, 0, 12, 12]], [0.5, 0.5], [1, 1]) + [np.array([1.0, 2.5])]
+    parity = compare_detector_outputs(ref, bad, 3, 1e-3)
+    assert not parity.passed and parity.pre_nms_max_rel == pytest.approx(0.25)
