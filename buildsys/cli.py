@@ -108,8 +108,7 @@ def build(c: Context, filters, force, include_skipped, jobs):
             if p.get("matched_fraction") is not None:
                 pre = p.get("pre_nms_max_rel")
                 compared = (f"; pre-NMS max_rel {pre:.2e}" if pre is not None else "") + (
-                    f"; {p['detections']} detections matched ({p['matched_fraction']:.0%})" if p["detections"]
-                    else "; 0 final detections to compare")
+                    f"; {p['detections']} final detections matched ({p['matched_fraction']:.0%})")
                 if p.get("tied_scores"):
                     compared += ", scores tied: final order not enforced"
             click.echo(f"{head}: built in {info['seconds']:.1f}s (export {t['export_s']:.1f}s, import "
