@@ -145,7 +145,11 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         why = (f"max relative error {parity.max_rel:.3g} exceeds tolerance {parity.tolerance:g} "
                f"(max abs {parity.max_abs:.3g})" if parity.max_rel > parity.tolerance else
                f"only {parity.matched_fraction:.0%} of the detections match PyTorch's")
-        raise ParityError(f"{why}; the artifact is not published", key=key, stage="verify")
+        parts = [f"{name} {value:.3g}" for name, value in (
+            ("pre-NMS max_rel", parity.pre_nms_max_rel), ("final max_rel", parity.final_max_rel),
+            ("matched", parity.matched_fraction)) if value is not None]
+        detail = f" [{', '.join(parts)}]" if parts else ""
+        raise ParityError(f"{why}{detail}; the artifact is not published", key=key, stage="verify")
 
     runs = TIMING_RUNS if first_run_ms < TIMING_BUDGET_S * 1e3 else 0
     with torch.no_grad():
