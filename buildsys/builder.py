@@ -90,6 +90,11 @@ def _median_ms(fn: Callable[[], object], runs: int = TIMING_RUNS) -> float:
     return statistics.median(times) * 1e3
 
 
+def _output_specs(exported, reference) -> list[dict]:
+    names = exported.output_names or [f"output{i}" for i in range(len(reference))]
+    return [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)} for name, o in zip(names, reference)]
+
+
 def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -> BuildOutcome:
     """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM."""
     import torch
@@ -148,6 +153,9 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         parts = [f"{name} {value:.3g}" for name, value in (
             ("pre-NMS max_rel", parity.pre_nms_max_rel), ("final max_rel", parity.final_max_rel),
             ("matched", parity.matched_fraction)) if value is not None]
+        names = [o["name"] for o in _output_specs(exported, reference)]
+        if parity.worst_output is not None:
+            parts.append(f"worst output {names[parity.worst_output]!r}")
         detail = f" [{', '.join(parts)}]" if parts else ""
         raise ParityError(f"{why}{detail}; the artifact is not published", key=key, stage="verify")
 
@@ -168,9 +176,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         "runtime": runtime_versions(),
         "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
                "params": len(exported.params),
-               "outputs": [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)}
-                           for name, o in zip(exported.output_names or [f"output{i}" for i in range(len(reference))],
-                                              reference)]},
+               "outputs": _output_specs(exported, reference)},
         "cpu": {"required_features": required_features(spec.target)},
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),

@@ -21,6 +21,7 @@ class Parity:
     tied_scores: bool | None = None  # the reference has equal scores: final order is not well defined
     pre_nms_max_rel: float | None = None
     final_max_rel: float | None = None
+    worst_output: int | None = None  # index of the output with the largest relative error
 
     @property
     def passed(self) -> bool:
@@ -55,6 +56,7 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray], toler
         raise ParityError(f"PyTorch returned {len(reference)} outputs, the artifact {len(actual)}",
                           key=key, stage="verify")
     max_abs = max_rel = 0.0
+    worst = None
     for i, (ref, out) in enumerate(zip(reference, actual)):
         if ref.shape != out.shape:
             raise ParityError(f"output {i}: PyTorch shape {ref.shape}, artifact shape {out.shape}",
@@ -66,9 +68,13 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray], toler
             raise ParityError(f"output {i}: the artifact produced NaN or inf", key=key, stage="verify")
         diff = float(np.abs(ref64 - out64).max())
         scale = float(np.abs(ref64).max())
+        rel = diff / scale if scale > 0 else diff
         max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / scale if scale > 0 else diff)
-    return Parity(max_abs=max_abs, max_rel=max_rel, outputs=len(reference), tolerance=tolerance)
+        if worst is None or rel > max_rel:
+            worst = i
+        max_rel = max(max_rel, rel)
+    return Parity(max_abs=max_abs, max_rel=max_rel, outputs=len(reference), tolerance=tolerance,
+                  worst_output=worst)
 
 
 def _match(reference: list[np.ndarray], actual: list[np.ndarray]) -> np.ndarray:
@@ -125,4 +131,6 @@ def compare_detector_outputs(reference: list[np.ndarray], actual: list[np.ndarra
                   max_rel=max((p.max_rel for p in gates), default=0.0),
                   outputs=len(reference), tolerance=tolerance, detections=matched, matched_fraction=fraction,
                   tied_scores=tied, pre_nms_max_rel=pre.max_rel if pre else None,
-                  final_max_rel=final.max_rel if final else None)
+                  final_max_rel=final.max_rel if final else None,
+                  worst_output=max(((p.max_rel, p.worst_output + (final_count if p is pre else 0))
+                                    for p in gates if p.worst_output is not None), default=(0, None))[1])

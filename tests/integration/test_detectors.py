@@ -109,3 +109,21 @@ def test_run_on_a_real_photo_prints_and_draws(built_detectors, tmp_path, capsys)
     assert drawn.shape == original.shape and (drawn != original).any()
     assert built_detectors.cli("run", record.key[:10], "--image", str(photo)) == 0  # default threshold 0.9
     assert "0 detections above 0.9" in capsys.readouterr().out
+
+
+def test_one_full_size_detector_builds_with_pre_nms_parity(fresh):
+    """The CI-sized full-size check: torchvision's own Faster R-CNN (MobileNetV3-FPN, 320 px)."""
+    ws = fresh("""
+models:
+  frcnn: {source: "torchvision.models.detection:fasterrcnn_mobilenet_v3_large_320_fpn", task: detection,
+          tolerance: 1.0e-3}
+matrix:
+  model: [frcnn]
+  input_size: [320]
+""")
+    assert ws.cli("build") == 0
+    (record,) = ws.registry.list()
+    assert record.metrics["parity_pre_nms_max_rel"] < 1e-3
+    manifest = manifest_format.loads(Store(ws.store).read_verified(record.manifest_digest))
+    assert manifest["detection"]["categories"][1] == "person"  # COCO names travel with the artifact
+    assert sum(o["name"].startswith("pre_nms/backbone") for o in manifest["io"]["outputs"]) >= 2

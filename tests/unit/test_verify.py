@@ -60,3 +60,11 @@ def test_pre_nms_tensors_gate_and_ties_make_final_order_informational():
     bad = dets([[0, 0, 10, 10], [0, 0, 12, 12]], [0.5, 0.5], [1, 1]) + [np.array([1.0, 2.5])]
     parity = compare_detector_outputs(ref, bad, 3, 1e-3)
     assert not parity.passed and parity.pre_nms_max_rel == pytest.approx(0.25)
+
+
+def test_the_worst_output_is_named():
+    parity = compare_outputs([np.ones(2), np.ones(2)], [np.ones(2), np.array([1.0, 1.1])], 1e-3)
+    assert parity.worst_output == 1
+    ref = dets([[0, 0, 10, 10]], [0.9], [1]) + [np.array([1.0]), np.array([2.0])]
+    out = dets([[0, 0, 10, 10]], [0.9], [1]) + [np.array([1.0]), np.array([2.5])]
+    assert compare_detector_outputs(ref, out, 3, 1e-3).worst_output == 4
