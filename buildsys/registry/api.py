@@ -36,7 +36,9 @@ class FileRecord:
 
 
 @dataclass(frozen=True)
-class ArtifactRecord:
+class _ArtifactFields:
+    """What an artifact is: shared by what the builder hands over and what the registry returns."""
+
     key: str
     model: str
     task: str
@@ -48,10 +50,24 @@ class ArtifactRecord:
     key_material: Mapping[str, Any]
     toolchain: Mapping[str, Any]
     manifest_digest: str
-    status: str
     parity_max_abs: float | None
     parity_max_rel: float | None
-    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewArtifact(_ArtifactFields):
+    """What the builder hands over to publish one artifact."""
+
+    files: tuple[FileRecord, ...] = ()
+    metrics: Mapping[str, tuple[float, str]] = field(default_factory=dict)  # name -> (value, unit)
+
+
+@dataclass(frozen=True)
+class ArtifactRecord(_ArtifactFields):
+    """A published artifact as the registry holds it."""
+
+    status: str = STATUS_OK
+    created_at: datetime | None = None
     files: tuple[FileRecord, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
@@ -62,27 +78,6 @@ class ArtifactRecord:
                 return f
         raise RegistryError(f"artifact {self.key[:12]} has no file {name!r} (it has: "
                             f"{', '.join(f.name for f in self.files)})")
-
-
-@dataclass(frozen=True)
-class NewArtifact:
-    """What the builder hands over to publish one artifact."""
-
-    key: str
-    model: str
-    task: str
-    input_size: str
-    target: Mapping[str, Any]
-    opt_level: int
-    disabled_passes: tuple[str, ...]
-    spec: Mapping[str, Any]
-    key_material: Mapping[str, Any]
-    toolchain: Mapping[str, Any]
-    manifest_digest: str
-    files: tuple[FileRecord, ...]
-    metrics: Mapping[str, tuple[float, str]]  # name -> (value, unit)
-    parity_max_abs: float | None
-    parity_max_rel: float | None
 
 
 @dataclass(frozen=True)
