@@ -146,18 +146,10 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     else:
         parity = compare_outputs(reference, actual, spec.model.tolerance, key=key)
     timings["verify_s"] = time.perf_counter() - start
+    outputs = _output_specs(exported, reference)
     if not parity.passed:
-        why = (f"max relative error {parity.max_rel:.3g} exceeds tolerance {parity.tolerance:g} "
-               f"(max abs {parity.max_abs:.3g})" if parity.max_rel > parity.tolerance else
-               f"only {parity.matched_fraction:.0%} of the detections match PyTorch's")
-        parts = [f"{name} {value:.3g}" for name, value in (
-            ("pre-NMS max_rel", parity.pre_nms_max_rel), ("final max_rel", parity.final_max_rel),
-            ("matched", parity.matched_fraction)) if value is not None]
-        names = [o["name"] for o in _output_specs(exported, reference)]
-        if parity.worst_output is not None:
-            parts.append(f"worst output {names[parity.worst_output]!r}")
-        detail = f" [{', '.join(parts)}]" if parts else ""
-        raise ParityError(f"{why}{detail}; the artifact is not published", key=key, stage="verify")
+        raise ParityError(f"{parity.explain([o['name'] for o in outputs])}; the artifact is not published",
+                          key=key, stage="verify")
 
     runs = TIMING_RUNS if first_run_ms < TIMING_BUDGET_S * 1e3 else 0
     with torch.no_grad():
@@ -176,7 +168,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         "runtime": runtime_versions(),
         "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
                "params": len(exported.params),
-               "outputs": _output_specs(exported, reference)},
+               "outputs": outputs},
         "cpu": {"required_features": required_features(spec.target)},
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),

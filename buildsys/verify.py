@@ -32,6 +32,18 @@ class Parity:
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
+    def explain(self, output_names: list[str]) -> str:
+        """Why parity failed, with the figures that locate it."""
+        why = (f"max relative error {self.max_rel:.3g} exceeds tolerance {self.tolerance:g} "
+               f"(max abs {self.max_abs:.3g})" if self.max_rel > self.tolerance else
+               f"only {self.matched_fraction:.0%} of the detections match PyTorch's")
+        parts = [f"{name} {value:.3g}" for name, value in (
+            ("pre-NMS max_rel", self.pre_nms_max_rel), ("final max_rel", self.final_max_rel),
+            ("matched", self.matched_fraction)) if value is not None]
+        if self.worst_output is not None and self.worst_output < len(output_names):
+            parts.append(f"worst output {output_names[self.worst_output]!r}")
+        return why + (f" [{', '.join(parts)}]" if parts else "")
+
 
 def flatten_outputs(value) -> list[np.ndarray]:
     """torch tensors / tuples / lists / dicts / TVM arrays -> flat list of numpy arrays."""

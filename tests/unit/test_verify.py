@@ -68,3 +68,11 @@ def test_the_worst_output_is_named():
     ref = dets([[0, 0, 10, 10]], [0.9], [1]) + [np.array([1.0]), np.array([2.0])]
     out = dets([[0, 0, 10, 10]], [0.9], [1]) + [np.array([1.0]), np.array([2.5])]
     assert compare_detector_outputs(ref, out, 3, 1e-3).worst_output == 4
+
+
+def test_explain_locates_the_failure():
+    ref = dets([[0, 0, 10, 10]], [0.9], [1]) + [np.array([1.0]), np.array([2.0])]
+    out = dets([[0, 0, 10, 10]], [0.9], [1]) + [np.array([1.0]), np.array([2.5])]
+    text = compare_detector_outputs(ref, out, 3, 1e-3).explain(["boxes", "scores", "labels", "pre_a", "pre_b"])
+    assert text.startswith("max relative error 0.25 exceeds tolerance 0.001 (max abs 0.5)")
+    assert "pre-NMS max_rel 0.25" in text and "worst output 'pre_b'" in text
