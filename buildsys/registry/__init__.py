@@ -1,7 +1,16 @@
-"""The artifact registry (SQLAlchemy; any URL, SQLite by default). Never imports TVM or torch."""
+"""The artifact registry (SQLAlchemy; any URL, SQLite by default). Never imports TVM or torch.
 
-from .api import (RUN_BUILT, RUN_FAILED, RUN_RUNNING, AliasRecord, ArtifactRecord, BuildRunRecord, FileRecord,
-                  NewArtifact, Registry)
+Names are loaded on first use, so ``buildsys.registry.lookup`` (the thin loader's
+read path) does not pay for importing SQLAlchemy.
+"""
 
-__all__ = ["Registry", "ArtifactRecord", "FileRecord", "NewArtifact", "BuildRunRecord", "AliasRecord",
-           "RUN_BUILT", "RUN_FAILED", "RUN_RUNNING"]
+_API = ("RUN_BUILT", "RUN_CRASHED", "RUN_FAILED", "RUN_RUNNING", "AliasRecord", "ArtifactRecord",
+        "BuildRunRecord", "FileRecord", "NewArtifact", "Registry")
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,8 @@ from ..cpu import host_flags, missing_features
 from ..errors import CompatibilityError, IntegrityError
 from ..locations import resolve_locations
 from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
+from ..registry.lookup import resolve as resolve_sqlite
+from ..registry.lookup import sqlite_path
 from ..store import Store, copy_verified, read_verified
 from .detections import image_to_input, to_detections
 from .ffi import outputs_to_numpy, runtime_ffi, to_device
@@ -142,16 +144,19 @@ class _BundleFiles:
 
 
 def _from_registry(ref: str, registry, store: Store | None):
-    from ..registry import Registry  # sqlalchemy only; no TVM, no torch
-
     locations = resolve_locations()
-    registry = registry or Registry(locations.registry_url)
     store = store or Store(locations.store_root)
-    record = registry.resolve(ref)
-    key = record.key
-    manifest = manifest_format.loads(store.read_verified(record.manifest_digest, key=key, name=MANIFEST_NAME),
-                                     key=key)
-    digests = {f.name: f.digest for f in record.files}
+    db = sqlite_path(locations.registry_url) if registry is None else None
+    if db is not None:  # the common deployment case: stdlib sqlite3, no SQLAlchemy import
+        found = resolve_sqlite(db, ref)
+        key, manifest_digest, digests = found.key, found.manifest_digest, dict(found.digests)
+    else:
+        from ..registry import Registry
+        registry = registry or Registry(locations.registry_url)
+        record = registry.resolve(ref)
+        key, manifest_digest = record.key, record.manifest_digest
+        digests = {f.name: f.digest for f in record.files}
+    manifest = manifest_format.loads(store.read_verified(manifest_digest, key=key, name=MANIFEST_NAME), key=key)
     for name, entry in manifest["files"].items():
         if digests.get(name) != entry["digest"]:
             raise IntegrityError(key=key, path=f"{name} (registry vs manifest)", expected=str(digests.get(name)),

@@ -133,3 +133,25 @@ def test_migrations_are_the_only_schema_source(tmp_path):
 
 def test_head_revision_constant_matches_the_migration_scripts(tmp_path):
     assert HEAD_REVISION == head_revision(make_engine(f"sqlite:///{tmp_path / 'h.db'}"))
+
+
+def test_sqlite_lookup_agrees_with_the_registry(registry, tmp_path):
+    from buildsys.registry.lookup import resolve, sqlite_path
+
+    one, two = "abcd1" + "0" * 59, "abcd2" + "0" * 59
+    registry.publish(new_artifact(one))
+    registry.publish(new_artifact(two))
+    registry.set_alias("prod", "abcd2")
+    db = sqlite_path(registry.url)
+    assert db == tmp_path / "r.db"
+    for ref in (one, "abcd1", "ABCD2", "prod"):
+        record, found = registry.resolve(ref), resolve(db, ref)
+        assert found.key == record.key and found.manifest_digest == record.manifest_digest
+        assert found.digests == {f.name: f.digest for f in record.files}
+    for ref in ("abcd", "ffff", "abc", "prdo"):
+        with pytest.raises(UsageError) as theirs:
+            registry.resolve(ref)
+        with pytest.raises(UsageError) as ours:
+            resolve(db, ref)
+        assert str(ours.value) == str(theirs.value)
+    assert sqlite_path("postgresql://h/db") is None and sqlite_path("sqlite:///:memory:") is None
