@@ -17,11 +17,11 @@ from sqlalchemy.orm import selectinload, sessionmaker
 
 from ..errors import RegistryError, UsageError, did_you_mean
 from .db import ensure_schema, make_engine, session_scope
+from .lookup import is_key_prefix, pick_prefix_match, refuse_reference
 from .models import Alias, Artifact, ArtifactFile, BuildRun, Metric
 
 STATUS_OK = "ok"
 RUN_RUNNING, RUN_BUILT, RUN_FAILED, RUN_CRASHED = "running", "built", "failed", "crashed"
-MIN_PREFIX = 4
 
 
 def _now() -> datetime:
@@ -198,19 +198,10 @@ class Registry:
             if alias is not None:
                 key = alias.artifact_key
             else:
-                if len(ref) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in ref.lower()):
-                    names = list(s.scalars(select(Alias.name)))
-                    raise UsageError(f"no alias {ref!r} and it is not a key prefix (4+ hex digits)"
-                                     + (f"; {did_you_mean(ref, names)}" if did_you_mean(ref, names) else ""))
-                matches = list(s.scalars(select(Artifact.key).where(Artifact.key.startswith(ref.lower()))
-                                         .order_by(Artifact.key).limit(11)))
-                if not matches:
-                    raise UsageError(f"no artifact key starts with {ref!r}; `buildsys ls` lists them")
-                if len(matches) > 1:
-                    shown = ", ".join(m[:12] for m in matches[:10])
-                    raise UsageError(f"key prefix {ref!r} is ambiguous: {shown}{' ...' if len(matches) > 10 else ''}"
-                                     "; give more digits")
-                key = matches[0]
+                if not is_key_prefix(ref):
+                    refuse_reference(ref, list(s.scalars(select(Alias.name))))
+                key = pick_prefix_match(ref, list(s.scalars(
+                    select(Artifact.key).where(Artifact.key.startswith(ref.lower())).order_by(Artifact.key).limit(11))))
             row = s.scalars(select(Artifact).where(Artifact.key == key).options(*self._loaded())).one()
             return _artifact_record(row)
 
@@ -230,7 +221,7 @@ class Registry:
         if not name or any(c.isspace() for c in name):
             raise UsageError(f"alias names have no spaces and are not empty: {name!r}")
         key = self.resolve(ref).key
-        if len(name) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in name):
+        if is_key_prefix(name):
             raise UsageError(f"alias {name!r} looks like a key prefix; pick a name with a non-hex letter")
         with self._scope() as s:
             row = s.get(Alias, name) or Alias(name=name)

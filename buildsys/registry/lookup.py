@@ -35,6 +35,27 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def is_key_prefix(ref: str) -> bool:
+    return len(ref) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in ref.lower())
+
+
+def refuse_reference(ref: str, alias_names: list[str]):
+    """``ref`` is neither an alias nor a key prefix: say so, with the closest alias."""
+    hint = did_you_mean(ref, alias_names)
+    raise UsageError(f"no alias {ref!r} and it is not a key prefix (4+ hex digits)" + (f"; {hint}" if hint else ""))
+
+
+def pick_prefix_match(ref: str, matches: list[str]) -> str:
+    """The one key among ``matches`` (the first 11 keys with that prefix, sorted), or why not."""
+    if not matches:
+        raise UsageError(f"no artifact key starts with {ref!r}; `buildsys ls` lists them")
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:10])
+        raise UsageError(f"key prefix {ref!r} is ambiguous: {shown}{' ...' if len(matches) > 10 else ''}"
+                         "; give more digits")
+    return matches[0]
+
+
 def resolve(db: Path, ref: str) -> ResolvedArtifact:
     ref = ref.strip()
     if not db.is_file():
@@ -48,22 +69,12 @@ def resolve(db: Path, ref: str) -> ResolvedArtifact:
         if row is not None:
             key = row[0]
         else:
-            if len(ref) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in ref.lower()):
-                names = [r[0] for r in conn.execute("SELECT name FROM aliases")]
-                hint = did_you_mean(ref, names)
-                raise UsageError(f"no alias {ref!r} and it is not a key prefix (4+ hex digits)"
-                                 + (f"; {hint}" if hint else ""))
+            if not is_key_prefix(ref):
+                refuse_reference(ref, [r[0] for r in conn.execute("SELECT name FROM aliases")])
             prefix = ref.lower()
-            matches = [r[0] for r in conn.execute(
+            key = pick_prefix_match(ref, [r[0] for r in conn.execute(
                 "SELECT key FROM artifacts WHERE key >= ? AND key < ? ORDER BY key LIMIT 11",
-                (prefix, prefix + "g"))]
-            if not matches:
-                raise UsageError(f"no artifact key starts with {ref!r}; `buildsys ls` lists them")
-            if len(matches) > 1:
-                shown = ", ".join(m[:12] for m in matches[:10])
-                raise UsageError(f"key prefix {ref!r} is ambiguous: {shown}{' ...' if len(matches) > 10 else ''}"
-                                 "; give more digits")
-            key = matches[0]
+                (prefix, prefix + "g"))])
         manifest = conn.execute("SELECT manifest_digest FROM artifacts WHERE key = ?", (key,)).fetchone()
         files = dict(conn.execute("SELECT name, digest FROM artifact_files WHERE artifact_key = ?", (key,)))
     except sqlite3.Error as exc:
