@@ -260,8 +260,7 @@ def gc(c: Context, dry_run, grace):
     from .store import pid_alive
     temps = c.store.clean_tmp(dry_run=dry_run)
     crashed = 0 if dry_run else c.registry.mark_crashed_runs(pid_alive)
-    referenced = {f.digest for _, f in c.registry.file_digests()}
-    referenced |= {r.manifest_digest for r in c.registry.list()}
+    referenced = {f.digest for _, f in c.registry.file_digests()}  # manifests are files of their artifact
     objects = c.store.remove_unreferenced(referenced, grace_s=grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for path in temps:

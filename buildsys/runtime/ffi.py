@@ -78,7 +78,7 @@ def _register_python_builtins(ffi) -> None:
 
 def to_device(array: np.ndarray):
     """A numpy array as a TVM tensor (zero-copy; the array must stay alive, which DLPack ensures)."""
-    return _ffi.from_dlpack(np.ascontiguousarray(array))
+    return runtime_ffi().from_dlpack(np.ascontiguousarray(array))
 
 
 def to_numpy(tensor) -> np.ndarray:
@@ -88,7 +88,7 @@ def to_numpy(tensor) -> np.ndarray:
 
 def outputs_to_numpy(value) -> list[np.ndarray]:
     """A VM result (tensor, or nested arrays of tensors) as a flat list of numpy arrays."""
-    if isinstance(value, _ffi.Tensor):
+    if isinstance(value, runtime_ffi().Tensor):
         return [to_numpy(value)]
     result: list[np.ndarray] = []
     for item in value:

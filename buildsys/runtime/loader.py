@@ -21,6 +21,7 @@ from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 from ..registry.lookup import resolve as resolve_sqlite
 from ..registry.lookup import sqlite_path
 from ..store import Store, copy_verified, read_verified
+from ..toolchain import runtime_versions
 from .detections import image_to_input, to_detections
 from .ffi import outputs_to_numpy, runtime_ffi, to_device
 
@@ -30,8 +31,6 @@ def _base_version(version: str | None) -> str | None:
 
 def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[str] | None = None) -> None:
     """Refuse an artifact built for another TVM runtime, or for CPU features this host lacks."""
-    from importlib import metadata
-
     required = manifest.get("cpu", {}).get("required_features", [])
     lacking = missing_features(required, host_flags() if cpu_flags is None else cpu_flags)
     if lacking:
@@ -42,10 +41,9 @@ def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[st
             "(target \"llvm -mcpu=native\") and load that key instead")
 
     built = manifest.get("runtime", {}).get("tvm")
-    try:
-        installed = metadata.version("apache-tvm")
-    except metadata.PackageNotFoundError:
-        raise CompatibilityError("apache-tvm is not installed; `pip install 'buildsys[runtime]'`") from None
+    installed = runtime_versions()["tvm"]  # what the builder wrote into the manifest, read here
+    if installed is None:
+        raise CompatibilityError("apache-tvm is not installed; `pip install 'buildsys[runtime]'`")
     if _base_version(built) != _base_version(installed):
         raise CompatibilityError(
             f"artifact {key[:12]} was built with TVM {built}, this runtime is TVM {installed}; the executable "
