@@ -141,8 +141,10 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     actual = outputs_to_numpy(vm["main"](*args))
     first_run_ms = (time.perf_counter() - run_start) * 1e3
     if spec.model.task == "detection":
+        second_stage = getattr(exported.reference, "second_stage_given_boxes", None)
         parity = compare_detector_outputs(reference, actual, exported.detection["final_outputs"],
-                                          spec.model.tolerance, key=key)
+                                          spec.model.tolerance, key=key,
+                                          second_stage=(lambda b, l: second_stage(x, b, l)) if second_stage else None)
     else:
         parity = compare_outputs(reference, actual, spec.model.tolerance, key=key)
     timings["verify_s"] = time.perf_counter() - start
@@ -187,7 +189,8 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         "parity_max_rel": (parity.max_rel, "rel"),
         **{f"parity_{name}": (float(value), unit) for name, value, unit in (
             ("detections", parity.detections, "count"), ("matched_fraction", parity.matched_fraction, "fraction"),
-            ("pre_nms_max_rel", parity.pre_nms_max_rel, "rel"), ("final_max_rel", parity.final_max_rel, "rel"))
+            ("pre_nms_max_rel", parity.pre_nms_max_rel, "rel"), ("final_max_rel", parity.final_max_rel, "rel"),
+            ("second_stage_max_rel", parity.second_stage_max_rel, "rel"))
            if value is not None},
         "artifact_ms": (artifact_ms, "ms"),
         "torch_eager_ms": (eager_ms, "ms"),

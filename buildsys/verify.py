@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -21,6 +22,8 @@ class Parity:
     tied_scores: bool | None = None  # the reference has equal scores: final order is not well defined
     pre_nms_max_rel: float | None = None
     final_max_rel: float | None = None
+    # mask / keypoint heads against PyTorch's heads run on the artifact's own boxes
+    second_stage_max_rel: float | None = None
     worst_output: int | None = None  # index of the output with the largest relative error
 
     @property
@@ -39,6 +42,7 @@ class Parity:
                f"only {self.matched_fraction:.0%} of the detections match PyTorch's")
         parts = [f"{name} {value:.3g}" for name, value in (
             ("pre-NMS max_rel", self.pre_nms_max_rel), ("final max_rel", self.final_max_rel),
+            ("second stage max_rel", self.second_stage_max_rel),
             ("matched", self.matched_fraction)) if value is not None]
         if self.worst_output is not None and self.worst_output < len(output_names):
             parts.append(f"worst output {output_names[self.worst_output]!r}")
@@ -115,12 +119,19 @@ def match_detections(reference: list[np.ndarray], actual: list[np.ndarray]) -> n
 
 
 def compare_detector_outputs(reference: list[np.ndarray], actual: list[np.ndarray], final_count: int,
-                             tolerance: float, key: str | None = None) -> Parity:
+                             tolerance: float, key: str | None = None,
+                             second_stage: Callable[[np.ndarray, np.ndarray], list[np.ndarray]] | None = None
+                             ) -> Parity:
     """Pre-NMS tensors element-wise (the gate), then final detections matched regardless of order.
 
     Final detections gate too, unless the reference has tied scores (random-weight
     detectors): then which of two equal boxes survives NMS is arbitrary, and the
     matched fraction and errors are recorded, not enforced.
+
+    Outputs after boxes/scores/labels (mask probabilities, keypoint logits) come from
+    heads that run on the final boxes. With ``second_stage(boxes, labels)`` (PyTorch's
+    heads), they are compared with those heads run on the artifact's own boxes: the
+    boxes are gated above, and this gates the heads without amplifying box rounding.
     """
     if len(reference) != len(actual):
         raise ParityError(f"PyTorch returned {len(reference)} outputs, the artifact {len(actual)}",
@@ -134,15 +145,21 @@ def compare_detector_outputs(reference: list[np.ndarray], actual: list[np.ndarra
     matched = int((order >= 0).sum())
     total = max(len(ref_final[0]), len(out_final[0]))
     fraction = matched / total if total else 1.0
-    final = None
+    final = second = None
     if fraction == 1.0:
         aligned = [out[order] if out.ndim and len(out) == len(order) else out for out in out_final]
-        final = compare_outputs(ref_final, aligned, tolerance, key=key)
-    gates = [p for p in (pre, None if tied else final) if p is not None]
+        if second_stage is not None and final_count > 3:
+            given = second_stage(out_final[0], out_final[2])
+            second = compare_outputs(given, out_final[3:], tolerance, key=key)
+            final = compare_outputs(ref_final[:3], aligned[:3], tolerance, key=key)
+        else:
+            final = compare_outputs(ref_final, aligned, tolerance, key=key)
+    gates = [p for p in (pre, None if tied else final, second) if p is not None]
     return Parity(max_abs=max((p.max_abs for p in gates), default=0.0),
                   max_rel=max((p.max_rel for p in gates), default=0.0),
                   outputs=len(reference), tolerance=tolerance, detections=matched, matched_fraction=fraction,
                   tied_scores=tied, pre_nms_max_rel=pre.max_rel if pre else None,
                   final_max_rel=final.max_rel if final else None,
-                  worst_output=max(((p.max_rel, p.worst_output + (final_count if p is pre else 0))
+                  second_stage_max_rel=second.max_rel if second else None,
+                  worst_output=max(((p.max_rel, p.worst_output + (final_count if p is pre else 3 if p is second else 0))
                                     for p in gates if p.worst_output is not None), default=(0, None))[1])

@@ -76,3 +76,25 @@ def test_explain_locates_the_failure():
     text = compare_detector_outputs(ref, out, 3, 1e-3).explain(["boxes", "scores", "labels", "pre_a", "pre_b"])
     assert text.startswith("max relative error 0.25 exceeds tolerance 0.001 (max abs 0.5)")
     assert "pre-NMS max_rel 0.25" in text and "worst output 'pre_b'" in text
+
+
+def test_mask_heads_are_compared_on_the_artifacts_own_boxes():
+    """Steep heads amplify box rounding (Mask R-CNN: 0.02 px in boxes -> 5e-3 in mask
+    probabilities); the gate runs PyTorch's heads on the artifact's boxes instead."""
+    def head(boxes, labels):  # a steep function of the box, like random-weight mask logits
+        return [1 / (1 + np.exp(-200 * (boxes[:, :1, None] - 5.0))) * np.ones((len(boxes), 1, 4, 4))]
+
+    ref_boxes = np.array([[5.0, 0, 10, 10], [0, 0, 3, 3]], np.float32)
+    out_boxes = ref_boxes + np.float32(0.003)  # within tolerance as boxes
+    ref = dets(ref_boxes, [0.9, 0.8], [1, 2]) + head(ref_boxes, None)
+    good = dets(out_boxes, [0.9, 0.8], [1, 2]) + head(out_boxes, None)
+    naive = compare_detector_outputs(ref, good, 4, tolerance=1e-3)
+    assert not naive.passed and naive.worst_output == 3  # masks differ by ~0.15 through the steep head
+    conditioned = compare_detector_outputs(ref, good, 4, tolerance=1e-3, second_stage=head)
+    assert conditioned.passed and conditioned.second_stage_max_rel == 0.0
+    assert conditioned.final_max_rel == pytest.approx(0.003 / 10, rel=1e-2)
+
+    wrong = dets(out_boxes, [0.9, 0.8], [1, 2]) + [head(out_boxes, None)[0] * 0.9]
+    failed = compare_detector_outputs(ref, wrong, 4, tolerance=1e-3, second_stage=head)
+    assert not failed.passed and failed.worst_output == 3
+    assert failed.second_stage_max_rel == pytest.approx(0.1, rel=1e-3)
