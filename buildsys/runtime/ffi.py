@@ -76,9 +76,29 @@ def _register_python_builtins(ffi) -> None:
             ffi.register_global_func(name, func)
 
 
+ALIGNMENT = 64  # bytes; TVM's kernels assume it (tuned, vectorized ones load with aligned moves)
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` itself when C-contiguous and 64-byte aligned, else an aligned copy.
+
+    numpy only promises 16-byte alignment. Untuned kernels happen not to care; tuned
+    ones use aligned vector loads and crash (SIGSEGV) on a misaligned weight or input.
+    """
+    array = np.ascontiguousarray(array)
+    if array.ctypes.data % ALIGNMENT == 0:
+        return array
+    raw = np.empty(array.nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT
+    copy = raw[offset:offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
 def to_device(array: np.ndarray):
-    """A numpy array as a TVM tensor (zero-copy; the array must stay alive, which DLPack ensures)."""
-    return runtime_ffi().from_dlpack(np.ascontiguousarray(array))
+    """A numpy array as a TVM tensor: zero-copy when already aligned (the array stays alive
+    through DLPack), else from a 64-byte aligned copy."""
+    return runtime_ffi().from_dlpack(aligned(array))
 
 
 def to_numpy(tensor) -> np.ndarray:

@@ -71,3 +71,23 @@ def test_staging_is_removed_whatever_happens(store):
             (d / "partial").write_bytes(b"half")
             raise RuntimeError("crash")
     assert list(store.tmp.iterdir()) == []
+
+
+def test_tensors_handed_to_tvm_are_64_byte_aligned():
+    """Tuned kernels load with aligned vector moves: a misaligned weight crashed the VM (SIGSEGV)."""
+    import numpy as np
+
+    from buildsys.runtime.ffi import ALIGNMENT, aligned
+
+    raw = np.zeros(4 * 1000 + 2 * ALIGNMENT, dtype=np.uint8)
+    for offset in range(4, ALIGNMENT, 4):  # 4, 8, ... bytes past an aligned address
+        start = (-raw.ctypes.data) % ALIGNMENT + offset
+        view = raw[start:start + 4000].view(np.float32).reshape(10, 100)
+        assert view.ctypes.data % ALIGNMENT == offset
+        view[...] = np.arange(1000, dtype=np.float32).reshape(10, 100)
+        out = aligned(view)
+        assert out.ctypes.data % ALIGNMENT == 0
+        np.testing.assert_array_equal(out, view)
+    already = aligned(np.ones((3, 64), dtype=np.float32))
+    assert aligned(already) is already  # no copy when nothing is wrong
+    assert aligned(np.asfortranarray(np.ones((3, 5)))).flags.c_contiguous
