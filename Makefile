@@ -10,7 +10,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all test test-all runtime-venv runtime-smoke bench-loader stress clean-artifacts
+.PHONY: venv build-all tune bench test test-all runtime-venv runtime-smoke bench-loader stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ runtime-smoke: $(STAMP) $(RUNTIME_STAMP)
 	$(RUNTIME_VENV)/bin/python tests/smoke/runtime_smoke.py $(SMOKE_DIR)
 
 ## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
+## MetaSchedule tuning for the entries of builds.yaml that set `tuning` (resumable).
+tune: $(STAMP)
+	$(BIN)/buildsys tune $(TUNE_ARGS)
+
+## Built artifacts against PyTorch eager, torch.compile and onnxruntime (prints a table).
+bench: $(STAMP)
+	$(BIN)/buildsys bench $(BENCH_ARGS)
+
 bench-loader: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python
 

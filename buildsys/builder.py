@@ -28,8 +28,9 @@ import numpy as np
 from . import manifest as manifest_format
 from .cpu import required_features
 from .errors import BuildError, BuildsysError, ParityError
+from .keys import build_key
 from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
-from .plan import BUILD, CACHED, PlanEntry
+from .plan import BUILD, CACHED, PlanEntry, plan_builds
 from .registry import RUN_BUILT, RUN_FAILED, FileRecord, NewArtifact
 from .spec import BuildSpec
 from .store import Store, pid_alive
@@ -95,7 +96,26 @@ def _output_specs(exported, reference) -> list[dict]:
     return [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)} for name, o in zip(names, reference)]
 
 
-def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -> BuildOutcome:
+def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None, key: str):
+    """The entry's tuning database, checked against the records its key names."""
+    if spec.tuning is None:
+        return None
+    from .tuning import TuningDatabase
+
+    planned = material.get("tuning")
+    if store_root is None or not planned:
+        raise BuildError("a tuned entry needs its tuning planned first (tune, then build)", key=key, stage="tune")
+    database = TuningDatabase(Path(store_root), spec.target, material["toolchain"]["tvm"])
+    info = database.entry_info(build_key({**material, "tuning": None}))
+    applied = database.applied(info["workloads"] if info else [])
+    if applied["digest"] != planned["records"]:
+        raise BuildError("the tuning database changed after planning (another tuner added records); "
+                         "run the build again to plan with them", key=key, stage="tune")
+    return database, applied
+
+
+def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
+                   store_root: str | None = None) -> BuildOutcome:
     """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM."""
     import torch
 
@@ -121,7 +141,8 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
     timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
     with torch.no_grad():
         reference = flatten_outputs(exported.reference(x))
-    compiled = compile_model(exported.mod, spec)
+    tuning = _tuning_database(spec, material, store_root, key)
+    compiled = compile_model(exported.mod, spec, tuning_db=tuning[0] if tuning else None)
     timings["compile_s"] = compiled.seconds
 
     start = time.perf_counter()
@@ -130,13 +151,16 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         compiled.executable.export_library(str(library))
     except Exception as exc:
         raise BuildError(f"export_library failed: {type(exc).__name__}: {exc}", key=key, stage="serialize") from None
-    np.savez(staging_dir / PARAMS_NAME, **{f"p{i:05d}": p for i, p in enumerate(exported.params)})
+    vm = load_executable(library, key)
+    params = exported.params
+    if compiled.transforms_params:  # weights prepacked into the layouts the tuned kernels read, once, here
+        params = outputs_to_numpy(vm["main_transform_params"]([to_device(p) for p in params]))
+    np.savez(staging_dir / PARAMS_NAME, **{f"p{i:05d}": p for i, p in enumerate(params)})
     timings["serialize_s"] = time.perf_counter() - start
 
-    # Verify what will be shipped: reload the serialized library the way the loader does.
+    # Verify what will be shipped: the serialized library, reloaded the way the loader does.
     start = time.perf_counter()
-    vm = load_executable(library, key)
-    args = [to_device(x.numpy())] + [to_device(p) for p in exported.params]
+    args = [to_device(x.numpy())] + [to_device(p) for p in params]
     run_start = time.perf_counter()
     actual = outputs_to_numpy(vm["main"](*args))
     first_run_ms = (time.perf_counter() - run_start) * 1e3
@@ -169,12 +193,17 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str) -
         "toolchain": toolchain_versions(),
         "runtime": runtime_versions(),
         "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
-               "params": len(exported.params),
+               "params": len(params),
                "outputs": outputs},
         "cpu": {"required_features": required_features(spec.target)},
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),
         "pass_trace": compiled.pass_trace,
+        "tuning": None if tuning is None else {
+            "settings": spec.tuning.to_dict(), "scope": tuning[0].scope, "target": tuning[0].target,
+            "records_digest": tuning[1]["digest"], "workloads": tuning[1]["workloads"],
+            "records_applied": tuning[1]["records"], "trials": sum(tuning[1]["trials"].values()),
+            "functions_scheduled": compiled.scheduled},
         "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "latency": {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
@@ -221,6 +250,55 @@ def publish(outcome: BuildOutcome, spec: BuildSpec, store: Store, registry):
         parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
 
 
+def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,
+               on_progress: Callable[[dict], None] | None = None):
+    """Export the entry and tune what its target's database lacks; the database is
+    then recorded in the registry. Returns the tuning report."""
+    from .export import export_model
+    from .models import instantiate
+    from .tuning import TuningDatabase, tune
+
+    module = instantiate(spec.model)
+    exported = export_model(module, example_input(spec), spec.model.task)
+    database = TuningDatabase(store.root, spec.target, toolchain_versions()["tvm"])
+    report = tune(exported.mod, spec, database, entry_key, on_progress)
+    registry.record_tuning_database(database.stats())
+    return report
+
+
+def _tune_first(entries: list[PlanEntry], store: Store, registry, report: "BuildReport", emit) -> list[PlanEntry]:
+    """Tune the entries whose records are not final, then plan them again with their real key."""
+    ready = []
+    for entry in entries:
+        if not entry.tune_first:
+            ready.append(entry)
+            continue
+        emit("tune", entry, {"reason": entry.reason})
+        started = time.perf_counter()
+        try:
+            tuned = tune_entry(entry.spec, store, registry, entry.key,
+                               on_progress=lambda progress, e=entry: emit("tune-progress", e, progress))
+        except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
+            text = _error_text(exc)
+            run_id = registry.start_run(entry.key, entry.spec.describe())
+            registry.finish_run(run_id, RUN_FAILED, text)
+            report.results.append(BuildResult(entry, "failed", time.perf_counter() - started, error=text))
+            emit("failed", entry, {"seconds": time.perf_counter() - started, "error": text})
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            continue
+        emit("tuned", entry, {"report": tuned})
+        again = plan_builds([entry.spec], registry, store, force=entry.forced)[0]
+        if again.tune_first:  # cannot happen unless the database was removed meanwhile
+            raise BuildError(f"tuning finished but the entry still needs tuning: {again.reason}", key=entry.key)
+        if again.action == CACHED:
+            report.results.append(BuildResult(again, "cached"))
+            emit("cached", again, {"reason": again.reason})
+        else:
+            ready.append(again)
+    return ready
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, BuildsysError):
         return str(exc)
@@ -243,6 +321,7 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
             status = "cached" if entry.action == CACHED else "skipped"
             report.results.append(BuildResult(entry, status))
             emit(status, entry, {"reason": entry.reason})
+    todo = _tune_first(todo, store, registry, report, emit)
     if not todo:
         return report
 
@@ -286,7 +365,7 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
             run_id, staging = begun
             started = time.perf_counter()
             try:
-                outcome = build_artifact(entry.spec, entry.key, entry.material, str(staging))
+                outcome = build_artifact(entry.spec, entry.key, entry.material, str(staging), str(store.root))
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
                 finish(entry, run_id, started, exc=exc)
             else:
@@ -310,7 +389,8 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
                     stack.close()
                     continue
                 run_id, staging = begun
-                future = pool.submit(build_artifact, entry.spec, entry.key, dict(entry.material), str(staging))
+                future = pool.submit(build_artifact, entry.spec, entry.key, dict(entry.material), str(staging),
+                                     str(store.root))
                 pending[future] = (entry, run_id, time.perf_counter(), stack)
             for future in as_completed(pending):
                 entry, run_id, started, stack = pending[future]

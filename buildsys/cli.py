@@ -90,12 +90,46 @@ def build(c: Context, filters, force, include_skipped, jobs):
     from .builder import run_builds
 
     entries = _plan(c, filters, force, include_skipped)
+    report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=_build_printer(entries))
+    click.echo(f"done: {report.count('built')} built, {report.count('cached')} cached, "
+               f"{report.count('skipped')} skipped, {report.count('failed')} failed")
+    if report.failed:
+        click.echo("failed entries are recorded with their error; `buildsys plan` shows them", err=True)
+        sys.exit(3)
+
+
+def _tune_progress_printer(min_interval_s: float = 10.0):
+    import time
+
+    last = {"at": 0.0}
+
+    def show(head, info):
+        now = time.monotonic()
+        if now - last["at"] < min_interval_s and info["trials"] < info["total"]:
+            return
+        last["at"] = now
+        best = f", best {info['best_us']:.1f} us on {info['task']}" if info.get("best_us") else ""
+        left = f", about {info['left_s'] / 60:.1f} min left" if info.get("left_s") is not None else ""
+        click.echo(f"{head}: tuning {info['trials']}/{info['total']} trials, {info['elapsed_s']:.0f}s{best}{left}")
+    return show
+
+
+def _build_printer(entries):
     total = len(entries)
-    index = {e.key: i + 1 for i, e in enumerate(entries)}
+    index = {e.spec: i + 1 for i, e in enumerate(entries)}
+    tune_progress = _tune_progress_printer()
 
     def on_event(kind, entry, info):
-        head = f"[{index[entry.key]}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
-        if kind == "start":
+        head = f"[{index.get(entry.spec, '?')}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
+        if kind == "tune":
+            click.echo(f"{head}: {info['reason']}; tuning ...")
+        elif kind == "tune-progress":
+            tune_progress(head, info)
+        elif kind == "tuned":
+            r = info["report"]
+            click.echo(f"{head}: tuned {r.tasks} tasks ({r.per_task} trials each at most): {r.trials_run} trials "
+                       f"run now, {r.trials_before} found in the database (scope {r.scope}), {r.seconds:.0f}s")
+        elif kind == "start":
             click.echo(f"{head}: building ...")
         elif kind == "cached":
             click.echo(f"{head}: cached, nothing to do: {info['reason']}")
@@ -118,13 +152,129 @@ def build(c: Context, filters, force, include_skipped, jobs):
         elif kind == "failed":
             first = info["error"].strip().splitlines()
             click.echo(f"{head}: FAILED after {info['seconds']:.1f}s: {first[0] if first else ''}", err=True)
+    return on_event
 
-    report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=on_event)
-    click.echo(f"done: {report.count('built')} built, {report.count('cached')} cached, "
-               f"{report.count('skipped')} skipped, {report.count('failed')} failed")
-    if report.failed:
-        click.echo("failed entries are recorded with their error; `buildsys plan` shows them", err=True)
+
+@cli.command()
+@only_option
+@click.option("--list", "list_only", is_flag=True, help="List the tuning databases and stop.")
+@pass_ctx
+def tune(c: Context, filters, list_only):
+    """Tune the entries that set `tuning` (resumable; what is tuned is not tuned again).
+
+    Builds apply the records without tuning; `make tune` runs this for the default matrix.
+    """
+    if list_only:
+        rows = c.registry.tuning_databases()
+        if not rows:
+            click.echo("no tuning databases yet")
+        for r in rows:
+            from .targets import format_cli_target
+            click.echo(f"{r.scope}  {format_cli_target(r.target)}  tvm {r.tvm_version}  {r.workloads} workloads  "
+                       f"{r.records} records  {r.digest[:19]}  updated {r.updated_at:%Y-%m-%d %H:%M}")
+        return
+    from .builder import tune_entry
+    from .plan import plan_builds
+
+    entries = [e for e in plan_builds(c.specs(), c.registry, c.store, filters=filters) if e.spec.tuning is not None]
+    if not entries:
+        click.echo("no matrix entry sets `tuning` (see README: tuning)")
+        return
+    printer = _build_printer(entries)
+    failed = 0
+    for entry in entries:
+        if not entry.tune_first:
+            click.echo(f"{entry.spec.describe()}: tuned already ({entry.key[:12]} is its key)")
+            continue
+        printer("tune", entry, {"reason": entry.reason})
+        try:
+            report = tune_entry(entry.spec, c.store, c.registry, entry.key,
+                                on_progress=lambda info, e=entry: printer("tune-progress", e, info))
+        except BuildsysError as exc:
+            failed += 1
+            click.echo(f"{entry.spec.describe()}: tuning FAILED: {exc}", err=True)
+            continue
+        printer("tuned", entry, {"report": report})
+    if failed:
         sys.exit(3)
+
+
+@cli.command()
+@click.argument("refs", nargs=-1)
+@only_option
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Threads for every runner (TVM, torch, onnxruntime).")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--number", default=10, show_default=True, type=click.IntRange(1, 100000),
+              help="Runs per round and runner (fewer when the rounds would pass --budget).")
+@click.option("--budget", "budget_s", default=120.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds of timed runs per artifact, judged from the warm-up.")
+@click.option("--compile/--no-compile", "with_compile", default=None,
+              help="torch.compile too [default: classifiers only].")
+@click.option("--ort/--no-ort", "with_ort", default=True, show_default=True, help="onnxruntime too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_ctx
+def bench(c: Context, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, as_json):
+    """Time artifacts against PyTorch eager, torch.compile and onnxruntime (interleaved).
+
+    REFS are keys, prefixes or aliases; without them, the built entries of the matrix.
+    Results are recorded in the registry with the CPU model; `buildsys ls` shows the ratio.
+    """
+    from .bench import configure_threads
+
+    configure_threads(threads)  # before TVM's thread pool or torch's start
+    from .bench import bench_artifact, metrics_of
+    from .plan import CACHED, plan_builds
+    from .runtime import load_artifact
+    from .spec import spec_from_dict
+
+    matrix = {}
+    if not refs or filters:
+        matrix = {e.key: e.spec for e in plan_builds(c.specs(), c.registry, c.store, filters=filters)
+                  if e.action == CACHED}
+    records = [c.registry.resolve(ref) for ref in refs] if refs else [c.registry.get(k) for k in matrix]
+    if not records:
+        raise UsageError("nothing to benchmark: build first, or name artifacts (KEY, prefix or alias)")
+    results = []
+    for record in records:
+        spec = matrix.get(record.key)
+        if spec is None:
+            spec = spec_from_dict(record.spec)
+            if spec.model.weights.source == "file":
+                raise UsageError(f"{record.key[:12]} was built from a weights file that the current matrix "
+                                 "does not name; bench it with the builds.yaml that built it")
+        label = f"{spec.describe()} ({record.key[:12]})"
+        if not as_json:
+            click.echo(f"{label}: loading ...")
+        predictor = load_artifact(record.key, registry=c.registry, store=c.store)
+        result = bench_artifact(record, spec, predictor, threads=threads, rounds=rounds, number=number,
+                                budget_s=budget_s, with_compile=with_compile, with_ort=with_ort,
+                                on_status=None if as_json else (lambda text, l=label: click.echo(f"{l}: {text}")))
+        c.registry.add_benchmark(record.key, cpu_model=result.cpu_model, threads=threads, rounds=rounds,
+                                 results=result.to_dict())
+        c.registry.add_metrics(record.key, metrics_of(result))
+        results.append(result)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2, sort_keys=True))
+        return
+    click.echo(f"\nCPU: {results[0].cpu_model}; {threads} thread(s) for every runner; medians of {rounds} "
+               f"interleaved rounds; ratios per round, then median")
+    rows = [("ARTIFACT", "EAGER ms", "TVM ms", "TVM/EAGER", "COMPILE ms", "ORT ms", "ORT/EAGER", "TVM/ORT",
+             "TVM max_rel")]
+    for r in results:
+        def cell(name, field="ms", fmt=".2f", runners=r.runners):
+            value = runners.get(name, {}).get(field)
+            return "-" if value is None else format(value, fmt)
+        rows.append((r.label, cell("torch_eager"), cell("artifact"), cell("artifact", "ratio_vs_eager", ".2f") + "x",
+                     cell("torch_compile"), cell("onnxruntime"), cell("onnxruntime", "ratio_vs_eager", ".2f") + "x",
+                     cell("artifact", "ratio_vs_onnxruntime", ".2f") + "x", cell("artifact", "max_rel_vs_eager", ".1e")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in results:
+        for name, figures in r.runners.items():
+            if "error" in figures:
+                click.echo(f"{r.label}: {name}: {figures['error']}")
 
 
 def _fmt(value, spec):
@@ -136,11 +286,15 @@ def _fmt(value, spec):
 def list_artifacts(c: Context):
     """List the registered artifacts."""
     from .targets import format_cli_target
-    rows = [("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "ALIASES")]
+    rows = [("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")]
     for r in c.registry.list():
-        ratio = r.metrics.get("ratio_vs_eager")
+        # a `buildsys bench` figure when there is one; else the build-time estimate, marked ~
+        ratio = r.metrics.get("bench_ratio_vs_eager")
+        shown = f"{ratio:.2f}x" if ratio is not None else (
+            f"~{r.metrics['ratio_vs_eager']:.1f}x" if r.metrics.get("ratio_vs_eager") is not None else "-")
+        vs_ort = r.metrics.get("bench_ratio_vs_onnxruntime")
         rows.append((r.key[:12], r.model, r.input_size, format_cli_target(r.target), f"O{r.opt_level}", r.status,
-                     _fmt(r.parity_max_rel, ".1e"), f"{ratio:.1f}x" if ratio is not None else "-",
+                     _fmt(r.parity_max_rel, ".1e"), shown, f"{vs_ort:.2f}x" if vs_ort is not None else "-",
                      ",".join(r.aliases)))
     if len(rows) == 1:
         click.echo("no artifacts yet; run `make build-all` or `buildsys build`")

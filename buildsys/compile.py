@@ -16,6 +16,8 @@ class CompiledModel:
     executable: object
     pass_trace: list[dict]  # [{"name": ..., "runs": n}] in first-run order
     seconds: float
+    scheduled: int | None = None  # functions scheduled by tuning records (None: untuned build)
+    transforms_params: bool = False  # has main_transform_params (weights prepacked at build time)
 
 
 def _pass_recorder():
@@ -34,17 +36,26 @@ def _pass_recorder():
     return PassRecorder()
 
 
-def compile_model(mod, spec: BuildSpec) -> CompiledModel:
+def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
+    """``relax.build`` under the entry's PassContext; with a tuning database, its best
+    records are applied first (then the target is the database's, num-cores included)."""
     import tvm
     from tvm import relax
 
-    target = to_tvm(spec.target)
+    target = to_tvm(spec.target if tuning_db is None else tuning_db.target)
     recorder = _pass_recorder()
     start = time.perf_counter()
+    scheduled = None
     try:
         with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes),
                                        instruments=[recorder]):
+            if tuning_db is not None:
+                from .tuning import apply
+
+                mod, scheduled = apply(mod, spec, tuning_db)
             executable = relax.build(mod, target=target)
+    except BuildError:
+        raise
     except Exception as exc:
         raise BuildError(f"relax.build failed: {type(exc).__name__}: {str(exc)[-2000:]}", stage="compile") from None
     seconds = time.perf_counter() - start
@@ -53,4 +64,5 @@ def compile_model(mod, spec: BuildSpec) -> CompiledModel:
     leaked = [p for p in spec.disabled_passes if p in ran]
     if leaked:  # would mean PassContext ignored our request: never publish that silently
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
-    return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds)
+    return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
+                         transforms_params=tuning_db is not None)

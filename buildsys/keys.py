@@ -12,7 +12,10 @@ UTF-8) of this "key material":
   ``seeded:<seed>`` for random weights (then torch's version pins the values).
 - ``toolchain``: torch, torchvision, TVM, tvm-ffi and buildsys versions; a
   compiler upgrade must never be answered from an old cache entry.
-- ``tuning``: digest of the tuning records applied (``null`` until tuning exists).
+- ``tuning``: ``null`` for an untuned entry; for a tuned one (its settings are in
+  ``spec.tuning``): the tuning database's scope (target + TVM version) and the
+  digest of the records applied to it, one best record per workload of the model
+  (``buildsys.tuning``). Better records make a new key; the same records, a cache hit.
 
 Left out on purpose: the config file path and line, the weights file path
 (its digest stands for it), the parity tolerance (it decides acceptance, not

@@ -25,11 +25,30 @@ class PlanEntry:
     action: str  # build | cached | skip
     reason: str
     forced: bool = False
+    # tuned entries whose records are not final yet: the key is provisional (tuning comes first)
+    tune_first: bool = False
 
 
 def spec_key(spec: BuildSpec, toolchain: Mapping | None = None) -> tuple[str, dict]:
+    """The key without tuning records; for a tuned entry it names the entry in its tuning database."""
     material = key_material(spec.to_dict(), weights_digest(spec.model), toolchain or toolchain_versions())
     return build_key(material), material
+
+
+def tuned_key(spec: BuildSpec, store: Store, toolchain: Mapping, entry_key: str,
+              material: Mapping) -> tuple[str, dict, str | None]:
+    """(key, material, why tuning must come first). The key of a tuned entry includes the
+    digest of the records applied to it, known once its workloads are recorded."""
+    from .tuning import TuningDatabase
+
+    database = TuningDatabase(store.root, spec.target, toolchain["tvm"])
+    why = database.pending(entry_key, spec.tuning)
+    if why is not None:
+        return entry_key, dict(material), why
+    applied = database.applied(database.entry_info(entry_key)["workloads"])
+    material = {**material, "tuning": {"scope": database.scope, "records": applied["digest"],
+                                       "applied": applied["records"]}}
+    return build_key(material), material, None
 
 
 def parse_filters(filters: Iterable[str]) -> list[tuple[str, str]]:
@@ -87,6 +106,12 @@ def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bo
         if spec.model.skip and not include_skipped:
             entries.append(PlanEntry(spec, key, material, SKIP, f"skipped: {spec.model.skip}"))
             continue
+        if spec.tuning is not None:
+            key, material, why = tuned_key(spec, store, toolchain, key, material)
+            if why is not None:
+                entries.append(PlanEntry(spec, key, material, BUILD, f"tune first: {why}",
+                                         forced=force, tune_first=True))
+                continue
         if force:
             entries.append(PlanEntry(spec, key, material, BUILD, "forced (--force)", forced=True))
             continue

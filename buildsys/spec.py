@@ -24,13 +24,14 @@ from .targets import format_cli_target, normalize_target
 from .yamlsource import LocatedDict, LocatedList, load_yaml
 
 CONFIG_VERSION = 1
-AXES = ("model", "input_size", "target", "opt_level", "disabled_passes")
+AXES = ("model", "input_size", "target", "opt_level", "disabled_passes", "tuning")
 TASKS = ("classification", "detection")
 TOP_LEVEL = ("version", "models", "defaults", "matrix")
 MODEL_FIELDS = ("source", "task", "weights", "seed", "kwargs", "tolerance", "skip")
 MIN_SIZE, MAX_SIZE = 16, 4096
 DEFAULT_TOLERANCE = 1e-4
-BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": []}
+BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off"}
+TUNING_FIELDS = ("trials", "per_task", "per_iter", "population", "genetic_iters", "seed")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,28 @@ class WeightsSpec:
         # The file path is left out on purpose: the key uses the file's digest,
         # so moving a weights file does not trigger a rebuild.
         return {"source": self.source, "seed": self.seed, "name": self.name}
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    """MetaSchedule tuning for one entry. ``trials`` is the model's budget; 0 applies the
+    records already in the target's tuning database and never tunes."""
+
+    trials: int
+    per_task: int | None = None  # cap per task; default none: MetaSchedule's gradient scheduler spreads the budget
+    per_iter: int = 8  # candidates per task per search round: records are saved as each round ends
+    population: int = 128  # evolutionary search (the shipped 512 costs 30-45 s per task first)
+    genetic_iters: int = 2
+    seed: int = 0
+
+    @property
+    def cap(self) -> int:
+        """Most trials for one task."""
+        return self.per_task if self.per_task is not None else self.trials
+
+    def to_dict(self) -> dict:
+        return {"trials": self.trials, "per_task": self.per_task, "per_iter": self.per_iter,
+                "population": self.population, "genetic_iters": self.genetic_iters, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -76,11 +99,17 @@ class BuildSpec:
     target_json: str
     opt_level: int
     disabled_passes: tuple[str, ...] = ()
+    tuning_json: str = "null"  # canonical JSON of TuningSettings.to_dict(), "null" when off
     origin: str = field(default="", compare=False)  # "builds.yaml:12", for messages
 
     @property
     def target(self) -> dict:
         return json.loads(self.target_json)
+
+    @property
+    def tuning(self) -> TuningSettings | None:
+        raw = json.loads(self.tuning_json)
+        return None if raw is None else TuningSettings(**raw)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -96,13 +125,34 @@ class BuildSpec:
 
     def describe(self) -> str:
         passes = f" -{','.join(self.disabled_passes)}" if self.disabled_passes else ""
-        return f"{self.model.name} {self.size_label} [{self.target_label}] O{self.opt_level}{passes}"
+        tuning = self.tuning
+        tuned = "" if tuning is None else f" tuned:{tuning.trials}"
+        return f"{self.model.name} {self.size_label} [{self.target_label}] O{self.opt_level}{passes}{tuned}"
 
     def to_dict(self) -> dict:
         """Everything about the entry that shapes the output (the key's ``spec`` field)."""
-        return {"model": self.model.to_dict(), "input_shape": list(self.input_shape),
+        spec = {"model": self.model.to_dict(), "input_shape": list(self.input_shape),
                 "target": self.target, "opt_level": self.opt_level,
                 "disabled_passes": list(self.disabled_passes)}
+        if self.tuning is not None:  # absent when off, so untuned keys stay what they were
+            spec["tuning"] = self.tuning.to_dict()
+        return spec
+
+
+def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpec:
+    """A BuildSpec back from ``BuildSpec.to_dict`` (as the registry keeps it). A weights file
+    comes back without its path (the key keeps its digest, not where it was)."""
+    model = data["model"]
+    weights = WeightsSpec(**model["weights"])
+    tuning = data.get("tuning")
+    return BuildSpec(model=ModelSpec(name=model["name"], source=model["source"], task=model["task"], weights=weights,
+                                     kwargs_json=json.dumps(model["kwargs"], sort_keys=True, separators=(",", ":")),
+                                     tolerance=tolerance),
+                     input_size=tuple(data["input_shape"][2:]),
+                     target_json=json.dumps(data["target"], sort_keys=True, separators=(",", ":")),
+                     opt_level=data["opt_level"], disabled_passes=tuple(data["disabled_passes"]),
+                     tuning_json="null" if tuning is None else json.dumps(tuning, sort_keys=True,
+                                                                           separators=(",", ":")))
 
 
 # ---------------------------------------------------------------- parsing
@@ -229,6 +279,31 @@ def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, 
     return WeightsSpec(source="file", seed=seed, path=str(path))
 
 
+def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> str:
+    """off | a trial budget | {trials, per_task, per_iter, population, genetic_iters, seed} -> canonical JSON."""
+    if value is None or value is False or (isinstance(value, str) and value.lower() == "off"):
+        return "null"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"trials": value}
+    if not isinstance(value, dict):
+        raise reader.error(f"tuning is off, a trial budget, or a mapping with trials, got {value!r}", line, where,
+                           hint="e.g. tuning: 320, or tuning: {trials: 320, per_task: 16}")
+    reader.check_keys(value, TUNING_FIELDS, where)
+    if "trials" not in value:
+        raise reader.error("tuning needs trials (0 applies existing records without tuning)", line, where)
+    settings = {}
+    for name in TUNING_FIELDS:
+        if name not in value:
+            continue
+        number = value[name]
+        low = 0 if name in ("trials", "seed") else 1
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise reader.error(f"tuning {name} must be a whole number >= {low}, got {number!r}",
+                               value.line_of(name) if hasattr(value, "line_of") else line, f"{where}.{name}")
+        settings[name] = number
+    return json.dumps(TuningSettings(**settings).to_dict(), sort_keys=True, separators=(",", ":"))
+
+
 def _plain(value: Any) -> Any:
     """Located containers -> plain JSON-able values (rejects what JSON cannot hold)."""
     if isinstance(value, dict):
@@ -260,6 +335,8 @@ class _AxisValues:
             return _parse_size(_plain(value), reader, line, where)
         if axis == "opt_level":
             return _parse_opt_level(value, reader, line, where)
+        if axis == "tuning":
+            return _parse_tuning(value, reader, line, where)
         if axis == "target":
             plain = _plain(value)
             cache_key = json.dumps(plain, sort_keys=True)
@@ -382,7 +459,8 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
     for entry, line in entries:
         spec = BuildSpec(model=models[entry["model"]], input_size=entry["input_size"],
                          target_json=entry["target"], opt_level=entry["opt_level"],
-                         disabled_passes=entry["disabled_passes"], origin=f"{filename}:{line}")
+                         disabled_passes=entry["disabled_passes"], tuning_json=entry["tuning"],
+                         origin=f"{filename}:{line}")
         if spec not in seen:
             seen.add(spec)
             specs.append(spec)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import selectinload, sessionmaker
 from ..errors import RegistryError, UsageError, did_you_mean
 from .db import ensure_schema, make_engine, session_scope
 from .lookup import is_key_prefix, pick_prefix_match, refuse_reference
-from .models import Alias, Artifact, ArtifactFile, BuildRun, Metric
+from .models import Alias, Artifact, ArtifactFile, Benchmark, BuildRun, Metric, TuningDatabaseRow
 
 STATUS_OK = "ok"
 RUN_RUNNING, RUN_BUILT, RUN_FAILED, RUN_CRASHED = "running", "built", "failed", "crashed"
@@ -288,3 +288,76 @@ class Registry:
         with self._scope() as s:
             return [(f.artifact_key, FileRecord(f.name, f.digest, f.size))
                     for f in s.scalars(select(ArtifactFile).order_by(ArtifactFile.artifact_key, ArtifactFile.name))]
+
+    # ------------------------------------------------------------ tuning databases
+    def record_tuning_database(self, stats: Mapping[str, Any]) -> TuningDatabaseRecord:
+        """Insert or update a scope's tuning database (digest, counts) after a tuning run."""
+        with self._scope() as s:
+            row = s.get(TuningDatabaseRow, stats["scope"])
+            if row is None:
+                row = TuningDatabaseRow(scope=stats["scope"])
+                s.add(row)
+            row.target, row.tvm_version = _dumps(stats["target"]), stats["tvm"]
+            row.digest, row.workloads, row.records = stats["digest"], stats["workloads"], stats["records"]
+            row.updated_at = _now()
+            s.flush()
+            return _tuning_record(row)
+
+    def tuning_databases(self) -> list[TuningDatabaseRecord]:
+        with self._scope() as s:
+            return [_tuning_record(r) for r in s.scalars(select(TuningDatabaseRow).order_by(TuningDatabaseRow.scope))]
+
+    # ------------------------------------------------------------ benchmarks
+    def add_benchmark(self, key: str, *, cpu_model: str, threads: int, rounds: int,
+                      results: Mapping[str, Any]) -> BenchmarkRecord:
+        with self._scope() as s:
+            if s.get(Artifact, key) is None:
+                raise RegistryError(f"no artifact {key[:12]} to attach a benchmark to")
+            row = Benchmark(artifact_key=key, host=socket.gethostname()[:200], cpu_model=cpu_model[:200],
+                            threads=threads, rounds=rounds, results_json=_dumps(results), created_at=_now())
+            s.add(row)
+            s.flush()
+            return _benchmark_record(row)
+
+    def benchmarks(self, key: str | None = None, limit: int = 50) -> list[BenchmarkRecord]:
+        """Newest first."""
+        with self._scope() as s:
+            query = select(Benchmark).order_by(Benchmark.id.desc()).limit(limit)
+            if key:
+                query = query.where(Benchmark.artifact_key == key)
+            return [_benchmark_record(r) for r in s.scalars(query)]
+
+
+@dataclass(frozen=True)
+class TuningDatabaseRecord:
+    scope: str
+    target: dict
+    tvm_version: str
+    digest: str
+    workloads: int
+    records: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    id: int
+    key: str
+    host: str
+    cpu_model: str
+    threads: int
+    rounds: int
+    results: dict
+    created_at: datetime
+
+
+def _tuning_record(row: TuningDatabaseRow) -> TuningDatabaseRecord:
+    return TuningDatabaseRecord(scope=row.scope, target=json.loads(row.target), tvm_version=row.tvm_version,
+                                digest=row.digest, workloads=row.workloads, records=row.records,
+                                updated_at=row.updated_at)
+
+
+def _benchmark_record(row: Benchmark) -> BenchmarkRecord:
+    return BenchmarkRecord(id=row.id, key=row.artifact_key, host=row.host, cpu_model=row.cpu_model,
+                           threads=row.threads, rounds=row.rounds, results=json.loads(row.results_json),
+                           created_at=row.created_at)

@@ -104,3 +104,32 @@ class BuildRun(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TuningDatabaseRow(Base):
+    """A tuning database (one per target scope): its content digest after the last tuning run."""
+
+    __tablename__ = "tuning_databases"
+
+    scope: Mapped[str] = mapped_column(String(40), primary_key=True)
+    target: Mapped[str] = mapped_column(Text)  # canonical JSON of the tuning target
+    tvm_version: Mapped[str] = mapped_column(String(60))
+    digest: Mapped[str] = mapped_column(String(80))
+    workloads: Mapped[int] = mapped_column(Integer)
+    records: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Benchmark(Base):
+    """One `buildsys bench` run of one artifact: every runner's figures, on a named CPU."""
+
+    __tablename__ = "benchmarks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    artifact_key: Mapped[str] = mapped_column(ForeignKey("artifacts.key", ondelete="CASCADE"), index=True)
+    host: Mapped[str] = mapped_column(String(200))
+    cpu_model: Mapped[str] = mapped_column(String(200))
+    threads: Mapped[int] = mapped_column(Integer)
+    rounds: Mapped[int] = mapped_column(Integer)
+    results_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -137,3 +137,26 @@ def test_bad_config_fixture(fixture):
     if line is not None:
         assert info.value.line == line, message
     assert info.value.exit_code == 2
+
+
+def test_tuning_axis_off_budget_and_settings():
+    from buildsys.plan import spec_key
+
+    specs = parse_specs(BASE + """
+matrix:
+  model: [a]
+  input_size: [32]
+  tuning: [off, 64, {trials: 0}, {trials: 320, per_task: 16, population: 64}]
+""")
+    off, budget, apply_only, full = specs
+    assert off.tuning is None and "tuning" not in off.to_dict()
+    assert budget.tuning.trials == 64 and budget.tuning.per_task is None
+    assert budget.tuning.cap == 64  # no cap by default: the task scheduler spreads the budget
+    assert apply_only.tuning.trials == 0
+    assert (full.tuning.per_task, full.tuning.population, full.tuning.cap) == (16, 64, 16)
+    assert "tuned:320" in full.describe() and "tuned" not in off.describe()
+    keys = {spec_key(s)[0] for s in specs}
+    assert len(keys) == 4  # the settings are part of the entry
+    # an untuned entry's key is what it was before tuning existed (no "tuning" in its spec)
+    (plain,) = parse_specs(BASE + "matrix: {model: [a], input_size: [32]}")
+    assert spec_key(plain)[0] == spec_key(off)[0]

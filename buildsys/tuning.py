@@ -1,0 +1,436 @@
+"""MetaSchedule tuning as a cached, shared build input.
+
+One tuning database per *scope*: the compile target (kind, mcpu, num-cores,
+...) plus the TVM version. MetaSchedule does not key its records by ``mcpu``
+(records tuned for znver5 apply silently to a generic target and run 8x
+slower, see ../shared/NOTES.md), so the scope directory is what keeps records
+for one CPU away from another. Inside a scope, workloads (same fused op, same
+shapes) are shared by every model: the ResNet-50 convolutions of Mask R-CNN,
+Faster R-CNN and RetinaNet are tuned once.
+
+Layout, under the store root::
+
+    tuning/<scope>/scope.json                  target, TVM version
+    tuning/<scope>/database_workload.json      MetaSchedule JSONDatabase, append-only
+    tuning/<scope>/database_tuning_record.json
+    tuning/<scope>/models/<entry>.json         the workloads of one matrix entry
+    tuning/<scope>/logs/                       MetaSchedule's per-task logs
+    tuning/<scope>/.lock                       one tuner per scope at a time
+
+The records applied to an entry (for each of its workloads, the best record)
+are hashed into the build key, so better records mean a new artifact and the
+same records mean a cache hit. Tuning is resumable: MetaSchedule appends each
+measured batch to the database, so an interrupted run leaves its records and
+the next run tunes only what is missing (a torn last line is dropped on open).
+
+Two traps of TVM 0.27 are handled here: ``TuneContext`` and every builder
+worker import ``tvm.s_tir.tensor_intrin``, which parses every intrinsic of
+every target (40-75 s here, past the builder's 30 s timeout); only the x86
+ones are needed, so the package is replaced by a stub that imports just those.
+Builder/runner workers also do not get torch (tvm_ffi imports it eagerly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+from .errors import BuildError
+from .keys import canonical_json, digest_bytes
+from .spec import BuildSpec, TuningSettings
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+INTRIN_SUBMODULES = ("x86",)  # the CPU targets buildsys accepts are x86 (targets.py)
+BUILDER_TIMEOUT_S = 120.0
+RUNNER_TIMEOUT_S = 60.0
+
+_WORKER_SITECUSTOMIZE = '''\
+# Written by buildsys.tuning for MetaSchedule's builder/runner workers only.
+import os, sys, types
+_stub = types.ModuleType("tvm.s_tir.tensor_intrin")
+_stub.__path__ = [os.environ["BUILDSYS_TENSOR_INTRIN_DIR"]]
+sys.modules["tvm.s_tir.tensor_intrin"] = _stub
+'''
+_WORKER_TORCH = 'raise ImportError("torch is not needed by MetaSchedule workers (buildsys.tuning)")\n'
+
+
+@dataclass
+class TuneReport:
+    scope: str
+    tasks: int
+    workloads: list[str]
+    per_task: int
+    trials_before: int
+    trials_run: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    best_us: dict[str, float] = field(default_factory=dict)
+
+
+def scope_of(target: Mapping, tvm_version: str) -> str:
+    """Short id of (target, TVM version): the directory a tuning database lives in."""
+    return digest_bytes(canonical_json({"target": dict(target), "tvm": tvm_version})).split(":")[1][:16]
+
+
+def tuning_target(target: Mapping) -> dict:
+    """The target tuning and compiling use: ``num-cores`` defaults to this host's cores
+    (MetaSchedule sizes parallel loops by it)."""
+    target = dict(target)
+    target.setdefault("num-cores", os.cpu_count() or 1)
+    return target
+
+
+class TuningDatabase:
+    """One scope's directory. Reading needs no TVM; tuning and applying do."""
+
+    def __init__(self, root: Path, target: Mapping, tvm_version: str):
+        self.target = tuning_target(target)
+        self.tvm_version = tvm_version
+        self.scope = scope_of(self.target, tvm_version)
+        self.path = Path(root) / "tuning" / self.scope
+
+    # ------------------------------------------------------------ files
+    def ensure(self) -> None:
+        (self.path / "models").mkdir(parents=True, exist_ok=True)
+        scope_file = self.path / "scope.json"
+        if not scope_file.exists():
+            _atomic_write(scope_file, json.dumps({"target": self.target, "tvm": self.tvm_version}, indent=1))
+        for name in (WORKLOAD_FILE, RECORD_FILE):
+            (self.path / name).touch()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One tuner per scope (others wait, then find the records and skip)."""
+        self.ensure()
+        with open(self.path / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def repair(self) -> int:
+        """Drop a torn last line (a tuner killed mid-write); returns lines dropped."""
+        dropped = 0
+        for name in (WORKLOAD_FILE, RECORD_FILE):
+            path = self.path / name
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                keep = data[:data.rfind(b"\n") + 1]
+                _atomic_write_bytes(path, keep)
+                dropped += 1
+        return dropped
+
+    def _lines(self, name: str) -> list:
+        path = self.path / name
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line while a tuner writes
+                continue
+        return rows
+
+    def workload_hashes(self) -> list[str]:
+        """Structural hashes of the workloads, in file order (records refer to them by index)."""
+        return [str(row[0]) for row in self._lines(WORKLOAD_FILE)]
+
+    def records_by_workload(self) -> dict[str, list]:
+        hashes = self.workload_hashes()
+        by: dict[str, list] = {}
+        for index, record in self._lines(RECORD_FILE):
+            if 0 <= index < len(hashes):
+                by.setdefault(hashes[index], []).append(record)
+        return by
+
+    def stats(self) -> dict:
+        by = self.records_by_workload()
+        return {"scope": self.scope, "target": self.target, "tvm": self.tvm_version,
+                "workloads": len(self.workload_hashes()), "records": sum(len(v) for v in by.values()),
+                "digest": self.digest()}
+
+    def digest(self) -> str:
+        """Digest of the whole database (both files)."""
+        parts = [(self.path / n).read_bytes() if (self.path / n).exists() else b"" for n in (WORKLOAD_FILE, RECORD_FILE)]
+        return digest_bytes(b"\0".join(parts))
+
+    # ------------------------------------------------------------ per entry
+    def entry_file(self, entry_id: str) -> Path:
+        return self.path / "models" / f"{entry_id}.json"
+
+    def entry_info(self, entry_id: str) -> dict | None:
+        try:
+            return json.loads(self.entry_file(entry_id).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def applied(self, workloads: list[str]) -> dict:
+        """What applying this database to a module with ``workloads`` uses: per workload,
+        the best (lowest mean run time) record; and the digest of that selection."""
+        by = self.records_by_workload()
+        chosen = {}
+        for shash in workloads:
+            valid = [r for r in by.get(shash, []) if _mean_seconds(r) is not None]
+            if valid:
+                chosen[shash] = min(valid, key=_mean_seconds)
+        trials = {shash: len(by.get(shash, [])) for shash in workloads}
+        return {"digest": digest_bytes(canonical_json(sorted(chosen.items()))), "records": len(chosen),
+                "workloads": len(workloads), "trials": trials}
+
+    def pending(self, entry_id: str, settings: TuningSettings) -> str | None:
+        """Why the entry must (re)tune before its key is known, or None when its records are final."""
+        info = self.entry_info(entry_id)
+        if info is None:
+            return "its tuning tasks are not known yet (first build of this entry)"
+        if settings.trials == 0 or info.get("complete"):
+            return None
+        missing = info["trials"] - sum(self.applied(info["workloads"])["trials"].values())
+        return f"tuning was interrupted ({missing} trials left)" if missing > 0 else None
+
+
+def _mean_seconds(record) -> float | None:
+    """Mean measured run time of a JSON tuning record, None for a failed measurement."""
+    try:
+        secs = [float(s) for s in record[1]]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return sum(secs) / len(secs) if secs and all(s < 1e9 for s in secs) else None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- TVM side
+
+def install_intrin_stub() -> str:
+    """Replace ``tvm.s_tir.tensor_intrin`` by a package that loads only the x86 intrinsics
+    (0.5 s instead of 40-75 s). Returns the real package directory."""
+    import tvm.s_tir
+
+    directory = str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")
+    current = sys.modules.get("tvm.s_tir.tensor_intrin")
+    if current is None or not getattr(current, "__buildsys_stub__", False):
+        if current is None:
+            stub = types.ModuleType("tvm.s_tir.tensor_intrin")
+            stub.__path__ = [directory]
+            stub.__buildsys_stub__ = True
+            sys.modules["tvm.s_tir.tensor_intrin"] = stub
+        import importlib
+
+        for name in INTRIN_SUBMODULES:
+            importlib.import_module(f"tvm.s_tir.tensor_intrin.{name}")
+    return directory
+
+
+@contextlib.contextmanager
+def worker_environment(intrin_dir: str) -> Iterator[None]:
+    """PYTHONPATH for MetaSchedule's popen workers: the intrinsics stub and no torch."""
+    folder = Path(tempfile.mkdtemp(prefix="buildsys-msworker-"))
+    (folder / "sitecustomize.py").write_text(_WORKER_SITECUSTOMIZE)
+    (folder / "torch").mkdir()
+    (folder / "torch" / "__init__.py").write_text(_WORKER_TORCH)
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "BUILDSYS_TENSOR_INTRIN_DIR")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
+    os.environ["BUILDSYS_TENSOR_INTRIN_DIR"] = intrin_dir
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def prepare_for_tuning(mod, target):
+    """The passes before task extraction and before applying records (the workload hash
+    depends on them, so tuning and applying must run exactly these). Weights are marked
+    layout-free so tuned kernels may read them prepacked (``cpu_weight_prepack`` of TVM's
+    static-shape tuning pipeline)."""
+    import tvm
+    from tvm import relax
+
+    T = relax.transform
+    with target:
+        return tvm.transform.Sequential([T.DecomposeOpsForInference(), T.CanonicalizeBindings(),
+                                         relax.pipeline.zero_pipeline(), T.AttachAttrLayoutFreeBuffers()])(mod)
+
+
+def workload_hash(prim_mod) -> str:
+    """The structural hash MetaSchedule files a workload under (as written to the JSON file)."""
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(prim_mod))
+
+
+def _progress_callback(on_progress: Callable[[dict], None], total: int, names: list[str]):
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    started = time.perf_counter()
+    state = {"done": 0, "best": {}}
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            state["done"] += len(runner_results)
+            for result in runner_results:
+                secs = [float(s) for s in (result.run_secs or [])]
+                if secs and result.error_msg is None:
+                    mean = sum(secs) / len(secs) * 1e6
+                    name = names[task_id]
+                    state["best"][name] = min(state["best"].get(name, mean), mean)
+            elapsed = time.perf_counter() - started
+            done = min(state["done"], total)
+            on_progress({"trials": done, "total": total, "task": names[task_id],
+                         "best_us": state["best"].get(names[task_id]),
+                         "elapsed_s": elapsed, "left_s": elapsed / done * (total - done) if done else None})
+
+    return Progress(), state
+
+
+def tune(mod, spec: BuildSpec, database: TuningDatabase, entry_id: str,
+         on_progress: Callable[[dict], None] | None = None) -> TuneReport:
+    """Extract the entry's tasks, tune what the database lacks, record the entry's workloads.
+
+    Holds the scope lock throughout; the module is the imported Relax module (params as inputs).
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from .targets import to_tvm
+
+    settings = spec.tuning
+    if settings is None:
+        raise BuildError("tune() called for an entry without tuning", stage="tune")
+    target = to_tvm(database.target)
+    started = time.perf_counter()
+    with database.lock():
+        database.repair()
+        with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes)):
+            prepared = prepare_for_tuning(mod, target)
+            tasks = ms.relax_integration.extract_tasks(prepared, target)
+        hashes = [workload_hash(task.dispatched[0]) for task in tasks]
+        trials = database.applied(hashes)["trials"]
+        before = sum(trials.values())
+        report = TuneReport(scope=database.scope, tasks=len(tasks), workloads=hashes, per_task=settings.cap,
+                            trials_before=before)
+        info = {"entry": entry_id, "label": spec.describe(), "workloads": hashes, "trials": settings.trials,
+                "per_task": settings.cap, "task_names": [t.task_name for t in tasks], "complete": False}
+        _atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
+        # Resuming (or sharing workloads with models tuned before): what is there counts.
+        budget = settings.trials - before
+        todo = [(t, settings.cap - trials[h]) for t, h in zip(tasks, hashes) if trials[h] < settings.cap]
+        if budget > 0 and todo:
+            intrin_dir = install_intrin_stub()
+            names = [t.task_name for t, _ in todo]
+            callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+            state = None
+            if on_progress is not None:
+                progress, state = _progress_callback(on_progress, budget, names)
+                callbacks.append(progress)
+            db = ms.database.JSONDatabase(path_workload=str(database.path / WORKLOAD_FILE),
+                                          path_tuning_record=str(database.path / RECORD_FILE))
+            most = max(n for _, n in todo)
+            try:
+                with worker_environment(intrin_dir), _quiet_metaschedule_console():
+                    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                        [t for t, _ in todo], work_dir=str(database.path),
+                        strategy=ms.search_strategy.EvolutionarySearch(
+                            population_size=settings.population, genetic_num_iters=settings.genetic_iters),
+                        seed=settings.seed)
+                    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(database.path),
+                                  max_trials_global=budget, max_trials_per_task=most,
+                                  num_trials_per_iter=min(settings.per_iter, most),
+                                  builder=ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S),
+                                  runner=ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_S),
+                                  database=db, measure_callbacks=callbacks)
+            except Exception as exc:
+                raise BuildError(f"MetaSchedule tuning failed: {type(exc).__name__}: {str(exc)[-1500:]}",
+                                 stage="tune") from None
+            if state is not None:
+                report.best_us = dict(state["best"])
+        after = database.applied(hashes)["trials"]
+        report.trials_run = sum(after.values()) - report.trials_before
+        report.complete = True
+        info["complete"] = True
+        _atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@contextlib.contextmanager
+def _quiet_metaschedule_console() -> Iterator[None]:
+    """MetaSchedule prints its task table to the console after every batch. The per-task
+    log files under the database's logs/ keep everything; the console keeps our progress.
+    (MetaSchedule gives its console handler its top logger's level when it makes it.)"""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    saved_level, saved_handlers = logger.level, logger.handlers[:]
+    # MetaSchedule re-lists the handlers it finds by name and fails on an unnamed one; it
+    # adds a file handler per run. Start each run bare and close what it opened.
+    logger.handlers = []
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler in logger.handlers:
+            handler.close()
+        logger.handlers = saved_handlers
+        logger.setLevel(saved_level)
+
+
+def apply(mod, spec: BuildSpec, database: TuningDatabase):
+    """The module with the database's best records applied (scheduled PrimFuncs) and its
+    weight transforms lifted into ``main_transform_params``; run under the entry's
+    PassContext. Returns (module, number of scheduled functions)."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from .targets import to_tvm
+
+    target = to_tvm(database.target)
+    with database.lock():
+        database.repair()
+        db = ms.database.JSONDatabase(path_workload=str(database.path / WORKLOAD_FILE),
+                                      path_tuning_record=str(database.path / RECORD_FILE))
+    T = relax.transform
+    prepared = prepare_for_tuning(mod, target)
+    with target, db:
+        scheduled = T.MetaScheduleApplyDatabase()(prepared)
+    count = sum(1 for _, f in scheduled.functions.items()
+                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
+    # Weight layout rewrites the records ask for move into main_transform_params, which the
+    # builder runs once; the artifact ships prepacked weights and `main` reads them as they are.
+    with target:
+        lifted = tvm.transform.Sequential([T.SplitLayoutRewritePreproc(), T.LiftTransformParams(),
+                                           T.FoldConstant()])(scheduled)
+    return lifted, count
