@@ -27,7 +27,7 @@ def _colour(label: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: np.ndarray, detections, path: str | Path, mask_threshold: float = 0.5) -> None:
-    """Boxes, label names with scores, and translucent masks, saved to ``path``."""
+    """Boxes, label names with scores, translucent masks and keypoints, saved to ``path``."""
     from PIL import Image, ImageDraw
 
     canvas = image.astype(np.float32).copy()
@@ -45,6 +45,9 @@ def draw_detections(image: np.ndarray, detections, path: str | Path, mask_thresh
         left, top, right, bottom = draw.textbbox((x0, y0), text)
         draw.rectangle([left, top - (bottom - top) - 2, right + 2, top], fill=colour)
         draw.text((x0 + 1, y0 - (bottom - top) - 2), text, fill=(0, 0, 0))
+        if detections.keypoints is not None:
+            for x, y, _visible in detections.keypoints[i]:
+                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour, outline=(0, 0, 0))
     try:
         picture.save(path)
     except (OSError, ValueError) as exc:

@@ -357,7 +357,9 @@ def run(c: Context, ref, input_path, image_path, score_threshold, max_detections
         for i in range(len(detections)):
             box = ", ".join(f"{v:.1f}" for v in detections.boxes[i])
             mask = "" if detections.masks is None else f"  mask {int((detections.masks[i] > 0.5).sum())} px"
-            click.echo(f"  {detections.label_name(i):20} {detections.scores[i]:.3f}  [{box}]{mask}")
+            points = "" if detections.keypoints is None else "  keypoints " + " ".join(
+                f"({x:.0f},{y:.0f})" for x, y, _ in detections.keypoints[i])
+            click.echo(f"  {detections.label_name(i):20} {detections.scores[i]:.3f}  [{box}]{mask}{points}")
         if out_path:
             draw_detections(image, detections, out_path)
             click.echo(f"annotated image: {out_path}")

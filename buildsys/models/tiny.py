@@ -63,3 +63,15 @@ def tiny_retinanet(size: int = SIZE):
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, std=0.3)
     return model
+
+
+def tiny_keypointrcnn(size: int = SIZE, keypoints: int = 5):
+    from torchvision.models.detection import KeypointRCNN
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    options = _two_stage_options(size)
+    options["box_predictor"] = type(options["box_predictor"])(32, 2)  # person / background, as in COCO
+    return KeypointRCNN(TinyBackbone(), num_classes=None, keypoint_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+                        keypoint_head=KeypointRCNNHeads(CHANNELS, [CHANNELS, CHANNELS]),
+                        keypoint_predictor=KeypointRCNNPredictor(CHANNELS, keypoints), **options)

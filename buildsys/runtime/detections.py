@@ -2,8 +2,9 @@
 
 The executable returns boxes in the coordinates of its (static) input tensor,
 or, for mask / keypoint models, of the detector's internally resized image
-(see ``manifest["detection"]``), plus 28x28 mask probabilities. What is left
-here is light work: scaling boxes, pasting masks, filtering by score.
+(see ``manifest["detection"]``), plus 28x28 mask probabilities or 56x56
+keypoint heatmaps. What is left here is light work: scaling boxes, pasting
+masks, decoding keypoints, filtering by score.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Detections:
     labels: np.ndarray  # (N,) int64
     masks: np.ndarray | None = None  # (N, H, W) float32 probabilities in the original image
     categories: Sequence[str] | None = None
+    keypoints: np.ndarray | None = None  # (N, K, 3) float32: x, y, visibility (1), original image
+    keypoint_scores: np.ndarray | None = None  # (N, K) float32: heatmap value at each keypoint
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -36,8 +39,11 @@ class Detections:
     def filter(self, score_threshold: float = 0.0, max_detections: int | None = None) -> "Detections":
         keep = np.flatnonzero(self.scores > score_threshold)
         keep = keep[np.argsort(-self.scores[keep], kind="stable")][:max_detections]
+        def pick(values):
+            return None if values is None else values[keep]
         return replace(self, boxes=self.boxes[keep], scores=self.scores[keep], labels=self.labels[keep],
-                       masks=None if self.masks is None else self.masks[keep])
+                       masks=pick(self.masks), keypoints=pick(self.keypoints),
+                       keypoint_scores=pick(self.keypoint_scores))
 
 
 def _resize_bilinear(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -74,22 +80,69 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int, p
     return out
 
 
+def _cubic_weights(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+    """(out_size, in_size) matrix of PyTorch's bicubic resize (``align_corners=False``,
+    A = -0.75, source indices clamped at the borders)."""
+    real = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5  # not clamped for cubic
+    base = np.floor(real)
+    t = real - base
+    weights = np.zeros((out_size, in_size), np.float64)
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    for offset, coefficient in ((-1, far(t + 1)), (0, near(t)), (1, near(1 - t)), (2, far(2 - t))):
+        index = np.clip(base + offset, 0, in_size - 1).astype(int)
+        np.add.at(weights, (np.arange(out_size), index), coefficient)
+    return weights
+
+
+def heatmaps_to_keypoints(maps: np.ndarray, rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's ``heatmaps_to_keypoints`` in numpy: (R, K, H, W) logits and (R, 4) boxes ->
+    (R, K, 3) keypoints (x, y, 1) in the boxes' frame and (R, K) scores. Each map is resized
+    bicubically to its box (rounded up), and the argmax cell centre is scaled back into the box."""
+    count, num_keypoints = maps.shape[:2]
+    keypoints = np.zeros((count, num_keypoints, 3), np.float32)
+    scores = np.zeros((count, num_keypoints), np.float32)
+    widths = np.maximum(rois[:, 2] - rois[:, 0], 1)
+    heights = np.maximum(rois[:, 3] - rois[:, 1], 1)
+    for i in range(count):
+        out_w, out_h = int(np.ceil(widths[i])), int(np.ceil(heights[i]))
+        wy = _cubic_weights(maps.shape[2], out_h)
+        wx = _cubic_weights(maps.shape[3], out_w)
+        resized = np.einsum("yh,khw,xw->kyx", wy, maps[i].astype(np.float64), wx)
+        flat = resized.reshape(num_keypoints, -1).argmax(axis=1)
+        y_int, x_int = np.divmod(flat, out_w)
+        keypoints[i, :, 0] = (x_int + 0.5) * (widths[i] / out_w) + rois[i, 0]
+        keypoints[i, :, 1] = (y_int + 0.5) * (heights[i] / out_h) + rois[i, 1]
+        keypoints[i, :, 2] = 1
+        scores[i] = resized[np.arange(num_keypoints), y_int, x_int]
+    return keypoints, scores
+
+
 def to_detections(outputs: Sequence[np.ndarray], manifest: Mapping, original_size: tuple[int, int]
                   ) -> Detections:
     """Raw executable outputs -> Detections in an image of ``original_size`` (height, width)."""
     info = manifest.get("detection", {})
     names = [o["name"] for o in manifest["io"]["outputs"]]
     named = dict(zip(names, outputs))
-    boxes = named["boxes"].astype(np.float32).copy()
+    frame_boxes = named["boxes"].astype(np.float32)
     frame_h, frame_w = info.get("boxes_frame") or manifest["io"]["input"]["shape"][-2:]
     height, width = original_size
-    boxes[:, 0::2] *= width / frame_w
-    boxes[:, 1::2] *= height / frame_h
-    masks = None
+    scale = np.array([width / frame_w, height / frame_h], np.float32)
+    boxes = (frame_boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4)
+    masks = keypoints = keypoint_scores = None
     if "mask_probs" in named:
         masks = paste_masks(named["mask_probs"], boxes, height, width)
+    if "keypoint_logits" in named:  # decoded in the frame the boxes came in, then scaled like them
+        keypoints, keypoint_scores = heatmaps_to_keypoints(named["keypoint_logits"], frame_boxes)
+        keypoints[:, :, :2] *= scale
     return Detections(boxes=boxes, scores=named["scores"].astype(np.float32), labels=named["labels"].astype(np.int64),
-                      masks=masks, categories=info.get("categories"))
+                      masks=masks, categories=info.get("categories"), keypoints=keypoints,
+                      keypoint_scores=keypoint_scores)
 
 
 def image_to_input(image: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:

@@ -53,8 +53,9 @@ models:
   tiny_fasterrcnn: {source: "buildsys.models.tiny:tiny_fasterrcnn", task: detection}
   tiny_retinanet: {source: "buildsys.models.tiny:tiny_retinanet", task: detection}
   tiny_maskrcnn: {source: "buildsys.models.tiny:tiny_maskrcnn", task: detection}
+  tiny_keypointrcnn: {source: "buildsys.models.tiny:tiny_keypointrcnn", task: detection}
 matrix:
-  model: [tiny_fasterrcnn, tiny_retinanet, tiny_maskrcnn]
+  model: [tiny_fasterrcnn, tiny_retinanet, tiny_maskrcnn, tiny_keypointrcnn]
   input_size: [64]
 """
 
