@@ -10,7 +10,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all tune bench test test-all runtime-venv runtime-smoke bench-loader stress clean-artifacts
+.PHONY: venv build-all tune bench detector-report test test-all runtime-venv runtime-smoke bench-loader stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,10 +33,10 @@ test-all: $(STAMP)
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[runtime]'
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[runtime,image]'
 	touch $(RUNTIME_STAMP)
 
-## A deployment's venv: the runtime extra only (no torch).
+## A deployment's venv: the runtime and image extras only (no torch, no compiler).
 runtime-venv: $(RUNTIME_STAMP)
 
 ## Build a tiny detector with the builder venv, then load and run it in the runtime-only venv.
@@ -53,6 +53,10 @@ tune: $(STAMP)
 ## Built artifacts against PyTorch eager, torch.compile and onnxruntime (prints a table).
 bench: $(STAMP)
 	$(BIN)/buildsys bench $(BENCH_ARGS)
+
+## The eight torchvision detectors: build figures, and a run on a real photo in the runtime venv.
+detector-report: $(STAMP) $(RUNTIME_STAMP)
+	$(BIN)/python benchmarks/detector_report.py --runtime-python $(RUNTIME_VENV)/bin/python
 
 bench-loader: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python

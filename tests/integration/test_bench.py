@@ -1,0 +1,59 @@
+"""`buildsys bench`: one process per run (thread counts are fixed before TVM starts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import Workspace
+
+pytestmark = pytest.mark.model
+
+CONFIG = """
+models:
+  tiny_cnn:
+    source: tests.fixtures.models:tiny_cnn
+matrix:
+  model: [tiny_cnn]
+  input_size: [32]
+"""
+
+
+def _buildsys(ws, *args):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    return subprocess.run([sys.executable, "-m", "buildsys.cli", "-c", str(ws.config), "--store", str(ws.store),
+                           *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_bench_times_every_runner_records_and_lists_the_ratio(tmp_path):
+    ws = Workspace(tmp_path, CONFIG)
+    assert ws.cli("build") == 0
+    key = ws.registry.list()[0].key
+    done = _buildsys(ws, "bench", "--threads", "1", "--rounds", "2", "--number", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)
+    assert result["key"] == key and result["threads"] == 1 and result["rounds"] == 2 and result["cpu_model"]
+    runners = result["runners"]
+    for name in ("artifact", "torch_eager", "torch_compile", "onnxruntime"):
+        assert runners[name]["ms"] > 0 and len(runners[name]["rounds_ms"]) == 2, name
+    assert runners["torch_eager"]["ratio_vs_eager"] == pytest.approx(1.0)
+    for name in ("artifact", "onnxruntime", "torch_compile"):  # measured, and right
+        assert runners[name]["max_rel_vs_eager"] < 1e-4, name
+    assert runners["artifact"]["ratio_vs_onnxruntime"] > 0
+
+    (row,) = ws.registry.benchmarks(key)
+    assert row.threads == 1 and row.cpu_model == result["cpu_model"] and row.results["runners"].keys() == runners.keys()
+    metrics = ws.registry.get(key).metrics
+    assert metrics["bench_ratio_vs_eager"] == pytest.approx(runners["artifact"]["ratio_vs_eager"])
+    listing = _buildsys(ws, "ls").stdout
+    assert f"{runners['artifact']['ratio_vs_eager']:.2f}x" in listing and "VS_ORT" in listing
+
+
+def test_bench_refuses_unknown_refs_and_an_empty_registry(tmp_path):
+    ws = Workspace(tmp_path, CONFIG)
+    done = _buildsys(ws, "bench", "--no-ort")
+    assert done.returncode == 2 and "nothing to benchmark" in done.stderr
+    done = _buildsys(ws, "bench", "nosuchalias")
+    assert done.returncode != 0 and "nosuchalias" in done.stderr
