@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -40,6 +39,9 @@ class Context:
 
 pass_ctx = click.make_pass_decorator(Context)
 
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document (schema: buildsys/schemas/); progress goes to stderr.")
+
 only_option = click.option("--only", "filters", multiple=True, metavar="FIELD=VALUE",
                            help="Keep matching entries (model, input_size, target, opt_level, task, key prefix); "
                                 "repeat a field for OR. Model and target accept globs.")
@@ -66,14 +68,19 @@ def _plan(c: Context, filters, force, include_skipped):
 @only_option
 @click.option("--force", is_flag=True, help="Plan to rebuild even what is cached.")
 @click.option("--all", "include_skipped", is_flag=True, help="Include entries whose model is marked skip.")
+@json_option
 @pass_ctx
-def plan(c: Context, filters, force, include_skipped):
+def plan(c: Context, filters, force, include_skipped, as_json):
     """Print what would build and why."""
     entries = _plan(c, filters, force, include_skipped)
+    counts = {a: sum(1 for e in entries if e.action == a) for a in ("build", "cached", "skip")}
+    if as_json:
+        from . import jsonout
+        click.echo(jsonout.dumps("plan", {"entries": [jsonout.plan_entry(e) for e in entries], "counts": counts}))
+        return
     width = max((len(e.spec.describe()) for e in entries), default=0)
     for e in entries:
         click.echo(f"{e.action:6}  {e.key[:12]}  {e.spec.describe():{width}}  {e.reason}")
-    counts = {a: sum(1 for e in entries if e.action == a) for a in ("build", "cached", "skip")}
     click.echo(f"{len(entries)} entries: {counts['build']} to build, {counts['cached']} cached, "
                f"{counts['skip']} skipped")
 
@@ -84,21 +91,30 @@ def plan(c: Context, filters, force, include_skipped):
 @click.option("--all", "include_skipped", is_flag=True, help="Also build entries whose model is marked skip.")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Build this many entries at once, each in its own process.")
+@json_option
 @pass_ctx
-def build(c: Context, filters, force, include_skipped, jobs):
+def build(c: Context, filters, force, include_skipped, jobs, as_json):
     """Build the matrix (what is cached is not rebuilt)."""
     from .builder import run_builds
 
     entries = _plan(c, filters, force, include_skipped)
-    report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=_build_printer(entries))
-    click.echo(f"done: {report.count('built')} built, {report.count('cached')} cached, "
+    report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=_build_printer(entries, err=as_json))
+    summary = (f"done: {report.count('built')} built, {report.count('cached')} cached, "
                f"{report.count('skipped')} skipped, {report.count('failed')} failed")
+    if as_json:
+        from . import jsonout
+        click.echo(summary, err=True)
+        click.echo(jsonout.dumps("build", {"results": [jsonout.build_result(r) for r in report.results],
+                                           "counts": {s: report.count(s) for s in ("built", "cached", "skipped",
+                                                                                   "failed")}}))
+    else:
+        click.echo(summary)
     if report.failed:
         click.echo("failed entries are recorded with their error; `buildsys plan` shows them", err=True)
         sys.exit(3)
 
 
-def _tune_progress_printer(min_interval_s: float = 10.0):
+def _tune_progress_printer(min_interval_s: float = 10.0, err: bool = False):
     import time
 
     last = {"at": 0.0}
@@ -110,31 +126,32 @@ def _tune_progress_printer(min_interval_s: float = 10.0):
         last["at"] = now
         best = f", best {info['best_us']:.1f} us on {info['task']}" if info.get("best_us") else ""
         left = f", about {info['left_s'] / 60:.1f} min left" if info.get("left_s") is not None else ""
-        click.echo(f"{head}: tuning {info['trials']}/{info['total']} trials, {info['elapsed_s']:.0f}s{best}{left}")
+        click.echo(f"{head}: tuning {info['trials']}/{info['total']} trials, {info['elapsed_s']:.0f}s{best}{left}",
+                   err=err)
     return show
 
 
-def _build_printer(entries):
+def _build_printer(entries, err: bool = False):
     total = len(entries)
     index = {e.spec: i + 1 for i, e in enumerate(entries)}
-    tune_progress = _tune_progress_printer()
+    tune_progress = _tune_progress_printer(err=err)
 
     def on_event(kind, entry, info):
         head = f"[{index.get(entry.spec, '?')}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
         if kind == "tune":
-            click.echo(f"{head}: {info['reason']}; tuning ...")
+            click.echo(f"{head}: {info['reason']}; tuning ...", err=err)
         elif kind == "tune-progress":
             tune_progress(head, info)
         elif kind == "tuned":
             r = info["report"]
             click.echo(f"{head}: tuned {r.tasks} tasks ({r.per_task} trials each at most): {r.trials_run} trials "
-                       f"run now, {r.trials_before} found in the database (scope {r.scope}), {r.seconds:.0f}s")
+                       f"run now, {r.trials_before} found in the database (scope {r.scope}), {r.seconds:.0f}s", err=err)
         elif kind == "start":
-            click.echo(f"{head}: building ...")
+            click.echo(f"{head}: building ...", err=err)
         elif kind == "cached":
-            click.echo(f"{head}: cached, nothing to do: {info['reason']}")
+            click.echo(f"{head}: cached, nothing to do: {info['reason']}", err=err)
         elif kind == "skipped":
-            click.echo(f"{head}: {info['reason']}")
+            click.echo(f"{head}: {info['reason']}", err=err)
         elif kind == "built":
             m = info["manifest"]
             t, p, lat = m["timings"], m["parity"], m["latency"]
@@ -148,7 +165,7 @@ def _build_printer(entries):
             click.echo(f"{head}: built in {info['seconds']:.1f}s (export {t['export_s']:.1f}s, import "
                        f"{t['import_s']:.1f}s, compile {t['compile_s']:.1f}s); parity max_rel {p['max_rel']:.2e} "
                        f"(tol {p['tolerance']:g}{compared}); {lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f}"
-                       f" ms = {lat['ratio_vs_eager']:.1f}x")
+                       f" ms = {lat['ratio_vs_eager']:.1f}x", err=err)
         elif kind == "failed":
             first = info["error"].strip().splitlines()
             click.echo(f"{head}: FAILED after {info['seconds']:.1f}s: {first[0] if first else ''}", err=True)
@@ -212,7 +229,7 @@ def tune(c: Context, filters, list_only):
 @click.option("--compile/--no-compile", "with_compile", default=None,
               help="torch.compile too [default: classifiers only].")
 @click.option("--ort/--no-ort", "with_ort", default=True, show_default=True, help="onnxruntime too.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_option
 @pass_ctx
 def bench(c: Context, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, as_json):
     """Time artifacts against PyTorch eager, torch.compile and onnxruntime (interleaved).
@@ -255,7 +272,8 @@ def bench(c: Context, refs, filters, threads, rounds, number, budget_s, with_com
         c.registry.add_metrics(record.key, metrics_of(result))
         results.append(result)
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in results], indent=2, sort_keys=True))
+        from . import jsonout
+        click.echo(jsonout.dumps("bench", {"results": [r.to_dict() for r in results]}))
         return
     click.echo(f"\nCPU: {results[0].cpu_model}; {threads} thread(s) for every runner; medians of {rounds} "
                f"interleaved rounds; ratios per round, then median")
@@ -282,10 +300,15 @@ def _fmt(value, spec):
 
 
 @cli.command(name="ls")
+@json_option
 @pass_ctx
-def list_artifacts(c: Context):
+def list_artifacts(c: Context, as_json):
     """List the registered artifacts."""
     from .targets import format_cli_target
+    if as_json:
+        from . import jsonout
+        click.echo(jsonout.dumps("ls", {"artifacts": [jsonout.artifact(r) for r in c.registry.list()]}))
+        return
     rows = [("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")]
     for r in c.registry.list():
         # a `buildsys bench` figure when there is one; else the build-time estimate, marked ~
@@ -306,17 +329,23 @@ def list_artifacts(c: Context):
 
 @cli.command()
 @click.argument("ref")
+@json_option
 @pass_ctx
-def show(c: Context, ref):
-    """Print an artifact's manifest (KEY, key prefix or alias)."""
+def show(c: Context, ref, as_json):
+    """Print an artifact's manifest (KEY, key prefix or alias), with what the registry adds.
+
+    Without --json: the manifest with a "registry" field; with it: {schema, manifest, registry}."""
     from . import manifest as manifest_format
     record = c.registry.resolve(ref)
     data = c.store.read_verified(record.manifest_digest, key=record.key, name="manifest.json")
     manifest = manifest_format.loads(data, key=record.key)
-    manifest["registry"] = {"aliases": list(record.aliases), "status": record.status,
-                            "created_at": record.created_at.isoformat(timespec="seconds"),
-                            "metrics": dict(record.metrics)}
-    click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+    registry = {"aliases": list(record.aliases), "status": record.status,
+                "created_at": record.created_at.isoformat(timespec="seconds"), "metrics": dict(record.metrics)}
+    if as_json:
+        from . import jsonout
+        click.echo(jsonout.dumps("show", {"manifest": manifest, "registry": registry}))
+        return
+    click.echo(json.dumps({**manifest, "registry": registry}, indent=2, sort_keys=True))
 
 
 @cli.command()
@@ -385,23 +414,28 @@ def run(c: Context, ref, input_path, image_path, score_threshold, max_detections
 
 
 @cli.command()
+@json_option
 @pass_ctx
-def verify(c: Context):
-    """Re-hash every stored file against the registry."""
+def verify(c: Context, as_json):
+    """Re-hash every stored file against the registry (exit 5 on any problem)."""
     checked, problems = 0, []
     referenced = set()
     for key, f in c.registry.file_digests():
         checked += 1
         referenced.add(f.digest)
         actual = c.store.check(f.digest)
-        if actual is None:
-            problems.append(f"{key[:12]} {f.name}: missing {c.store.object_path(f.digest)}")
-        elif actual != f.digest:
-            problems.append(f"{key[:12]} {f.name}: expected {f.digest}, found {actual}")
+        if actual != f.digest:
+            problems.append({"key": key, "file": f.name, "expected": f.digest, "found": actual})
     orphans = [d for d in c.store.iter_objects() if d not in referenced]
-    for p in problems:
-        click.echo(f"BAD  {p}", err=True)
-    click.echo(f"checked {checked} files: {len(problems)} problems; {len(orphans)} unreferenced objects")
+    if as_json:
+        from . import jsonout
+        click.echo(jsonout.dumps("verify", {"checked": checked, "problems": problems,
+                                            "unreferenced_objects": len(orphans), "ok": not problems}))
+    else:
+        for p in problems:
+            found = f"found {p['found']}" if p["found"] else f"missing {c.store.object_path(p['expected'])}"
+            click.echo(f"BAD  {p['key'][:12]} {p['file']}: expected {p['expected']}, {found}", err=True)
+        click.echo(f"checked {checked} files: {len(problems)} problems; {len(orphans)} unreferenced objects")
     if problems:
         sys.exit(5)
 

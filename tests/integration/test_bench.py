@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import jsonschema
 import pytest
+
+from buildsys.jsonout import load_schema
 
 from .conftest import Workspace
 
@@ -33,7 +36,9 @@ def test_bench_times_every_runner_records_and_lists_the_ratio(tmp_path):
     key = ws.registry.list()[0].key
     done = _buildsys(ws, "bench", "--threads", "1", "--rounds", "2", "--number", "3", "--json")
     assert done.returncode == 0, done.stderr
-    (result,) = json.loads(done.stdout)
+    document = json.loads(done.stdout)
+    jsonschema.validate(document, load_schema("bench"))
+    (result,) = document["results"]
     assert result["key"] == key and result["threads"] == 1 and result["rounds"] == 2 and result["cpu_model"]
     runners = result["runners"]
     for name in ("artifact", "torch_eager", "torch_compile", "onnxruntime"):
