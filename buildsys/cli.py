@@ -144,7 +144,8 @@ def _build_printer(entries, err: bool = False):
             tune_progress(head, info)
         elif kind == "tuned":
             r = info["report"]
-            click.echo(f"{head}: tuned {r.tasks} tasks ({r.per_task} trials each at most): {r.trials_run} trials "
+            skipped = f" ({r.untunable} with data-dependent shapes left untuned)" if r.untunable else ""
+            click.echo(f"{head}: tuned {r.tasks} tasks{skipped}, {r.per_task} trials each at most: {r.trials_run} trials "
                        f"run now, {r.trials_before} found in the database (scope {r.scope}), {r.seconds:.0f}s", err=err)
         elif kind == "start":
             click.echo(f"{head}: building ...", err=err)

@@ -75,6 +75,7 @@ class TuneReport:
     trials_run: int = 0
     seconds: float = 0.0
     complete: bool = False
+    untunable: int = 0  # tasks with data-dependent shapes, left to the default schedules
     best_us: dict[str, float] = field(default_factory=dict)
 
 
@@ -289,6 +290,19 @@ def workload_hash(prim_mod) -> str:
     return str(tvm_ffi.structural_hash(prim_mod))
 
 
+def tunable(task) -> bool:
+    """MetaSchedule measures a task on random arguments of static shapes; the data-dependent
+    parts of a detector (after score filtering, NMS) have symbolic shapes and are left to the
+    default schedules (``ValueError: Unsupported argument type: d0`` otherwise)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        infos = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
+    except Exception:  # noqa: BLE001 - symbolic shapes or scalar arguments
+        return False
+    return all(isinstance(dim, int) or hasattr(dim, "value") for info in infos for dim in info.shape)
+
+
 def _progress_callback(on_progress: Callable[[dict], None], total: int, names: list[str]):
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.ir.utils import derived_object
@@ -335,12 +349,13 @@ def tune(mod, spec: BuildSpec, database: TuningDatabase, entry_id: str,
         database.repair()
         with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes)):
             prepared = prepare_for_tuning(mod, target)
-            tasks = ms.relax_integration.extract_tasks(prepared, target)
+            extracted = ms.relax_integration.extract_tasks(prepared, target)
+        tasks = [t for t in extracted if tunable(t)]
         hashes = [workload_hash(task.dispatched[0]) for task in tasks]
         trials = database.applied(hashes)["trials"]
         before = sum(trials.values())
         report = TuneReport(scope=database.scope, tasks=len(tasks), workloads=hashes, per_task=settings.cap,
-                            trials_before=before)
+                            trials_before=before, untunable=len(extracted) - len(tasks))
         info = {"entry": entry_id, "label": spec.describe(), "workloads": hashes, "trials": settings.trials,
                 "per_task": settings.cap, "task_names": [t.task_name for t in tasks], "complete": False}
         _atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
