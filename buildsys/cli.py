@@ -58,21 +58,27 @@ def cli(ctx, config, store, registry):
     ctx.obj = Context(config, store, registry)
 
 
-def _plan(c: Context, filters, force, include_skipped):
-    from .plan import plan_builds
+def _plan(c: Context, filters, force, include_skipped, shard=None):
+    from .plan import parse_shard, plan_builds
     return plan_builds(c.specs(), c.registry, c.store, force=force, filters=filters,
-                       include_skipped=include_skipped)
+                       include_skipped=include_skipped, shard=parse_shard(shard))
+
+
+shard_option = click.option("--shard", default=None, metavar="I/N",
+                            help="Only the I-th of N deterministic slices of the matrix (by entry key), "
+                                 "for CI jobs that split a release.")
 
 
 @cli.command()
 @only_option
 @click.option("--force", is_flag=True, help="Plan to rebuild even what is cached.")
 @click.option("--all", "include_skipped", is_flag=True, help="Include entries whose model is marked skip.")
+@shard_option
 @json_option
 @pass_ctx
-def plan(c: Context, filters, force, include_skipped, as_json):
+def plan(c: Context, filters, force, include_skipped, shard, as_json):
     """Print what would build and why."""
-    entries = _plan(c, filters, force, include_skipped)
+    entries = _plan(c, filters, force, include_skipped, shard)
     counts = {a: sum(1 for e in entries if e.action == a) for a in ("build", "cached", "skip")}
     if as_json:
         from . import jsonout
@@ -91,13 +97,14 @@ def plan(c: Context, filters, force, include_skipped, as_json):
 @click.option("--all", "include_skipped", is_flag=True, help="Also build entries whose model is marked skip.")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Build this many entries at once, each in its own process.")
+@shard_option
 @json_option
 @pass_ctx
-def build(c: Context, filters, force, include_skipped, jobs, as_json):
+def build(c: Context, filters, force, include_skipped, jobs, shard, as_json):
     """Build the matrix (what is cached is not rebuilt)."""
     from .builder import run_builds
 
-    entries = _plan(c, filters, force, include_skipped)
+    entries = _plan(c, filters, force, include_skipped, shard)
     report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=_build_printer(entries, err=as_json))
     summary = (f"done: {report.count('built')} built, {report.count('cached')} cached, "
                f"{report.count('skipped')} skipped, {report.count('failed')} failed")
@@ -126,7 +133,8 @@ def _tune_progress_printer(min_interval_s: float = 10.0, err: bool = False):
         last["at"] = now
         best = f", best {info['best_us']:.1f} us on {info['task']}" if info.get("best_us") else ""
         left = f", about {info['left_s'] / 60:.1f} min left" if info.get("left_s") is not None else ""
-        click.echo(f"{head}: tuning {info['trials']}/{info['total']} trials, {info['elapsed_s']:.0f}s{best}{left}",
+        click.echo(f"{head}: tuning {info['trials']}/{info['total']} trials, {info['tasks_measured']}/{info['tasks']} "
+                   f"tasks measured, {info['elapsed_s']:.0f}s{best}{left}",
                    err=err)
     return show
 

@@ -87,8 +87,25 @@ def _matches(spec: BuildSpec, key: str, filters: list[tuple[str, str]]) -> bool:
     return True
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` (1 <= i <= N) -> (i, N); None stays None."""
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise UsageError(f"--shard takes i/N with 1 <= i <= N (e.g. 2/4), got {text!r}")
+    return int(index), int(count)
+
+
+def in_shard(entry_key: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic 1/N of the matrix, by the entry's key (the key without tuning records,
+    so an entry stays in its shard when its records improve)."""
+    return shard is None or int(entry_key[:15], 16) % shard[1] == shard[0] - 1
+
+
 def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bool = False,
-                filters: Iterable[str] = (), include_skipped: bool = False) -> list[PlanEntry]:
+                filters: Iterable[str] = (), include_skipped: bool = False,
+                shard: tuple[int, int] | None = None) -> list[PlanEntry]:
     parsed = parse_filters(filters)
     toolchain = toolchain_versions()
     entries = []
@@ -102,6 +119,8 @@ def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bo
                               line=int(line) if line.isdigit() else None,
                               field=f"models.{spec.model.name}.weights") from None
         if parsed and not _matches(spec, key, parsed):
+            continue
+        if not in_shard(key, shard):
             continue
         if spec.model.skip and not include_skipped:
             entries.append(PlanEntry(spec, key, material, SKIP, f"skipped: {spec.model.skip}"))

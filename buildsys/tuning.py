@@ -323,6 +323,7 @@ def _progress_callback(on_progress: Callable[[dict], None], total: int, names: l
             elapsed = time.perf_counter() - started
             done = min(state["done"], total)
             on_progress({"trials": done, "total": total, "task": names[task_id],
+                         "tasks_measured": len(state["best"]), "tasks": len(names),
                          "best_us": state["best"].get(names[task_id]),
                          "elapsed_s": elapsed, "left_s": elapsed / done * (total - done) if done else None})
 

@@ -253,3 +253,33 @@ matrix:
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(predictor.run(x)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shards_split_the_matrix_deterministically(fresh, capsys):
+    """--shard i/N: the N slices are disjoint, cover the matrix, and do not depend on order."""
+    import json
+
+    ws = fresh("""
+models:
+  a: {source: "tests.fixtures.models:tiny_cnn"}
+  b: {source: "tests.fixtures.models:tiny_cnn", kwargs: {classes: 3}}
+matrix:
+  model: [a, b]
+  input_size: [16, 24, 32, 40, 48]
+  opt_level: [2, 3]
+""")
+
+    def keys(*args):
+        capsys.readouterr()
+        assert ws.cli("plan", "--json", *args) == 0
+        return [e["key"] for e in json.loads(capsys.readouterr().out)["entries"]]
+
+    everything = keys()
+    slices = [keys("--shard", f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(k for s in slices for k in s) == sorted(everything) and len(everything) == 20
+    assert all(slices) and len({k for s in slices for k in s}) == 20
+    assert keys("--shard", "2/3") == slices[1]  # the same every time
+    assert keys("--shard", "1/1") == everything
+    for bad in ("0/3", "4/3", "x/2", "3"):
+        assert ws.cli("plan", "--shard", bad) == 2
+    assert "--shard takes i/N" in capsys.readouterr().err
