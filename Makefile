@@ -33,7 +33,7 @@ test-all: $(STAMP)
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[runtime,image]'
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[runtime,image,signing]'
 	touch $(RUNTIME_STAMP)
 
 ## A deployment's venv: the runtime and image extras only (no torch, no compiler).

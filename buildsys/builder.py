@@ -27,7 +27,7 @@ import numpy as np
 
 from . import manifest as manifest_format
 from .cpu import required_features
-from .errors import BuildError, BuildsysError, ParityError
+from .errors import BuildError, BuildsysError, ParityError, TrustError
 from .keys import build_key
 from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
 from .plan import BUILD, CACHED, PlanEntry, plan_builds
@@ -247,6 +247,41 @@ def publish(outcome: BuildOutcome, spec: BuildSpec, store: Store, registry):
         target=spec.target, opt_level=spec.opt_level, disabled_passes=spec.disabled_passes,
         spec=spec.to_dict(), key_material=manifest["key_material"], toolchain=manifest["toolchain"],
         manifest_digest=manifest_digest, files=tuple(files), metrics=outcome.metrics,
+        parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
+
+
+def publish_files(key: str, staged: Mapping[str, Path], store: Store, registry,
+                  metrics: Mapping[str, float] | None = None):
+    """Register an artifact built elsewhere (a release import): its manifest must name this
+    key, its key must be the hash of its key material, and its files must be what it lists."""
+    from .keys import digest_file
+    from .spec import spec_from_dict
+
+    if MANIFEST_NAME not in staged:
+        raise TrustError(f"artifact {key[:12]} comes without its {MANIFEST_NAME}")
+    manifest = manifest_format.loads(Path(staged[MANIFEST_NAME]).read_bytes(), key=key)
+    if manifest.get("key") != key or build_key(manifest["key_material"]) != key:
+        raise TrustError(f"artifact {key[:12]}: its manifest names another key, or its key is not the hash "
+                             "of its key material")
+    listed = manifest.get("files", {})
+    if set(listed) != set(staged) - {MANIFEST_NAME}:
+        raise TrustError(f"artifact {key[:12]}: files {sorted(set(staged) - {MANIFEST_NAME})} but the manifest "
+                             f"lists {sorted(listed)}")
+    for name, info in listed.items():
+        if digest_file(staged[name]) != info["digest"]:
+            raise TrustError(f"artifact {key[:12]}: {name} does not match its manifest")
+    spec = spec_from_dict(manifest["spec"])
+    files = []
+    for name, path in sorted(staged.items()):
+        digest, size = store.put(path)
+        files.append(FileRecord(name, digest, size))
+    manifest_digest = next(f.digest for f in files if f.name == MANIFEST_NAME)
+    parity = manifest["parity"]
+    return registry.publish(NewArtifact(
+        key=key, model=spec.model.name, task=spec.model.task, input_size=spec.size_label, target=spec.target,
+        opt_level=spec.opt_level, disabled_passes=spec.disabled_passes, spec=manifest["spec"],
+        key_material=manifest["key_material"], toolchain=manifest["toolchain"], manifest_digest=manifest_digest,
+        files=tuple(files), metrics={name: (value, "") for name, value in (metrics or {}).items()},
         parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
 
 

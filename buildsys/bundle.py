@@ -2,7 +2,9 @@
 
 ``<out>/<key>/manifest.json`` (the stored manifest, byte for byte), ``lib.so``
 and ``params.npz``. Every file is re-hashed on the way out and again by the
-loader. (Signed tar bundles for release jobs are a later step.)
+loader. With a signing key, ``manifest.json.sig`` (ed25519, hex) is written
+beside the manifest, and a loader with ``BUILDSYS_PUBLIC_KEY`` set refuses a
+bundle whose manifest it does not verify. Release tars: ``release.py``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 
 from .errors import StoreError
 from .manifest import MANIFEST_NAME
+
+SIGNATURE_NAME = MANIFEST_NAME + ".sig"
 from .store import Store
 
 
-def export_bundle(record, store: Store, out_dir: str | os.PathLike) -> Path:
+def export_bundle(record, store: Store, out_dir: str | os.PathLike, private_key=None) -> Path:
     out_dir = Path(out_dir)
     dest = out_dir / record.key
     try:
@@ -30,6 +34,9 @@ def export_bundle(record, store: Store, out_dir: str | os.PathLike) -> Path:
             store.copy_verified(f.digest, staging / f.name, key=record.key, name=f.name)
         if not (staging / MANIFEST_NAME).is_file():
             raise StoreError(f"artifact {record.key[:12]} has no {MANIFEST_NAME} in the registry")
+        if private_key is not None:
+            signature = private_key.sign((staging / MANIFEST_NAME).read_bytes()).hex()
+            (staging / SIGNATURE_NAME).write_text(signature + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         if dest.exists():
             shutil.rmtree(dest)

@@ -472,15 +472,57 @@ def gc(c: Context, dry_run, grace):
 
 @cli.command(name="export")
 @click.argument("refs", nargs=-1, required=True)
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory to write one sub-directory per artifact into.")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(),
+              help="A .tar file (a release: artifacts + signed manifest) or a directory (one bundle "
+                   "directory per artifact).")
+@click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
+              help="ed25519 private key (PEM) to sign with [env BUILDSYS_SIGNING_KEY]; see `buildsys keygen`.")
 @pass_ctx
-def export_cmd(c: Context, refs, out_dir):
-    """Copy artifacts out as self-contained bundle directories (load them without the registry)."""
+def export_cmd(c: Context, refs, out_path, sign_key):
+    """Copy artifacts out: a release tar for `buildsys import`, or bundle directories to load directly."""
+    from .release import load_private_key
+
+    private_key = load_private_key(sign_key)
+    records = [c.registry.resolve(ref) for ref in refs]
+    if out_path.endswith(".tar"):
+        from .release import export_release
+        manifest = export_release(records, c.store, c.registry, out_path, private_key)
+        click.echo(f"{out_path}: {len(manifest['artifacts'])} artifacts, "
+                   f"{'signed' if private_key is not None else 'NOT signed (no --sign-key)'}")
+        return
     from .bundle import export_bundle
-    for ref in refs:
-        record = c.registry.resolve(ref)
-        click.echo(f"{record.key[:12]} -> {export_bundle(record, c.store, out_dir)}")
+    for record in records:
+        click.echo(f"{record.key[:12]} -> {export_bundle(record, c.store, out_path, private_key)}")
+
+
+@cli.command(name="import")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--public-key", default=None, type=click.Path(dir_okay=False),
+              help="ed25519 public key (hex) the release must be signed with [env BUILDSYS_PUBLIC_KEY].")
+@click.option("--no-aliases", is_flag=True, help="Do not set the aliases the release carries.")
+@pass_ctx
+def import_cmd(c: Context, archive, public_key, no_aliases):
+    """Verify a release tar and register its artifacts in this store and registry."""
+    from .release import import_release, load_public_key
+
+    key = load_public_key(public_key)
+    imported = import_release(archive, c.store, c.registry, key, set_aliases=not no_aliases)
+    click.echo(f"{archive}: {len(imported)} artifacts imported"
+               + (", signature verified" if key is not None else " (no public key configured: signature not checked)"))
+    for k in imported:
+        click.echo(f"  {k}")
+
+
+@cli.command()
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Private key file to create (the public key goes to FILE.pub).")
+def keygen(out_path):
+    """Create an ed25519 key pair for signing releases."""
+    from .release import generate_keypair
+
+    private, public = generate_keypair(out_path)
+    click.echo(f"private key: {private} (keep it secret; BUILDSYS_SIGNING_KEY)\npublic key: {public} "
+               "(BUILDSYS_PUBLIC_KEY)")
 
 
 @cli.group()

@@ -94,6 +94,12 @@ class RegistryError(BuildsysError):
     exit_code = 6
 
 
+class TrustError(BuildsysError):
+    """A release or bundle fails its checks: signature, digests, unsafe archive members."""
+
+    exit_code = 5
+
+
 class CompatibilityError(BuildsysError):
     """An artifact was built for another runtime, manifest format or CPU."""
 

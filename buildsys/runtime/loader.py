@@ -168,6 +168,12 @@ def _from_bundle(directory: Path):
         data = (directory / MANIFEST_NAME).read_bytes()
     except OSError as exc:
         raise CompatibilityError(f"{directory} is not an artifact bundle: cannot read {MANIFEST_NAME}: {exc}") from None
+    if os.environ.get("BUILDSYS_PUBLIC_KEY"):  # a deployment that only trusts signed bundles
+        from ..release import SIGNATURE_NAME, load_public_key, verify_signature
+
+        signature_path = directory / SIGNATURE_NAME
+        signature = signature_path.read_bytes() if signature_path.is_file() else None
+        verify_signature(load_public_key(), data, signature, f"bundle {directory}")
     manifest = manifest_format.loads(data, key=str(directory))
     key = manifest.get("key", str(directory))
     digests = {name: entry["digest"] for name, entry in manifest["files"].items()}

@@ -1,0 +1,264 @@
+"""Release bundles: artifacts in one tar with a signed manifest, and their import elsewhere.
+
+Layout (a plain, deterministic tar: sorted names, mtime 0, uid/gid 0)::
+
+    release/manifest.json          what is inside: keys, files and digests, specs, versions,
+                                   parity and bench figures, aliases
+    release/manifest.json.sig      ed25519 signature of manifest.json (hex), when signed
+    release/<key>/manifest.json    each artifact's own manifest, byte for byte
+    release/<key>/lib.so
+    release/<key>/params.npz
+
+Import treats the archive as hostile: only regular files and directories under
+``release/`` are accepted (no absolute paths, no ``..``, no links, devices or
+FIFOs, no duplicate names, bounded sizes); files are read member by member
+(never ``extractall``), hashed while copied into the store, and checked
+against both manifests. With a public key configured, a missing or bad
+signature is refused before anything is written.
+
+Keys: ed25519 via ``cryptography``. ``buildsys keygen`` writes a PEM private key
+and its raw public key (hex); the private key comes from ``--sign-key FILE`` or
+``BUILDSYS_SIGNING_KEY`` (a path), the public key from ``--public-key FILE`` or
+``BUILDSYS_PUBLIC_KEY`` (a path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from .errors import StoreError, TrustError, UsageError
+from .keys import HASH_ALGORITHM, canonical_json, split_digest
+from .manifest import MANIFEST_NAME
+from .store import Store
+
+RELEASE_FORMAT = 1
+ROOT = "release"
+SIGNATURE_NAME = "manifest.json.sig"
+MAX_MEMBER_BYTES = 8 << 30  # a shared library or weights file larger than this is not ours
+MAX_MEMBERS = 10000
+
+
+# ---------------------------------------------------------------- keys
+
+def generate_keypair(private_path: str | os.PathLike) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private_path = Path(private_path)
+    if private_path.exists():
+        raise UsageError(f"{private_path} exists; not overwriting a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public_path.write_text(raw.hex() + "\n")
+    return private_path, public_path
+
+
+def _key_path(explicit: str | None, env: str) -> Path | None:
+    value = explicit or os.environ.get(env)
+    return Path(value) if value else None
+
+
+def load_private_key(explicit: str | None = None):
+    from cryptography.hazmat.primitives import serialization
+
+    path = _key_path(explicit, "BUILDSYS_SIGNING_KEY")
+    if path is None:
+        return None
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"signing key {path}: {exc}") from None
+
+
+def load_public_key(explicit: str | None = None):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    path = _key_path(explicit, "BUILDSYS_PUBLIC_KEY")
+    if path is None:
+        return None
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(path.read_text().strip()))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"public key {path}: not a hex ed25519 public key ({exc})") from None
+
+
+def verify_signature(public_key, data: bytes, signature_hex: bytes | None, what: str) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    if signature_hex is None:
+        raise TrustError(f"{what} is not signed, and a public key is configured")
+    try:
+        public_key.verify(bytes.fromhex(signature_hex.decode().strip()), data)
+    except (InvalidSignature, ValueError, UnicodeDecodeError):
+        raise TrustError(f"{what}: the signature does not match the configured public key") from None
+
+
+# ---------------------------------------------------------------- export
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+    if path is not None:
+        info.size = path.stat().st_size
+        with open(path, "rb") as handle:
+            tar.addfile(info, handle)
+    else:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def export_release(records, store: Store, registry, out: str | os.PathLike, private_key=None) -> dict:
+    """Write ``out`` (a tar). Every file is re-hashed on the way out. Returns the release manifest."""
+    out = Path(out)
+    artifacts = []
+    with tempfile.TemporaryDirectory(prefix="buildsys-release-") as tmp:
+        staged = []
+        for record in sorted(records, key=lambda r: r.key):
+            files = {}
+            for f in record.files:
+                dest = Path(tmp) / record.key / f.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                store.copy_verified(f.digest, dest, key=record.key, name=f.name)
+                files[f.name] = {"digest": f.digest, "size": f.size}
+                staged.append((f"{ROOT}/{record.key}/{f.name}", dest))
+            bench = registry.benchmarks(record.key, limit=1)
+            artifacts.append({"key": record.key, "model": record.model, "input_size": record.input_size,
+                              "files": files, "spec": record.spec, "toolchain": record.toolchain,
+                              "parity_max_rel": record.parity_max_rel, "metrics": dict(record.metrics),
+                              "aliases": list(record.aliases), "manifest_digest": record.manifest_digest,
+                              "bench": bench[0].results if bench else None})
+        manifest = {"release_format": RELEASE_FORMAT, "created_at": datetime.now(timezone.utc).isoformat(
+            timespec="seconds"), "artifacts": artifacts}
+        data = canonical_json(manifest)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+            with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+                _add(tar, f"{ROOT}/{MANIFEST_NAME}", data)
+                if private_key is not None:
+                    _add(tar, f"{ROOT}/{SIGNATURE_NAME}", private_key.sign(data).hex().encode() + b"\n")
+                for name, path in sorted(staged):
+                    _add(tar, name, path=path)
+            os.replace(partial, out)
+        except OSError as exc:
+            raise StoreError(f"cannot write {out}: {exc}") from None
+    return manifest
+
+
+# ---------------------------------------------------------------- import
+
+def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """Every member, checked before anything is read: name -> member."""
+    members: dict[str, tarfile.TarInfo] = {}
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_MEMBERS:
+            raise TrustError(f"the archive has more than {MAX_MEMBERS} members")
+        name = member.name
+        path = PurePosixPath(name)
+        if path.is_absolute() or name.startswith("/") or "\\" in name:
+            raise TrustError(f"archive member {name!r}: absolute paths are refused")
+        if ".." in path.parts or path.parts[:1] != (ROOT,):
+            raise TrustError(f"archive member {name!r}: only paths under {ROOT}/ without '..' are accepted")
+        if member.isdir():
+            continue
+        if not member.isreg():
+            kind = "link" if (member.issym() or member.islnk()) else "device or special file"
+            raise TrustError(f"archive member {name!r}: a {kind}; only regular files are accepted")
+        if member.size > MAX_MEMBER_BYTES:
+            raise TrustError(f"archive member {name!r}: {member.size} bytes is more than an artifact holds")
+        if name in members:
+            raise TrustError(f"archive member {name!r} appears twice")
+        members[name] = member
+    return members
+
+
+def import_release(path: str | os.PathLike, store: Store, registry, public_key=None,
+                   set_aliases: bool = True) -> list[str]:
+    """Verify ``path`` and register its artifacts (files into the store, rows into the
+    registry). Returns the keys imported; artifacts already registered are checked and kept."""
+    from .builder import publish_files
+
+    try:
+        tar = tarfile.open(path, "r:*")
+    except (OSError, tarfile.TarError) as exc:
+        raise UsageError(f"{path}: not a readable tar archive ({exc})") from None
+    with tar:
+        members = _checked_members(tar)
+
+        def read(name: str, limit: int = 64 << 20) -> bytes:
+            member = members.get(f"{ROOT}/{name}")
+            if member is None:
+                raise TrustError(f"{path}: {ROOT}/{name} is missing")
+            if member.size > limit:
+                raise TrustError(f"{path}: {ROOT}/{name} is too large ({member.size} bytes)")
+            return tar.extractfile(member).read()
+
+        data = read(MANIFEST_NAME)
+        if public_key is not None:
+            signature = read(SIGNATURE_NAME, 4096) if f"{ROOT}/{SIGNATURE_NAME}" in members else None
+            verify_signature(public_key, data, signature, f"release {path}")
+        try:
+            manifest = json.loads(data)
+        except ValueError as exc:
+            raise TrustError(f"{path}: the release manifest is not JSON ({exc})") from None
+        if manifest.get("release_format") != RELEASE_FORMAT:
+            raise TrustError(f"{path}: release format {manifest.get('release_format')!r}; "
+                                 f"this buildsys reads {RELEASE_FORMAT}")
+        listed = {f"{ROOT}/{MANIFEST_NAME}", f"{ROOT}/{SIGNATURE_NAME}"}
+        for entry in manifest["artifacts"]:  # everything checked before anything is written
+            key = entry["key"]
+            if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+                raise TrustError(f"{path}: {key!r} is not an artifact key")
+            for name, info in entry["files"].items():
+                if "/" in name or name in (".", "..") or MANIFEST_NAME not in entry["files"]:
+                    raise TrustError(f"{path}: the files of {key[:12]} are refused ({name!r})")
+                try:
+                    split_digest(info["digest"])
+                except (ValueError, TypeError, KeyError):
+                    raise TrustError(f"{path}: {key[:12]}/{name} has no valid digest") from None
+                if f"{ROOT}/{key}/{name}" not in members:
+                    raise TrustError(f"{path}: {ROOT}/{key}/{name} is listed but missing")
+                listed.add(f"{ROOT}/{key}/{name}")
+        unlisted = sorted(set(members) - listed)
+        if unlisted:
+            raise TrustError(f"{path}: members not in the release manifest: {', '.join(unlisted[:5])}")
+        store.root.joinpath("tmp").mkdir(parents=True, exist_ok=True)
+        imported = []
+        for entry in manifest["artifacts"]:
+            key = entry["key"]
+            staged = {}
+            with tempfile.TemporaryDirectory(prefix="buildsys-import-", dir=store.root / "tmp") as tmp:
+                for name, info in entry["files"].items():
+                    member_name = f"{ROOT}/{key}/{name}"
+                    member = members[member_name]
+                    dest = Path(tmp) / name
+                    digest = hashlib.new(HASH_ALGORITHM)
+                    with tar.extractfile(member) as source, open(dest, "wb") as sink:
+                        for chunk in iter(lambda: source.read(1 << 20), b""):
+                            digest.update(chunk)
+                            sink.write(chunk)
+                    actual = f"{HASH_ALGORITHM}:{digest.hexdigest()}"
+                    if actual != info["digest"]:
+                        raise TrustError(f"{path}: {member_name} has digest {actual}, the release "
+                                             f"manifest says {info['digest']}")
+                    staged[name] = dest
+                if registry.get(key) is None:
+                    publish_files(key, staged, store, registry, metrics=entry.get("metrics"))
+                    imported.append(key)
+            if set_aliases:
+                for alias in entry.get("aliases", []):
+                    registry.set_alias(alias, key)
+    return imported

@@ -1,0 +1,139 @@
+"""Release tars: export with a signed manifest, import elsewhere, hostile archives refused."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from buildsys.errors import TrustError
+from buildsys.registry import Registry
+from buildsys.release import export_release, generate_keypair, import_release, load_private_key, load_public_key
+from buildsys.store import Store
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    private, public = generate_keypair(tmp_path_factory.mktemp("keys") / "release.key")
+    return load_private_key(str(private)), load_public_key(str(public)), private, public
+
+
+@pytest.fixture
+def release(built, keys, tmp_path):
+    registry = built.registry
+    records = registry.list()
+    out = tmp_path / "release.tar"
+    export_release(records, Store(built.store), registry, out, keys[0])
+    return out, records
+
+
+def _empty(tmp_path):
+    store = Store(tmp_path / "other")
+    return store, Registry(f"sqlite:///{tmp_path / 'other' / 'registry.db'}")
+
+
+def test_signed_release_round_trip_into_a_fresh_registry(release, keys, tmp_path):
+    out, records = release
+    store, registry = _empty(tmp_path)
+    imported = import_release(out, store, registry, keys[1])
+    assert sorted(imported) == sorted(r.key for r in records)
+    for record in records:
+        copy = registry.get(record.key)
+        assert copy.manifest_digest == record.manifest_digest and copy.files == record.files
+    from buildsys.runtime import load_artifact
+    predictor = load_artifact(records[0].key, registry=registry, store=store)
+    assert predictor.run(np.zeros(predictor.input_shape, np.float32))
+    assert import_release(out, store, registry, keys[1]) == []  # already there: checked, kept
+
+
+def test_deterministic_tar_bytes(built, tmp_path):
+    records = built.registry.list()
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar"
+    for path in (a, b):
+        export_release(records, Store(built.store), built.registry, path)
+
+    def members(path):
+        with tarfile.open(path) as tar:
+            return [(m.name, m.size, m.mtime, m.uid, m.mode) for m in tar]
+    assert members(a) == members(b)
+
+
+def _rewrite(src, dest, change):
+    """Copy a tar member by member; change(member, data) -> list of (member, data)."""
+    with tarfile.open(src) as tar_in, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar_out:
+        for member in tar_in:
+            data = tar_in.extractfile(member).read() if member.isreg() else None
+            for new_member, new_data in change(member, data):
+                tar_out.addfile(new_member, io.BytesIO(new_data) if new_data is not None else None)
+
+
+def _refused(path, tmp_path, public_key=None, match=None):
+    store, registry = _empty(tmp_path)
+    with pytest.raises(TrustError, match=match):
+        import_release(path, store, registry, public_key)
+    assert registry.list() == [] and not list(store.iter_objects())
+
+
+def test_tampered_file_unsigned_release_and_wrong_key_are_refused(release, keys, tmp_path):
+    out, _ = release
+    bad = tmp_path / "bad.tar"
+
+    def flip(member, data):
+        if member.name.endswith("/lib.so"):
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return [(member, data)]
+    _rewrite(out, bad, flip)
+    _refused(bad, tmp_path, keys[1], match="digest")
+
+    unsigned = tmp_path / "unsigned.tar"
+    _rewrite(out, unsigned, lambda m, d: [] if m.name.endswith(".sig") else [(m, d)])
+    _refused(unsigned, tmp_path, keys[1], match="not signed")
+
+    other_private, other_public = generate_keypair(tmp_path / "other.key")
+    _refused(out, tmp_path, load_public_key(str(other_public)), match="signature does not match")
+
+
+@pytest.mark.parametrize("attack", ["absolute", "dotdot", "symlink", "hardlink", "device", "outside", "unlisted",
+                                    "duplicate"])
+def test_hostile_archives_are_refused_before_anything_is_written(release, tmp_path, attack):
+    out, _ = release
+    crafted = tmp_path / f"{attack}.tar"
+
+    def inject(member, data):
+        rows = [(member, data)]
+        if not member.name.endswith("manifest.json") or member.name.count("/") != 1:
+            return rows
+        extra = tarfile.TarInfo({"absolute": "/etc/buildsys-owned", "dotdot": "release/../../escape",
+                                 "outside": "elsewhere/file", "unlisted": "release/extra.bin",
+                                 "duplicate": member.name}.get(attack, "release/link"))
+        payload = b"x"
+        if attack == "symlink":
+            extra.type, extra.linkname, payload = tarfile.SYMTYPE, "/etc/passwd", None
+        elif attack == "hardlink":
+            extra.type, extra.linkname, payload = tarfile.LNKTYPE, member.name, None
+        elif attack == "device":
+            extra.type, extra.devmajor, extra.devminor, payload = tarfile.CHRTYPE, 1, 3, None
+        extra.size = len(payload) if payload is not None else 0
+        return rows + [(extra, payload)]
+    _rewrite(out, crafted, inject)
+    _refused(crafted, tmp_path)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_signed_bundle_directories_verify_on_load(built, keys, tmp_path, monkeypatch):
+    from buildsys.bundle import export_bundle
+    from buildsys.errors import BuildsysError
+    from buildsys.runtime import load_artifact
+
+    record = built.registry.list()[0]
+    signed = export_bundle(record, Store(built.store), tmp_path / "signed", keys[0])
+    unsigned = export_bundle(record, Store(built.store), tmp_path / "unsigned")
+    monkeypatch.setenv("BUILDSYS_PUBLIC_KEY", str(keys[3]))
+    assert load_artifact(signed).key == record.key
+    with pytest.raises(BuildsysError, match="not signed"):
+        load_artifact(unsigned)
+    (signed / "manifest.json.sig").write_text("00" * 64 + "\n")
+    with pytest.raises(BuildsysError, match="signature does not match"):
+        load_artifact(signed)
