@@ -453,10 +453,29 @@ def verify(c: Context, as_json):
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
 @click.option("--grace", default=3600, show_default=True, type=click.IntRange(0),
               help="Seconds an unreferenced object is kept (a running build writes its row last).")
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="Also remove artifacts built longer ago than AGE (e.g. 30d, 12h), unless an alias names them.")
+@click.option("--not-in-matrix", is_flag=True,
+              help="Also remove artifacts the current builds.yaml does not produce, unless an alias names them.")
 @pass_ctx
-def gc(c: Context, dry_run, grace):
-    """Clean up after crashed builds: staging dirs, unfinished runs, unreferenced objects."""
+def gc(c: Context, dry_run, grace, older_than, not_in_matrix):
+    """Clean up: staging dirs and unfinished runs of crashed builds, unreferenced objects; with
+    --older-than / --not-in-matrix, artifacts past retention (never an aliased one)."""
     from .store import pid_alive
+    if older_than is not None or not_in_matrix:
+        from .plan import plan_builds
+        from .retention import parse_age, select_expired
+
+        matrix = None
+        if not_in_matrix:
+            matrix = {e.key for e in plan_builds(c.specs(), c.registry, c.store, include_skipped=True)}
+        expired = select_expired(c.registry.list(), older_than_s=parse_age(older_than) if older_than else None,
+                                 matrix_keys=matrix)
+        for record, why in expired:
+            click.echo(f"{'would remove' if dry_run else 'removed'} artifact {record.key[:12]} "
+                       f"({record.model} {record.input_size}): {why}")
+            if not dry_run:
+                c.registry.delete(record.key)
     temps = c.store.clean_tmp(dry_run=dry_run)
     crashed = 0 if dry_run else c.registry.mark_crashed_runs(pid_alive)
     referenced = {f.digest for _, f in c.registry.file_digests()}  # manifests are files of their artifact

@@ -128,6 +128,7 @@ class Store:
             dest = self.object_path(digest)
             if dest.is_file():
                 staged.unlink()
+                os.utime(dest)  # in use again: gc's grace period counts from now
                 return digest, size
             dest.parent.mkdir(parents=True, exist_ok=True)
             with open(staged, "rb") as f:

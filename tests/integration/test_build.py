@@ -283,3 +283,45 @@ matrix:
     for bad in ("0/3", "4/3", "x/2", "3"):
         assert ws.cli("plan", "--shard", bad) == 2
     assert "--shard takes i/N" in capsys.readouterr().err
+
+
+def test_gc_retention_removes_old_and_out_of_matrix_artifacts_but_never_aliased_ones(fresh, capsys):
+    from datetime import datetime, timedelta
+
+    from buildsys.retention import parse_age, select_expired
+    from buildsys.store import Store
+
+    ws = fresh("""
+models:
+  a: {source: "tests.fixtures.models:tiny_cnn"}
+matrix:
+  model: [a]
+  input_size: [16, 24, 32]
+""")
+    assert ws.cli("build") == 0
+    records = {r.input_size: r for r in ws.registry.list()}
+    ws.cli("alias", "set", "prod", records["16x16"].key)
+    # 24 leaves the matrix; 16 (aliased) and 32 stay in it
+    ws.config.write_text(ws.config.read_text().replace("[16, 24, 32]", "[16, 32]"))
+    store = Store(ws.store)
+    objects_before = set(store.iter_objects())
+
+    capsys.readouterr()
+    assert ws.cli("gc", "--not-in-matrix", "--dry-run", "--grace", "0") == 0
+    out = capsys.readouterr().out
+    assert "would remove artifact " + records["24x24"].key[:12] in out and "16x16" not in out
+    assert len(ws.registry.list()) == 3 and set(store.iter_objects()) == objects_before
+
+    assert ws.cli("gc", "--not-in-matrix", "--grace", "0") == 0
+    assert {r.input_size for r in ws.registry.list()} == {"16x16", "32x32"}
+    remaining = {f.digest for r in ws.registry.list() for f in r.files}
+    assert remaining <= set(store.iter_objects())  # shared objects (same weights) stay
+    assert set(store.iter_objects()) == remaining  # the removed artifact's own files are gone
+    assert ws.cli("verify") == 0
+
+    # age: nothing is a day old yet; pretend a week passed, the aliased one still stays
+    assert select_expired(ws.registry.list(), older_than_s=parse_age("1d")) == []
+    later = datetime.now() + timedelta(days=7)
+    expired = select_expired(ws.registry.list(), older_than_s=parse_age("1d"), now=later)
+    assert [r.input_size for r, _ in expired] == ["32x32"]
+    assert ws.cli("gc", "--older-than", "soon") == 2
