@@ -155,7 +155,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     params = exported.params
     if compiled.transforms_params:  # weights prepacked into the layouts the tuned kernels read, once, here
         params = outputs_to_numpy(vm["main_transform_params"]([to_device(p) for p in params]))
-    np.savez(staging_dir / PARAMS_NAME, **{f"p{i:05d}": p for i, p in enumerate(params)})
+    manifest_format.write_params(staging_dir / PARAMS_NAME, params)
     timings["serialize_s"] = time.perf_counter() - start
 
     # Verify what will be shipped: the serialized library, reloaded the way the loader does.

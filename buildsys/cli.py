@@ -98,11 +98,17 @@ def plan(c: Context, filters, force, include_skipped, shard, as_json):
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Build this many entries at once, each in its own process.")
 @shard_option
+@click.option("--check-repro", "repro_ref", default=None, metavar="REF",
+              help="Rebuild REF (key, prefix or alias) aside, publish nothing, and compare it byte for byte.")
 @json_option
 @pass_ctx
-def build(c: Context, filters, force, include_skipped, jobs, shard, as_json):
+def build(c: Context, filters, force, include_skipped, jobs, shard, repro_ref, as_json):
     """Build the matrix (what is cached is not rebuilt)."""
     from .builder import run_builds
+
+    if repro_ref is not None:
+        _check_repro(c, repro_ref, as_json)
+        return
 
     entries = _plan(c, filters, force, include_skipped, shard)
     report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=_build_printer(entries, err=as_json))
@@ -118,6 +124,31 @@ def build(c: Context, filters, force, include_skipped, jobs, shard, as_json):
         click.echo(summary)
     if report.failed:
         click.echo("failed entries are recorded with their error; `buildsys plan` shows them", err=True)
+        sys.exit(3)
+
+
+def _check_repro(c: Context, ref: str, as_json: bool) -> None:
+    from .plan import plan_builds
+    from .repro import check_repro
+    from .spec import spec_from_dict
+
+    record = c.registry.resolve(ref)
+    matrix = {e.key: e.spec for e in plan_builds(c.specs(), c.registry, c.store, include_skipped=True)}
+    spec = matrix.get(record.key) or spec_from_dict(record.spec)
+    if spec.model.weights.source == "file" and record.key not in matrix:
+        raise UsageError(f"{record.key[:12]} was built from a weights file the current matrix does not name")
+    click.echo(f"rebuilding {spec.describe()} ({record.key[:12]}) aside ...", err=as_json)
+    report = check_repro(record, spec, c.store)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for name, entry in report["files"].items():
+            click.echo(f"  {name}: {'identical' if entry['identical'] else 'DIFFERS: ' + entry['why']}")
+        volatile = ", ".join(f"{k} ({why})" for k, why in report["manifest"]["volatile"].items())
+        click.echo(f"  manifest.json: differs in volatile fields only: {volatile}" if not report["manifest"]["differing"]
+                   else f"  manifest.json: DIFFERS in {', '.join(report['manifest']['differing'])}; volatile: {volatile}")
+        click.echo("reproducible" if report["reproducible"] else "NOT reproducible")
+    if not report["reproducible"]:
         sys.exit(3)
 
 
