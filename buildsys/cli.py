@@ -576,6 +576,36 @@ def keygen(out_path):
 
 
 @cli.group()
+def db():
+    """The registry database: schema migrations (Alembic)."""
+
+
+@db.command(name="upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(c: Context, revision):
+    """Apply the registry's migrations (SQLite or any SQLAlchemy URL, e.g. PostgreSQL)."""
+    from .registry.db import current_revision, make_engine, upgrade
+
+    engine = make_engine(c.locations.registry_url)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    click.echo(f"{engine.url.render_as_string(hide_password=True)}: {before or 'empty'} -> "
+               f"{current_revision(engine)}")
+
+
+@db.command(name="current")
+@pass_ctx
+def db_current(c: Context):
+    """Print the registry's schema revision and the newest this buildsys knows."""
+    from .registry.db import HEAD_REVISION, current_revision, make_engine
+
+    engine = make_engine(c.locations.registry_url)
+    click.echo(f"{engine.url.render_as_string(hide_password=True)}: {current_revision(engine) or 'empty'} "
+               f"(newest: {HEAD_REVISION})")
+
+
+@cli.group()
 def alias():
     """Name artifacts (name -> key)."""
 

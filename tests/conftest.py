@@ -25,3 +25,19 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("BUILDSYS_STORE", str(store))
     monkeypatch.delenv("BUILDSYS_REGISTRY", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for registry tests (tests/fixtures/postgres.py); skipped where none can
+    be started, except under CI=true."""
+    from tests.fixtures import postgres
+
+    try:
+        server = postgres.start()
+    except postgres.PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PostgreSQL registry tests: {exc}")
+        pytest.skip(f"no PostgreSQL: {exc}")
+    yield server
+    server.stop()

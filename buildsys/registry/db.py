@@ -86,10 +86,21 @@ def _at_head(engine: Engine) -> bool:
                 and conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION)
 
 
+MIGRATION_LOCK_ID = 0x6275696C64737973  # "buildsys": PostgreSQL advisory lock for migrations
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    """Builders starting together on a new SQLite file must not both create the tables.
-    (Other databases serialize the migration in its transaction.)"""
+    """Builders starting together on a new database must not both create the tables:
+    a lock file beside a SQLite database, an advisory lock on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+        return
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     if not database or database == ":memory:":
         yield

@@ -13,7 +13,9 @@ def test_kill_9_at_random_points_leaves_only_whole_artifacts(tmp_path):
     assert result["rows_checked"] > 0 and result["objects_checked"] > 0
 
 
-def test_concurrent_builders_build_each_key_once(tmp_path):
-    result = concurrent_builders.run(procs=3, root=tmp_path)
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_concurrent_builders_build_each_key_once(tmp_path, request, dialect):
+    url = request.getfixturevalue("postgres_server").create_database() if dialect == "postgresql" else None
+    result = concurrent_builders.run(procs=3, root=tmp_path, registry_url=url)
     assert result["problems"] == []
     assert result["artifacts"] == result["compiled"] == 4

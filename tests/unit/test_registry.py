@@ -20,8 +20,20 @@ def new_artifact(key, model="m", **over):
     return NewArtifact(**fields)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request, tmp_path):
+    """Every registry test runs on SQLite (the default) and on a real PostgreSQL server."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_server").create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'r.db'}"
+    reg = Registry(url)
+    yield reg
+    reg.close()
+
+
 @pytest.fixture
-def registry(tmp_path):
+def sqlite_registry(tmp_path):
     reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     yield reg
     reg.close()
@@ -98,8 +110,8 @@ def test_build_runs_start_running_and_finish(registry):
     assert record.duration_s >= 0
 
 
-def test_sqlite_pragmas(registry):
-    with registry._engine.connect() as conn:
+def test_sqlite_pragmas(sqlite_registry):
+    with sqlite_registry._engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
@@ -118,12 +130,14 @@ def test_bad_url_is_a_registry_error():
         Registry("not a url at all")
 
 
-def test_migrations_are_the_only_schema_source(tmp_path):
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_migrations_are_the_only_schema_source(tmp_path, request, dialect):
     """The migrated schema equals the ORM models: nothing calls create_all."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    engine = make_engine(request.getfixturevalue("postgres_server").create_database() if dialect == "postgresql"
+                         else f"sqlite:///{tmp_path / 'm.db'}")
     upgrade(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -135,7 +149,8 @@ def test_head_revision_constant_matches_the_migration_scripts(tmp_path):
     assert HEAD_REVISION == head_revision(make_engine(f"sqlite:///{tmp_path / 'h.db'}"))
 
 
-def test_sqlite_lookup_agrees_with_the_registry(registry, tmp_path):
+def test_sqlite_lookup_agrees_with_the_registry(sqlite_registry, tmp_path):
+    registry = sqlite_registry
     from buildsys.registry.lookup import resolve, sqlite_path
 
     one, two = "abcd1" + "0" * 59, "abcd2" + "0" * 59
@@ -155,3 +170,48 @@ def test_sqlite_lookup_agrees_with_the_registry(registry, tmp_path):
             resolve(db, ref)
         assert str(ours.value) == str(theirs.value)
     assert sqlite_path("postgresql://h/db") is None and sqlite_path("sqlite:///:memory:") is None
+
+
+def test_benchmarks_and_tuning_databases_round_trip(registry):
+    registry.publish(new_artifact("ab" * 32))
+    row = registry.add_benchmark("ab" * 32, cpu_model="AMD EPYC", threads=1, rounds=5,
+                                 results={"runners": {"artifact": {"ms": 1.5}}})
+    assert registry.benchmarks("ab" * 32) == [row] and row.results["runners"]["artifact"]["ms"] == 1.5
+    with pytest.raises(RegistryError, match="no artifact"):
+        registry.add_benchmark("cd" * 32, cpu_model="x", threads=1, rounds=1, results={})
+    stats = {"scope": "s1", "target": {"kind": "llvm"}, "tvm": "0.27", "digest": "sha256:" + "0" * 64,
+             "workloads": 3, "records": 9}
+    registry.record_tuning_database(stats)
+    registry.record_tuning_database({**stats, "records": 12})
+    (db,) = registry.tuning_databases()
+    assert (db.scope, db.records, db.target) == ("s1", 12, {"kind": "llvm"})
+    registry.delete("ab" * 32)  # benchmarks go with their artifact
+    assert registry.benchmarks() == []
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_concurrent_first_use_migrates_once(tmp_path, request, dialect):
+    """Builders starting together on a new database: one migrates, the others wait and find it done."""
+    import concurrent.futures
+
+    url = (request.getfixturevalue("postgres_server").create_database() if dialect == "postgresql"
+           else f"sqlite:///{tmp_path / 'new.db'}")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        opened = list(pool.map(lambda _: Registry(url), range(4)))
+    for reg in opened:
+        assert reg.keys() == set()
+        reg.close()
+    from buildsys.registry.db import current_revision
+    assert current_revision(make_engine(url)) == HEAD_REVISION
+
+
+def test_db_upgrade_command_on_postgresql(postgres_server, capsys):
+    from buildsys.cli import main
+    from buildsys.registry.db import current_revision
+
+    url = postgres_server.create_database()
+    assert main(["--registry", url, "db", "current"]) == 0
+    assert "empty (newest: " in capsys.readouterr().out
+    assert main(["--registry", url, "db", "upgrade"]) == 0
+    assert f"empty -> {HEAD_REVISION}" in capsys.readouterr().out
+    assert current_revision(make_engine(url)) == HEAD_REVISION
