@@ -12,9 +12,9 @@ from .locations import resolve_locations
 
 
 class Context:
-    def __init__(self, config: str, store: str | None, registry: str | None):
+    def __init__(self, config: str, store: str | None, registry: str | None, remote: str | None = None):
         self.config_path = config
-        self.locations = resolve_locations(store, registry)
+        self.locations = resolve_locations(store, registry, remote)
         self._registry = None
         self._store = None
 
@@ -28,8 +28,7 @@ class Context:
     @property
     def store(self):
         if self._store is None:
-            from .store import Store
-            self._store = Store(self.locations.store_root)
+            self._store = self.locations.store()
         return self._store
 
     def specs(self):
@@ -51,11 +50,14 @@ only_option = click.option("--only", "filters", multiple=True, metavar="FIELD=VA
 @click.option("--config", "-c", default="builds.yaml", show_default=True, help="The build matrix.")
 @click.option("--store", default=None, help="Store directory [env BUILDSYS_STORE; default artifacts/].")
 @click.option("--registry", default=None, help="SQLAlchemy URL [env BUILDSYS_REGISTRY; default SQLite in the store].")
+@click.option("--remote", default=None, metavar="s3://BUCKET/PREFIX",
+              help="S3-compatible object storage behind the store [env BUILDSYS_REMOTE; endpoint: "
+                   "BUILDSYS_S3_ENDPOINT].")
 @click.version_option(package_name="buildsys")
 @click.pass_context
-def cli(ctx, config, store, registry):
+def cli(ctx, config, store, registry, remote):
     """Build PyTorch models into prebuilt TVM executables and load them by key."""
-    ctx.obj = Context(config, store, registry)
+    ctx.obj = Context(config, store, registry, remote)
 
 
 def _plan(c: Context, filters, force, include_skipped, shard=None):
@@ -573,6 +575,27 @@ def keygen(out_path):
     private, public = generate_keypair(out_path)
     click.echo(f"private key: {private} (keep it secret; BUILDSYS_SIGNING_KEY)\npublic key: {public} "
                "(BUILDSYS_PUBLIC_KEY)")
+
+
+@cli.command()
+@click.argument("refs", nargs=-1)
+@pass_ctx
+def push(c: Context, refs):
+    """Upload artifacts' objects to the remote store (default: every registered artifact)."""
+    store = c.store
+    if store.remote is None:
+        raise UsageError("no remote store configured: --remote s3://bucket/prefix or BUILDSYS_REMOTE")
+    records = [c.registry.resolve(r) for r in refs] if refs else c.registry.list()
+    uploaded = present = 0
+    for record in records:
+        for f in record.files:
+            store.read_verified(f.digest, key=record.key, name=f.name)  # never upload a damaged object
+            if store.remote.push(f.digest, store.object_path(f.digest)):
+                uploaded += 1
+            else:
+                present += 1
+    click.echo(f"{store.remote.url}: {uploaded} objects uploaded, {present} already there "
+               f"({len(records)} artifacts)")
 
 
 @cli.group()

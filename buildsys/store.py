@@ -73,11 +73,25 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike):
+    """Content-addressed objects on local disk; with ``remote`` (an S3-compatible bucket,
+    ``buildsys.remote``) every object put is uploaded too, and an object missing here is
+    downloaded and verified on first use (the local store is then the cache)."""
+
+    def __init__(self, root: str | os.PathLike, remote=None):
         self.root = Path(root).resolve()
         self.objects = self.root / HASH_ALGORITHM
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
+        self.remote = remote
+
+    def _local(self, digest: str) -> Path:
+        """The object's local path, downloading it from the remote first when it is only there."""
+        path = self.object_path(digest)
+        if self.remote is not None and not path.is_file():
+            self._ensure_dirs()
+            fetched = self.remote.fetch(digest, self.tmp)  # verified while it streams
+            self.put(fetched, upload=False)
+        return path
 
     def _ensure_dirs(self) -> None:
         try:
@@ -91,7 +105,7 @@ class Store:
         return self.objects / hexdigest[:2] / hexdigest[2:]
 
     def has(self, digest: str) -> bool:
-        return self.object_path(digest).is_file()
+        return self.object_path(digest).is_file() or (self.remote is not None and self.remote.has(digest))
 
     @contextlib.contextmanager
     def staging(self, prefix: str = "build") -> Iterator[Path]:
@@ -119,8 +133,14 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def put(self, staged: str | os.PathLike) -> tuple[str, int]:
-        """Move a staged file (inside ``tmp``) into the store; return ``(digest, size)``."""
+    def put(self, staged: str | os.PathLike, upload: bool = True) -> tuple[str, int]:
+        """Move a staged file (inside ``tmp``) into the store (and the remote); return ``(digest, size)``."""
+        digest, size = self._put_local(staged)
+        if upload and self.remote is not None:
+            self.remote.push(digest, self.object_path(digest))
+        return digest, size
+
+    def _put_local(self, staged: str | os.PathLike) -> tuple[str, int]:
         staged = Path(staged)
         try:
             digest = digest_file(staged)
@@ -155,11 +175,11 @@ class Store:
 
     def read_verified(self, digest: str, *, key: str | None = None, name: str = "") -> bytes:
         """The object's bytes, after checking they hash to ``digest``."""
-        return read_verified(self.object_path(digest), digest, key=key, name=name)
+        return read_verified(self._local(digest), digest, key=key, name=name)
 
     def copy_verified(self, digest: str, dest: str | os.PathLike, *, key: str | None = None,
                       name: str = "") -> Path:
-        return copy_verified(self.object_path(digest), digest, dest, key=key, name=name)
+        return copy_verified(self._local(digest), digest, dest, key=key, name=name)
 
     def check(self, digest: str) -> str | None:
         """The actual digest of the stored object, or None when it is missing."""

@@ -143,7 +143,7 @@ class _BundleFiles:
 
 def _from_registry(ref: str, registry, store: Store | None):
     locations = resolve_locations()
-    store = store or Store(locations.store_root)
+    store = store or locations.store()
     db = sqlite_path(locations.registry_url) if registry is None else None
     if db is not None:  # the common deployment case: stdlib sqlite3, no SQLAlchemy import
         found = resolve_sqlite(db, ref)
