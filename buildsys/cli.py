@@ -161,6 +161,12 @@ def _tune_progress_printer(min_interval_s: float = 10.0, err: bool = False):
 
     def show(head, info):
         now = time.monotonic()
+        if info.get("phase") == "measuring":  # the first round: candidates sent, no records yet
+            if now - last["at"] >= min_interval_s:
+                last["at"] = now
+                click.echo(f"{head}: tuning, {info['sent']}/{info['total']} candidates sent for measurement, "
+                           f"{info['elapsed_s']:.0f}s", err=err)
+            return
         if now - last["at"] < min_interval_s and info["trials"] < info["total"]:
             return
         last["at"] = now

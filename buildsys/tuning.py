@@ -330,6 +330,41 @@ def _progress_callback(on_progress: Callable[[dict], None], total: int, names: l
     return Progress(), state
 
 
+@contextlib.contextmanager
+def _candidates_sent(log: Path, on_progress: Callable[[dict], None], total: int,
+                     interval_s: float = 10.0) -> Iterator[None]:
+    """Progress before any round has finished: MetaSchedule commits records only when it
+    comes back to a task, so the first round (every task once) reports nothing; its log
+    says how many candidates it has sent for measurement."""
+    import re
+    import threading
+
+    pattern = re.compile(rb"Sending (\d+) valid sample")
+    start_at = log.stat().st_size if log.exists() else 0
+    started = time.perf_counter()
+    stop = threading.Event()
+
+    def poll() -> None:
+        sent = 0
+        while not stop.wait(interval_s):
+            try:
+                with open(log, "rb") as handle:
+                    handle.seek(start_at)
+                    sent = sum(int(m.group(1)) for m in pattern.finditer(handle.read()))
+            except OSError:
+                continue
+            elapsed = time.perf_counter() - started
+            on_progress({"phase": "measuring", "sent": min(sent, total), "total": total, "elapsed_s": elapsed})
+
+    thread = threading.Thread(target=poll, name="tuning-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def tune(mod, spec: BuildSpec, database: TuningDatabase, entry_id: str,
          on_progress: Callable[[dict], None] | None = None) -> TuneReport:
     """Extract the entry's tasks, tune what the database lacks, record the entry's workloads.
@@ -375,7 +410,10 @@ def tune(mod, spec: BuildSpec, database: TuningDatabase, entry_id: str,
                                           path_tuning_record=str(database.path / RECORD_FILE))
             most = max(n for _, n in todo)
             try:
-                with worker_environment(intrin_dir), _quiet_metaschedule_console():
+                log = database.path / "logs" / "tvm.s_tir.meta_schedule.logging.task_scheduler.log"
+                watch = (_candidates_sent(log, on_progress, budget) if on_progress is not None
+                         else contextlib.nullcontext())
+                with worker_environment(intrin_dir), _quiet_metaschedule_console(), watch:
                     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                         [t for t, _ in todo], work_dir=str(database.path),
                         strategy=ms.search_strategy.EvolutionarySearch(
