@@ -584,6 +584,41 @@ def keygen(out_path):
 
 
 @cli.command()
+@click.argument("first")
+@click.argument("second")
+@json_option
+@pass_ctx
+def diff(c: Context, first, second, as_json):
+    """What differs between two artifacts: spec, versions, tuning, pass trace, digests, parity, latency."""
+    from . import manifest as manifest_format
+    from .diff import SECTIONS, artifact_view, diff_artifacts
+
+    views = []
+    for ref in (first, second):
+        record = c.registry.resolve(ref)
+        manifest = manifest_format.loads(c.store.read_verified(record.manifest_digest, key=record.key,
+                                                               name="manifest.json"), key=record.key)
+        bench = c.registry.benchmarks(record.key, limit=1)
+        views.append((record, artifact_view(manifest, bench[0].results if bench else None)))
+    (ra, a), (rb, b) = views
+    differences = diff_artifacts(a, b)
+    if as_json:
+        click.echo(json.dumps({"a": ra.key, "b": rb.key, "differences": {
+            section: [{"field": f, "a": x, "b": y} for f, x, y in rows] for section, rows in differences.items()}},
+            indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"A {ra.key[:12]} {ra.model} {ra.input_size}\nB {rb.key[:12]} {rb.model} {rb.input_size}")
+    for section in SECTIONS:
+        rows = differences.get(section)
+        if not rows:
+            click.echo(f"{section}: same")
+            continue
+        click.echo(f"{section}:")
+        for field, x, y in rows:
+            click.echo(f"  {field}: {x!r} -> {y!r}")
+
+
+@cli.command()
 @click.argument("refs", nargs=-1)
 @pass_ctx
 def push(c: Context, refs):

@@ -362,3 +362,20 @@ def test_check_repro_explains_a_params_file_written_the_old_way(tmp_path):
     write_params(tmp_path / "other.npz", [arrays[0] + 1])
     assert "1 arrays differ" in _explain_params((tmp_path / "new.npz").read_bytes(),
                                                  (tmp_path / "other.npz").read_bytes())
+
+
+def test_diff_names_what_differs_between_two_artifacts(built, capsys):
+    import json
+
+    records = {r.input_size: r for r in built.registry.list() if r.model == "tiny_cnn"}
+    a, b = records["32x32"], records["48x48"]
+    capsys.readouterr()
+    assert built.cli("diff", a.key[:8], b.key[:8], "--json") == 0
+    differences = json.loads(capsys.readouterr().out)["differences"]
+    assert {d["field"]: (d["a"], d["b"]) for d in differences["spec"]} == {
+        "input_shape": ([1, 3, 32, 32], [1, 3, 48, 48])}
+    assert [d["field"] for d in differences["files"]] == ["lib.so"]  # same weights, same params object
+    assert "toolchain" not in differences and "pass_trace" not in differences
+    assert built.cli("diff", a.key[:8], a.key[:8]) == 0
+    text = capsys.readouterr().out
+    assert "spec: same" in text and "files: same" in text
