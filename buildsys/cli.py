@@ -584,6 +584,27 @@ def keygen(out_path):
 
 
 @cli.command()
+@click.option("-o", "--out", "out_path", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--photo", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Reference photo for detectors [default: scikit-image's astronaut, when installed].")
+@click.option("--photo-budget", "photo_budget_s", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Skip the photo for detectors whose one inference takes longer (seconds, build-time estimate).")
+@only_option
+@pass_ctx
+def report(c: Context, out_path, photo, photo_budget_s, filters):
+    """One static HTML page: the matrix as a table, a latency plot, detectors on a photo."""
+    from pathlib import Path
+
+    from .plan import plan_builds
+    from .report import build_report, default_photo, write_report
+
+    entries = plan_builds(c.specs(), c.registry, c.store, filters=filters, include_skipped=True)
+    page = build_report(entries, c.registry, c.store, photo=Path(photo) if photo else default_photo(),
+                        photo_budget_s=photo_budget_s)
+    click.echo(f"{write_report(out_path, page)}: {len(entries)} entries, {page.count('<img ')} images")
+
+
+@cli.command()
 @click.argument("first")
 @click.argument("second")
 @json_option
