@@ -82,7 +82,7 @@ def test_mask_heads_are_compared_on_the_artifacts_own_boxes():
     """Steep heads amplify box rounding (Mask R-CNN: 0.02 px in boxes -> 5e-3 in mask
     probabilities); the gate runs PyTorch's heads on the artifact's boxes instead."""
     def head(boxes, labels):  # a steep function of the box, like random-weight mask logits
-        return [1 / (1 + np.exp(-200 * (boxes[:, :1, None] - 5.0))) * np.ones((len(boxes), 1, 4, 4))]
+        return [0.5 * (1 + np.tanh(100 * (boxes[:, :1, None] - 5.0))) * np.ones((len(boxes), 1, 4, 4))]  # sigmoid(200 x)
 
     ref_boxes = np.array([[5.0, 0, 10, 10], [0, 0, 3, 3]], np.float32)
     out_boxes = ref_boxes + np.float32(0.003)  # within tolerance as boxes
