@@ -18,6 +18,7 @@ class CompiledModel:
     seconds: float
     scheduled: int | None = None  # functions scheduled by tuning records (None: untuned build)
     transforms_params: bool = False  # has main_transform_params (weights prepacked at build time)
+    prepack_note: str | None = None  # why weights could not be prepacked, when they could not
 
 
 def _pass_recorder():
@@ -45,14 +46,14 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     target = to_tvm(spec.target if tuning_db is None else tuning_db.target)
     recorder = _pass_recorder()
     start = time.perf_counter()
-    scheduled = None
+    scheduled = prepack_note = None
     try:
         with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes),
                                        instruments=[recorder]):
             if tuning_db is not None:
                 from .tuning import apply
 
-                mod, scheduled = apply(mod, spec, tuning_db)
+                mod, scheduled, prepack_note = apply(mod, spec, tuning_db)
             executable = relax.build(mod, target=target)
     except BuildError:
         raise
@@ -65,4 +66,4 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     if leaked:  # would mean PassContext ignored our request: never publish that silently
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
-                         transforms_params=tuning_db is not None)
+                         transforms_params=tuning_db is not None, prepack_note=prepack_note)
