@@ -529,19 +529,22 @@ def gc(c: Context, dry_run, grace, older_than, not_in_matrix):
 
 
 @cli.command(name="export")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1)
+@click.option("--all", "export_all", is_flag=True, help="Every registered artifact.")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(),
               help="A .tar file (a release: artifacts + signed manifest) or a directory (one bundle "
                    "directory per artifact).")
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="ed25519 private key (PEM) to sign with [env BUILDSYS_SIGNING_KEY]; see `buildsys keygen`.")
 @pass_ctx
-def export_cmd(c: Context, refs, out_path, sign_key):
+def export_cmd(c: Context, refs, export_all, out_path, sign_key):
     """Copy artifacts out: a release tar for `buildsys import`, or bundle directories to load directly."""
     from .release import load_private_key
 
+    if not refs and not export_all:
+        raise UsageError("name artifacts to export (KEY, prefix or alias), or pass --all")
     private_key = load_private_key(sign_key)
-    records = [c.registry.resolve(ref) for ref in refs]
+    records = c.registry.list() if export_all else [c.registry.resolve(ref) for ref in refs]
     if out_path.endswith(".tar"):
         from .release import export_release
         manifest = export_release(records, c.store, c.registry, out_path, private_key)

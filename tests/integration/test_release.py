@@ -137,3 +137,12 @@ def test_signed_bundle_directories_verify_on_load(built, keys, tmp_path, monkeyp
     (signed / "manifest.json.sig").write_text("00" * 64 + "\n")
     with pytest.raises(BuildsysError, match="signature does not match"):
         load_artifact(signed)
+
+
+def test_export_all_from_the_cli_and_import_sets_the_aliases(built, keys, tmp_path, capsys):
+    out = tmp_path / "all.tar"
+    assert built.cli("export", "-o", str(out)) == 2  # nothing named
+    assert built.cli("export", "--all", "-o", str(out), "--sign-key", str(keys[2])) == 0
+    assert f"{out}: 3 artifacts, signed" in capsys.readouterr().out
+    store, registry = _empty(tmp_path)
+    assert len(import_release(out, store, registry, keys[1])) == 3
