@@ -23,8 +23,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Mapping
 
-import numpy as np
-
 from . import manifest as manifest_format
 from .cpu import required_features
 from .errors import BuildError, BuildsysError, ParityError, TrustError
@@ -242,12 +240,18 @@ def publish(outcome: BuildOutcome, spec: BuildSpec, store: Store, registry):
         manifest["files"][name] = {"digest": digest, "size": size}
     manifest_digest, manifest_size = store.put_bytes(manifest_format.dumps(manifest), name="manifest")
     files.append(FileRecord(MANIFEST_NAME, manifest_digest, manifest_size))
+    return _register(registry, outcome.key, spec, manifest, manifest_digest, files, outcome.metrics)
+
+
+def _register(registry, key: str, spec: BuildSpec, manifest: Mapping, manifest_digest: str,
+              files: list[FileRecord], metrics: Mapping[str, tuple[float, str]]):
+    """The registry row, written last (its files are already in the store)."""
     parity = manifest["parity"]
     return registry.publish(NewArtifact(
-        key=outcome.key, model=spec.model.name, task=spec.model.task, input_size=spec.size_label,
+        key=key, model=spec.model.name, task=spec.model.task, input_size=spec.size_label,
         target=spec.target, opt_level=spec.opt_level, disabled_passes=spec.disabled_passes,
         spec=spec.to_dict(), key_material=manifest["key_material"], toolchain=manifest["toolchain"],
-        manifest_digest=manifest_digest, files=tuple(files), metrics=outcome.metrics,
+        manifest_digest=manifest_digest, files=tuple(files), metrics=metrics,
         parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
 
 
@@ -277,13 +281,8 @@ def publish_files(key: str, staged: Mapping[str, Path], store: Store, registry,
         digest, size = store.put(path)
         files.append(FileRecord(name, digest, size))
     manifest_digest = next(f.digest for f in files if f.name == MANIFEST_NAME)
-    parity = manifest["parity"]
-    return registry.publish(NewArtifact(
-        key=key, model=spec.model.name, task=spec.model.task, input_size=spec.size_label, target=spec.target,
-        opt_level=spec.opt_level, disabled_passes=spec.disabled_passes, spec=manifest["spec"],
-        key_material=manifest["key_material"], toolchain=manifest["toolchain"], manifest_digest=manifest_digest,
-        files=tuple(files), metrics={name: (value, "") for name, value in (metrics or {}).items()},
-        parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
+    return _register(registry, key, spec, manifest, manifest_digest, files,
+                     {name: (value, "") for name, value in (metrics or {}).items()})
 
 
 def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,
