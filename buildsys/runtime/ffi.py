@@ -97,8 +97,16 @@ def aligned(array: np.ndarray) -> np.ndarray:
 
 def to_device(array: np.ndarray):
     """A numpy array as a TVM tensor: zero-copy when already aligned (the array stays alive
-    through DLPack), else from a 64-byte aligned copy."""
-    return runtime_ffi().from_dlpack(aligned(array))
+    through DLPack), else from a 64-byte aligned copy. An empty array becomes a freshly
+    allocated empty tensor: numpy gives it strides such as (0, 0) for shape (1, 0), which
+    compiled kernels reject ("expected to be compact array"); a data-dependent part that
+    finds nothing (no detection) produces exactly such arrays."""
+    ffi = runtime_ffi()
+    array = np.asarray(array)
+    if array.size == 0:
+        alloc = ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        return alloc(ffi.Shape(array.shape), ffi.dtype(str(array.dtype)), ffi.device("cpu", 0), None)
+    return ffi.from_dlpack(aligned(array))
 
 
 def to_numpy(tensor) -> np.ndarray:

@@ -91,3 +91,23 @@ def test_tensors_handed_to_tvm_are_64_byte_aligned():
     already = aligned(np.ones((3, 64), dtype=np.float32))
     assert aligned(already) is already  # no copy when nothing is wrong
     assert aligned(np.asfortranarray(np.ones((3, 5)))).flags.c_contiguous
+
+
+def test_empty_arrays_reach_tvm_with_compact_strides():
+    """numpy gives shape (1, 0) the strides (0, 0); kernels check for compact strides (0, 1) and
+    failed with 'expected to be compact array' when a detector found nothing."""
+    import numpy as np
+
+    from buildsys.runtime.ffi import to_device, to_numpy
+
+    for shape, dtype in (((1, 0), np.int64), ((3, 0, 2), np.float32), ((0,), np.float32)):
+        tensor = to_device(np.zeros(shape, dtype))
+        assert tuple(tensor.shape) == shape and str(tensor.dtype) == np.dtype(dtype).name
+        expected, stride = [], 1
+        for extent in reversed(shape):
+            expected.insert(0, stride)
+            stride *= extent
+        assert tuple(tensor.strides) == tuple(expected)
+        assert to_numpy(tensor).shape == shape
+    full = to_device(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert to_numpy(full).tolist() == [[0, 1, 2], [3, 4, 5]]
