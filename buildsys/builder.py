@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import statistics
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import manifest as manifest_format
+from . import runlog
 from .cpu import required_features
 from .errors import BuildError, BuildsysError, ParityError, TrustError
 from .keys import build_key
@@ -57,6 +59,7 @@ class BuildResult:
     seconds: float = 0.0
     error: str | None = None
     record: object | None = None
+    log_path: str | None = None  # the run's log file (none for cached and skipped entries)
 
 
 @dataclass
@@ -113,8 +116,12 @@ def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None,
 
 
 def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
-                   store_root: str | None = None) -> BuildOutcome:
-    """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM."""
+                   store_root: str | None = None, on_stage: Callable[[str], None] | None = None) -> BuildOutcome:
+    """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM.
+
+    ``on_stage`` is called with each stage's name as the build enters it (runlog.STAGES)."""
+    stage = on_stage or (lambda _name: None)
+    stage("export")  # importing torch and TVM is part of it
     import torch
 
     from .compile import compile_model
@@ -135,11 +142,12 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     x = example_input(spec)
     timings["model_s"] = time.perf_counter() - start
 
-    exported = export_model(module, x, spec.model.task)
+    exported = export_model(module, x, spec.model.task, on_stage=stage)
     timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
     with torch.no_grad():
         reference = flatten_outputs(exported.reference(x))
     tuning = _tuning_database(spec, material, store_root, key)
+    stage("build")
     compiled = compile_model(exported.mod, spec, tuning_db=tuning[0] if tuning else None)
     timings["compile_s"] = compiled.seconds
 
@@ -157,6 +165,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     timings["serialize_s"] = time.perf_counter() - start
 
     # Verify what will be shipped: the serialized library, reloaded the way the loader does.
+    stage("verify")
     start = time.perf_counter()
     args = [to_device(x.numpy())] + [to_device(p) for p in params]
     run_start = time.perf_counter()
@@ -286,22 +295,60 @@ def publish_files(key: str, staged: Mapping[str, Path], store: Store, registry,
 
 
 def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,
-               on_progress: Callable[[dict], None] | None = None):
+               on_progress: Callable[[dict], None] | None = None, on_stage: Callable[[str], None] | None = None):
     """Export the entry and tune what its target's database lacks; the database is
     then recorded in the registry. Returns the tuning report."""
     from .export import export_model
     from .models import instantiate
     from .tuning import TuningDatabase, tune
 
+    stage = on_stage or (lambda _name: None)
+    stage("export")
     module = instantiate(spec.model)
-    exported = export_model(module, example_input(spec), spec.model.task)
+    exported = export_model(module, example_input(spec), spec.model.task, on_stage=stage)
+    stage("tune")
     database = TuningDatabase(store.root, spec.target, toolchain_versions()["tvm"])
     report = tune(exported.mod, spec, database, entry_key, on_progress)
     registry.record_tuning_database(database.stats())
     return report
 
 
-def _tune_first(entries: list[PlanEntry], store: Store, registry, report: "BuildReport", emit) -> list[PlanEntry]:
+class _RunLogs:
+    """A log file per entry for this invocation (tuning and the build that follows share it)
+    and the stage reporters that write into it and tell the caller."""
+
+    def __init__(self, store: Store, emit):
+        self.store, self.emit = store, emit
+        self.paths: dict[BuildSpec, Path] = {}
+        self.entries: dict[str, PlanEntry] = {}
+
+    def path(self, entry: PlanEntry) -> Path:
+        if entry.spec not in self.paths:
+            path = runlog.new_log_path(self.store.root, entry.key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            runlog.append_line(path, f"[buildsys] {entry.spec.describe()} key {entry.key} "
+                                     f"({entry.spec.origin}): {entry.reason}")
+            self.paths[entry.spec] = path
+        return self.paths[entry.spec]
+
+    def reporter(self, entry: PlanEntry, queue=None) -> runlog.StageReporter:
+        self.entries[entry.key] = entry
+        reporter = runlog.StageReporter(entry.key, str(self.path(entry)), queue)
+        if queue is None:
+            reporter.local = self.on_stage
+        return reporter
+
+    def on_stage(self, key: str, stage: str, at: float) -> None:
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.emit("stage", entry, {"stage": stage, "at": at})
+
+    def note(self, entry: PlanEntry, text: str) -> None:
+        runlog.append_line(self.path(entry), f"[buildsys] {text}")
+
+
+def _tune_first(entries: list[PlanEntry], store: Store, registry, report: "BuildReport", emit,
+                logs: _RunLogs) -> list[PlanEntry]:
     """Tune the entries whose records are not final, then plan them again with their real key."""
     ready = []
     for entry in entries:
@@ -310,28 +357,45 @@ def _tune_first(entries: list[PlanEntry], store: Store, registry, report: "Build
             continue
         emit("tune", entry, {"reason": entry.reason})
         started = time.perf_counter()
+        reporter = logs.reporter(entry)
         try:
-            tuned = tune_entry(entry.spec, store, registry, entry.key,
-                               on_progress=lambda progress, e=entry: emit("tune-progress", e, progress))
+            with runlog.captured(reporter.log_path):
+                tuned = tune_entry(entry.spec, store, registry, entry.key, on_stage=reporter,
+                                   on_progress=lambda progress, e=entry: emit("tune-progress", e, progress))
         except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
             text = _error_text(exc)
-            run_id = registry.start_run(entry.key, entry.spec.describe())
+            logs.note(entry, f"tuning FAILED: {_log_text(exc)}")
+            run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=reporter.log_path)
             registry.finish_run(run_id, RUN_FAILED, text)
-            report.results.append(BuildResult(entry, "failed", time.perf_counter() - started, error=text))
-            emit("failed", entry, {"seconds": time.perf_counter() - started, "error": text})
+            report.results.append(BuildResult(entry, "failed", time.perf_counter() - started, error=text,
+                                              log_path=reporter.log_path))
+            emit("failed", entry, {"seconds": time.perf_counter() - started, "error": text,
+                                   "log_path": reporter.log_path})
             if isinstance(exc, KeyboardInterrupt):
                 raise
             continue
+        logs.note(entry, f"tuned: {tuned.trials_run} trials run, {tuned.trials_before} found in the database")
         emit("tuned", entry, {"report": tuned})
         again = plan_builds([entry.spec], registry, store, force=entry.forced)[0]
         if again.tune_first:  # cannot happen unless the database was removed meanwhile
             raise BuildError(f"tuning finished but the entry still needs tuning: {again.reason}", key=entry.key)
         if again.action == CACHED:
+            logs.note(entry, f"cached after tuning: {again.key}")
             report.results.append(BuildResult(again, "cached"))
             emit("cached", again, {"reason": again.reason})
         else:
+            logs.note(entry, f"its key after tuning: {again.key}")
             ready.append(again)
     return ready
+
+
+def tune_entries(entries: list[PlanEntry], store: Store, registry,
+                 on_event: Callable[[str, PlanEntry, dict], None] | None = None) -> BuildReport:
+    """Tune the entries that need it (events and logs as in ``run_builds``); build nothing."""
+    emit = on_event or (lambda *_: None)
+    report = BuildReport()
+    _tune_first(entries, store, registry, report, emit, _RunLogs(store, emit))
+    return report
 
 
 def _error_text(exc: BaseException) -> str:
@@ -340,11 +404,38 @@ def _error_text(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
 
 
+def _log_text(exc: BaseException) -> str:
+    """For the log: always the whole traceback."""
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, store_root: str | None,
+                 reporter: runlog.StageReporter) -> BuildOutcome:
+    """``build_artifact`` with its output in the run's log: in the builder's process or in a worker."""
+    with runlog.captured(reporter.log_path):
+        try:
+            return build_artifact(spec, key, material, staging, store_root, on_stage=reporter)
+        except BaseException as exc:
+            runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {_log_text(exc)}")
+            raise
+
+
+def _drain(queue, logs: _RunLogs) -> None:
+    """Stage events from worker processes, until the None that ends them."""
+    while (item := queue.get()) is not None:
+        logs.on_stage(*item)
+
+
 def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 1,
                on_event: Callable[[str, PlanEntry, dict], None] | None = None) -> BuildReport:
-    """Build every entry whose action is ``build``; one failure never stops the others."""
+    """Build every entry whose action is ``build``; one failure never stops the others.
+
+    Events (kind, entry, info) tell the caller what happens: cached, skipped, tune,
+    tune-progress, tuned, start, stage, built, failed. Each build run writes a log
+    file under the store's logs/; its path is on the run's registry row."""
     emit = on_event or (lambda *_: None)
     report = BuildReport()
+    logs = _RunLogs(store, emit)
     # what crashed builders left: staging dirs, and runs that will never finish
     store.clean_tmp()
     registry.mark_crashed_runs(pid_alive)
@@ -356,26 +447,32 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
             status = "cached" if entry.action == CACHED else "skipped"
             report.results.append(BuildResult(entry, status))
             emit(status, entry, {"reason": entry.reason})
-    todo = _tune_first(todo, store, registry, report, emit)
+    todo = _tune_first(todo, store, registry, report, emit, logs)
     if not todo:
         return report
 
     def finish(entry: PlanEntry, run_id: int, started: float, outcome=None, exc=None) -> None:
         seconds = time.perf_counter() - started
+        log_path = str(logs.path(entry))
         if exc is None:
+            logs.on_stage(entry.key, "publish", time.time())
+            logs.note(entry, "stage publish")
             try:
                 record = publish(outcome, entry.spec, store, registry)
             except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
                 exc = publish_exc
             else:
                 registry.finish_run(run_id, RUN_BUILT)
-                report.results.append(BuildResult(entry, "built", seconds, record=record))
-                emit("built", entry, {"seconds": seconds, "record": record, "manifest": outcome.manifest})
+                logs.note(entry, f"built and published {entry.key} in {seconds:.1f}s")
+                report.results.append(BuildResult(entry, "built", seconds, record=record, log_path=log_path))
+                emit("built", entry, {"seconds": seconds, "record": record, "manifest": outcome.manifest,
+                                      "log_path": log_path})
                 return
         text = _error_text(exc)
+        logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
         registry.finish_run(run_id, RUN_FAILED, text)
-        report.results.append(BuildResult(entry, "failed", seconds, error=text))
-        emit("failed", entry, {"seconds": seconds, "error": text})
+        report.results.append(BuildResult(entry, "failed", seconds, error=text, log_path=log_path))
+        emit("failed", entry, {"seconds": seconds, "error": text, "log_path": log_path})
         if isinstance(exc, KeyboardInterrupt):
             raise exc
 
@@ -386,9 +483,9 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
             report.results.append(BuildResult(entry, "cached"))
             emit("cached", entry, {"reason": "built by another process meanwhile"})
             return None
-        run_id = registry.start_run(entry.key, entry.spec.describe())
+        run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=str(logs.path(entry)))
         staging = stack.enter_context(store.staging(prefix=entry.key[:12]))
-        emit("start", entry, {})
+        emit("start", entry, {"log_path": str(logs.path(entry))})
         return run_id, staging
 
     def build_here(entry: PlanEntry) -> None:
@@ -400,7 +497,8 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
             run_id, staging = begun
             started = time.perf_counter()
             try:
-                outcome = build_artifact(entry.spec, entry.key, entry.material, str(staging), str(store.root))
+                outcome = build_logged(entry.spec, entry.key, entry.material, str(staging), str(store.root),
+                                       logs.reporter(entry))
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
                 finish(entry, run_id, started, exc=exc)
             else:
@@ -411,7 +509,11 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
     deferred = todo
     if jobs > 1 and len(todo) > 1:
         deferred = []
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        context = get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            stages = manager.Queue()
+            drain = threading.Thread(target=_drain, args=(stages, logs), name="buildsys-stages", daemon=True)
+            drain.start()
             pending = {}
             for entry in todo:
                 stack = ExitStack()
@@ -424,8 +526,8 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
                     stack.close()
                     continue
                 run_id, staging = begun
-                future = pool.submit(build_artifact, entry.spec, entry.key, dict(entry.material), str(staging),
-                                     str(store.root))
+                future = pool.submit(build_logged, entry.spec, entry.key, dict(entry.material), str(staging),
+                                     str(store.root), logs.reporter(entry, stages))
                 pending[future] = (entry, run_id, time.perf_counter(), stack)
             for future in as_completed(pending):
                 entry, run_id, started, stack = pending[future]
@@ -439,6 +541,8 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
                         finish(entry, run_id, started, exc=exc)
                     else:
                         finish(entry, run_id, started, outcome=outcome)
+            stages.put(None)
+            drain.join(5)
     for entry in deferred:
         build_here(entry)
     return report

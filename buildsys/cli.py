@@ -66,6 +66,15 @@ def _plan(c: Context, filters, force, include_skipped, shard=None):
                        include_skipped=include_skipped, shard=parse_shard(shard))
 
 
+def progress_options(command):
+    command = click.option("--quiet", "-q", "quiet", is_flag=True,
+                           help="Failures and the summary only (same as --progress quiet).")(command)
+    return click.option("--progress", "progress_mode", type=click.Choice(["auto", "rich", "plain", "quiet"]),
+                        default="auto", show_default=True,
+                        help="rich: a live view; plain: a line per event; auto: rich on a terminal, plain "
+                             "elsewhere (CI, pipes). Each build's full output goes to its log file.")(command)
+
+
 shard_option = click.option("--shard", default=None, metavar="I/N",
                             help="Only the I-th of N deterministic slices of the matrix (by entry key), "
                                  "for CI jobs that split a release.")
@@ -102,18 +111,24 @@ def plan(c: Context, filters, force, include_skipped, shard, as_json):
 @shard_option
 @click.option("--check-repro", "repro_ref", default=None, metavar="REF",
               help="Rebuild REF (key, prefix or alias) aside, publish nothing, and compare it byte for byte.")
+@progress_options
 @json_option
 @pass_ctx
-def build(c: Context, filters, force, include_skipped, jobs, shard, repro_ref, as_json):
-    """Build the matrix (what is cached is not rebuilt)."""
+def build(c: Context, filters, force, include_skipped, jobs, shard, repro_ref, progress_mode, quiet, as_json):
+    """Build the matrix (what is cached is not rebuilt).
+
+    Each build writes a log file under the store's logs/ (its path is on the run's registry
+    row: `buildsys log KEY`)."""
     from .builder import run_builds
+    from .progress import make_display
 
     if repro_ref is not None:
         _check_repro(c, repro_ref, as_json)
         return
 
     entries = _plan(c, filters, force, include_skipped, shard)
-    report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=_build_printer(entries, err=as_json))
+    with make_display("quiet" if quiet else progress_mode, entries, err=as_json) as display:
+        report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=display)
     summary = (f"done: {report.count('built')} built, {report.count('cached')} cached, "
                f"{report.count('skipped')} skipped, {report.count('failed')} failed")
     if as_json:
@@ -125,7 +140,8 @@ def build(c: Context, filters, force, include_skipped, jobs, shard, repro_ref, a
     else:
         click.echo(summary)
     if report.failed:
-        click.echo("failed entries are recorded with their error; `buildsys plan` shows them", err=True)
+        click.echo("failed entries are recorded with their error and log; `buildsys plan` shows them, "
+                   "`buildsys log KEY` prints a log", err=True)
         sys.exit(3)
 
 
@@ -154,77 +170,12 @@ def _check_repro(c: Context, ref: str, as_json: bool) -> None:
         sys.exit(3)
 
 
-def _tune_progress_printer(min_interval_s: float = 10.0, err: bool = False):
-    import time
-
-    last = {"at": 0.0}
-
-    def show(head, info):
-        now = time.monotonic()
-        if info.get("phase") == "measuring":  # the first round: candidates sent, no records yet
-            if now - last["at"] >= min_interval_s:
-                last["at"] = now
-                click.echo(f"{head}: tuning, {info['sent']}/{info['total']} candidates sent for measurement, "
-                           f"{info['elapsed_s']:.0f}s", err=err)
-            return
-        if now - last["at"] < min_interval_s and info["trials"] < info["total"]:
-            return
-        last["at"] = now
-        best = f", best {info['best_us']:.1f} us on {info['task']}" if info.get("best_us") else ""
-        left = f", about {info['left_s'] / 60:.1f} min left" if info.get("left_s") is not None else ""
-        click.echo(f"{head}: tuning {info['trials']}/{info['total']} trials, {info['tasks_measured']}/{info['tasks']} "
-                   f"tasks measured, {info['elapsed_s']:.0f}s{best}{left}",
-                   err=err)
-    return show
-
-
-def _build_printer(entries, err: bool = False):
-    total = len(entries)
-    index = {e.spec: i + 1 for i, e in enumerate(entries)}
-    tune_progress = _tune_progress_printer(err=err)
-
-    def on_event(kind, entry, info):
-        head = f"[{index.get(entry.spec, '?')}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
-        if kind == "tune":
-            click.echo(f"{head}: {info['reason']}; tuning ...", err=err)
-        elif kind == "tune-progress":
-            tune_progress(head, info)
-        elif kind == "tuned":
-            r = info["report"]
-            skipped = f" ({r.untunable} with data-dependent shapes left untuned)" if r.untunable else ""
-            click.echo(f"{head}: tuned {r.tasks} tasks{skipped}, {r.per_task} trials each at most: {r.trials_run} trials "
-                       f"run now, {r.trials_before} found in the database (scope {r.scope}), {r.seconds:.0f}s", err=err)
-        elif kind == "start":
-            click.echo(f"{head}: building ...", err=err)
-        elif kind == "cached":
-            click.echo(f"{head}: cached, nothing to do: {info['reason']}", err=err)
-        elif kind == "skipped":
-            click.echo(f"{head}: {info['reason']}", err=err)
-        elif kind == "built":
-            m = info["manifest"]
-            t, p, lat = m["timings"], m["parity"], m["latency"]
-            compared = ""
-            if p.get("matched_fraction") is not None:
-                pre = p.get("pre_nms_max_rel")
-                compared = (f"; pre-NMS max_rel {pre:.2e}" if pre is not None else "") + (
-                    f"; {p['detections']} final detections matched ({p['matched_fraction']:.0%})")
-                if p.get("tied_scores"):
-                    compared += ", scores tied: final order not enforced"
-            click.echo(f"{head}: built in {info['seconds']:.1f}s (export {t['export_s']:.1f}s, import "
-                       f"{t['import_s']:.1f}s, compile {t['compile_s']:.1f}s); parity max_rel {p['max_rel']:.2e} "
-                       f"(tol {p['tolerance']:g}{compared}); {lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f}"
-                       f" ms = {lat['ratio_vs_eager']:.1f}x", err=err)
-        elif kind == "failed":
-            first = info["error"].strip().splitlines()
-            click.echo(f"{head}: FAILED after {info['seconds']:.1f}s: {first[0] if first else ''}", err=True)
-    return on_event
-
-
 @cli.command()
 @only_option
 @click.option("--list", "list_only", is_flag=True, help="List the tuning databases and stop.")
+@progress_options
 @pass_ctx
-def tune(c: Context, filters, list_only):
+def tune(c: Context, filters, list_only, progress_mode, quiet):
     """Tune the entries that set `tuning` (resumable; what is tuned is not tuned again).
 
     Builds apply the records without tuning; `make tune` runs this for the default matrix.
@@ -238,29 +189,23 @@ def tune(c: Context, filters, list_only):
             click.echo(f"{r.scope}  {format_cli_target(r.target)}  tvm {r.tvm_version}  {r.workloads} workloads  "
                        f"{r.records} records  {r.digest[:19]}  updated {r.updated_at:%Y-%m-%d %H:%M}")
         return
-    from .builder import tune_entry
+    from .builder import tune_entries
     from .plan import plan_builds
+    from .progress import make_display
 
     entries = [e for e in plan_builds(c.specs(), c.registry, c.store, filters=filters) if e.spec.tuning is not None]
     if not entries:
         click.echo("no matrix entry sets `tuning` (see README: tuning)")
         return
-    printer = _build_printer(entries)
-    failed = 0
     for entry in entries:
         if not entry.tune_first:
             click.echo(f"{entry.spec.describe()}: tuned already ({entry.key[:12]} is its key)")
-            continue
-        printer("tune", entry, {"reason": entry.reason})
-        try:
-            report = tune_entry(entry.spec, c.store, c.registry, entry.key,
-                                on_progress=lambda info, e=entry: printer("tune-progress", e, info))
-        except BuildsysError as exc:
-            failed += 1
-            click.echo(f"{entry.spec.describe()}: tuning FAILED: {exc}", err=True)
-            continue
-        printer("tuned", entry, {"report": report})
-    if failed:
+    todo = [e for e in entries if e.tune_first]
+    with make_display("quiet" if quiet else progress_mode, todo, tune_only=True) as display:
+        report = tune_entries(todo, c.store, c.registry, on_event=display)
+    if report.failed:
+        click.echo("tuning failed for some entries; the records made so far are kept (run again to resume)",
+                   err=True)
         sys.exit(3)
 
 
@@ -373,6 +318,37 @@ def list_artifacts(c: Context, as_json):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@cli.command("log")
+@click.argument("ref")
+@click.option("--path", "path_only", is_flag=True, help="Print the log file's path only.")
+@click.option("--tail", "-n", "lines", default=None, type=click.IntRange(1), help="Only the last N lines.")
+@pass_ctx
+def log_(c: Context, ref, path_only, lines):
+    """Print the log of REF's latest build run (alias, key or key prefix; failed builds too)."""
+    import socket
+
+    from .runlog import tail
+
+    run = c.registry.last_run(ref)
+    where = f"run {run.id} of {run.key[:12]} ({run.label}, {run.status}, started {run.started_at:%Y-%m-%d %H:%M:%S})"
+    if not run.log_path:
+        raise UsageError(f"{where} has no log file (built before build logs were kept)")
+    if path_only:
+        click.echo(run.log_path)
+        return
+    try:
+        if lines is None:
+            with open(run.log_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    click.echo(line, nl=False)
+        else:
+            for line in tail(run.log_path, lines):
+                click.echo(line)
+    except FileNotFoundError:
+        elsewhere = f" (it was written on {run.host})" if run.host != socket.gethostname() else ""
+        raise UsageError(f"{where}: its log {run.log_path} is gone{elsewhere}") from None
 
 
 @cli.command()
@@ -515,6 +491,10 @@ def gc(c: Context, dry_run, grace, older_than, not_in_matrix):
                        f"({record.model} {record.input_size}): {why}")
             if not dry_run:
                 c.registry.delete(record.key)
+        if older_than is not None:
+            from .runlog import remove_old_logs
+            logs = remove_old_logs(c.store.root, parse_age(older_than), dry_run=dry_run)
+            click.echo(f"{'would remove' if dry_run else 'removed'} {len(logs)} build logs older than {older_than}")
     temps = c.store.clean_tmp(dry_run=dry_run)
     crashed = 0 if dry_run else c.registry.mark_crashed_runs(pid_alive)
     referenced = {f.digest for _, f in c.registry.file_digests()}  # manifests are files of their artifact

@@ -42,7 +42,7 @@ def plan_entry(entry) -> dict[str, Any]:
 
 def build_result(result) -> dict[str, Any]:
     out = {"key": result.entry.key, **spec_fields(result.entry.spec), "status": result.status,
-           "seconds": round(result.seconds, 3), "error": result.error}
+           "seconds": round(result.seconds, 3), "error": result.error, "log_path": result.log_path}
     record = result.record
     out["parity_max_rel"] = getattr(record, "parity_max_rel", None)
     out["ratio_vs_eager"] = record.metrics.get("ratio_vs_eager") if record is not None else None

@@ -196,7 +196,7 @@ def _quiet_native_output():
                 os.close(fd)
 
 
-def export_detector(module, example) -> ExportedModel:
+def export_detector(module, example, on_import=lambda: None) -> ExportedModel:
     import onnx
     import onnxsim
     import torch
@@ -222,6 +222,7 @@ def export_detector(module, example) -> ExportedModel:
         raise BuildError("onnxsim could not validate the simplified graph", stage="export")
     _initializers_as_constants(graph)
     exported = time.perf_counter()
+    on_import()
     try:
         apply_onnx_importer_fixes()
         mod = from_onnx(graph, shape_dict={INPUT_NAME: list(example.shape)}, keep_params_in_input=True)

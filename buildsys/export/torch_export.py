@@ -27,7 +27,7 @@ class ExportedModel:
     detection: dict | None = None  # detectors: how outputs map back to the image (see runtime.detections)
 
 
-def export_classifier(module, example) -> ExportedModel:
+def export_classifier(module, example, on_import=lambda: None) -> ExportedModel:
     import torch
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -41,6 +41,7 @@ def export_classifier(module, example) -> ExportedModel:
     except Exception as exc:
         raise BuildError(f"torch.export failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="export") from None
     exported = time.perf_counter()
+    on_import()
     try:
         mod = from_exported_program(program, keep_params_as_input=True)
         mod, params = relax.frontend.detach_params(mod)

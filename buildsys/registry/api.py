@@ -92,6 +92,7 @@ class BuildRunRecord:
     started_at: datetime
     finished_at: datetime | None
     duration_s: float | None
+    log_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _artifact_record(row: Artifact) -> ArtifactRecord:
 def _run_record(row: BuildRun) -> BuildRunRecord:
     return BuildRunRecord(id=row.id, key=row.key, label=row.label, status=row.status, error=row.error,
                           host=row.host, pid=row.pid, started_at=row.started_at, finished_at=row.finished_at,
-                          duration_s=row.duration_s)
+                          duration_s=row.duration_s, log_path=row.log_path)
 
 
 def _dumps(obj: Any) -> str:
@@ -192,18 +193,25 @@ class Registry:
 
     def resolve(self, ref: str) -> ArtifactRecord:
         """An alias, a full key, or a unique key prefix (at least 4 hex digits), like git."""
-        ref = ref.strip()
         with self._scope() as s:
-            alias = s.get(Alias, ref)
-            if alias is not None:
-                key = alias.artifact_key
-            else:
-                if not is_key_prefix(ref):
-                    refuse_reference(ref, list(s.scalars(select(Alias.name))))
-                key = pick_prefix_match(ref, list(s.scalars(
-                    select(Artifact.key).where(Artifact.key.startswith(ref.lower())).order_by(Artifact.key).limit(11))))
+            key = self._key_of(s, ref, Artifact.key)
             row = s.scalars(select(Artifact).where(Artifact.key == key).options(*self._loaded())).one()
             return _artifact_record(row)
+
+    @staticmethod
+    def _key_of(s, ref: str, keys_column, none_found: str | None = None) -> str:
+        """The key ``ref`` names: an alias's, or the one value of ``keys_column`` it is a prefix of."""
+        ref = ref.strip()
+        alias = s.get(Alias, ref)
+        if alias is not None:
+            return alias.artifact_key
+        if not is_key_prefix(ref):
+            refuse_reference(ref, list(s.scalars(select(Alias.name))))
+        keys = list(s.scalars(select(keys_column).where(keys_column.startswith(ref.lower()))
+                              .distinct().order_by(keys_column).limit(11)))
+        if not keys and none_found:
+            raise UsageError(none_found.format(ref=ref))
+        return pick_prefix_match(ref, keys)
 
     def delete(self, key: str) -> None:
         with self._scope() as s:
@@ -246,10 +254,10 @@ class Registry:
 
     # ------------------------------------------------------------ build runs
 
-    def start_run(self, key: str, label: str) -> int:
+    def start_run(self, key: str, label: str, log_path: str | None = None) -> int:
         with self._scope() as s:
             row = BuildRun(key=key, label=label[:400], status=RUN_RUNNING, host=socket.gethostname()[:200],
-                           pid=os.getpid(), started_at=_now())
+                           pid=os.getpid(), started_at=_now(), log_path=log_path)
             s.add(row)
             s.flush()
             return row.id
@@ -270,6 +278,16 @@ class Registry:
             if key:
                 query = query.where(BuildRun.key == key)
             return [_run_record(r) for r in s.scalars(query)]
+
+    def last_run(self, ref: str) -> BuildRunRecord:
+        """The latest build run of an alias's artifact, or of the one key (built or not) that starts with ``ref``."""
+        with self._scope() as s:
+            key = self._key_of(s, ref, BuildRun.key,
+                               none_found="no build run of a key that starts with {ref!r}; `buildsys plan` shows keys")
+            row = s.scalars(select(BuildRun).where(BuildRun.key == key).order_by(BuildRun.id.desc()).limit(1)).first()
+            if row is None:
+                raise UsageError(f"artifact {key[:12]} has no build run here (imported from a release?)")
+            return _run_record(row)
 
     def mark_crashed_runs(self, alive) -> int:
         """Runs still 'running' on this host whose process is gone become 'crashed'."""

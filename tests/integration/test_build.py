@@ -1,5 +1,6 @@
 """End-to-end builds of small real models (torch.export -> Relax -> VM -> store -> registry)."""
 
+import os
 from unittest import mock
 
 import numpy as np
@@ -325,6 +326,19 @@ matrix:
     expired = select_expired(ws.registry.list(), older_than_s=parse_age("1d"), now=later)
     assert [r.input_size for r, _ in expired] == ["32x32"]
     assert ws.cli("gc", "--older-than", "soon") == 2
+
+    # build logs past the age go too (by modification time); the runs keep their rows
+    logs = sorted((ws.store / "logs").glob("*.log"))
+    assert len(logs) == 3
+    week_ago = (datetime.now() - timedelta(days=7)).timestamp()
+    os.utime(logs[0], (week_ago, week_ago))
+    capsys.readouterr()
+    assert ws.cli("gc", "--older-than", "1d", "--dry-run") == 0
+    assert "would remove 1 build logs older than 1d" in capsys.readouterr().out and logs[0].exists()
+    assert ws.cli("gc", "--older-than", "1d") == 0
+    assert sorted((ws.store / "logs").glob("*.log")) == logs[1:]
+    gone = next(r for r in ws.registry.runs() if r.log_path == str(logs[0]))
+    assert ws.cli("log", gone.key[:12]) == 2 and "is gone" in capsys.readouterr().err
 
 
 def test_check_repro_rebuilds_aside_and_compares_byte_for_byte(fresh, capsys):

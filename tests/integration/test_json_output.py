@@ -55,7 +55,7 @@ matrix:
     by_model = {r["model"]: r for r in document["results"]}
     assert by_model["tiny_cnn"]["status"] == "built" and by_model["tiny_cnn"]["parity_max_rel"] < 1e-4
     assert by_model["broken"]["status"] == "failed" and by_model["broken"]["error"]
-    assert "building ..." in progress and "FAILED" in progress
+    assert "building (log: " in progress and "FAILED" in progress
     again, _ = _json(ws, capsys, "build", "--only", "model=tiny_cnn")
     assert [r["status"] for r in again["results"]] == ["cached"]
 
