@@ -32,6 +32,7 @@ from .keys import build_key
 from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
 from .plan import BUILD, CACHED, PlanEntry, plan_builds
 from .registry import RUN_BUILT, RUN_FAILED, FileRecord, NewArtifact
+from .schedules import RULE_NAME
 from .spec import BuildSpec
 from .store import Store, pid_alive
 from .toolchain import runtime_versions, toolchain_versions
@@ -206,6 +207,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),
         "pass_trace": compiled.pass_trace,
+        "default_schedules": {"rule": RULE_NAME, "functions": compiled.default_scheduled},
         "tuning": None if tuning is None else {
             "settings": spec.tuning.to_dict(), "scope": tuning[0].scope, "target": tuning[0].target,
             "records_digest": tuning[1]["digest"], "workloads": tuning[1]["workloads"],

@@ -19,6 +19,7 @@ class CompiledModel:
     scheduled: int | None = None  # functions scheduled by tuning records (None: untuned build)
     transforms_params: bool = False  # has main_transform_params (weights prepacked at build time)
     prepack_note: str | None = None  # why weights could not be prepacked, when they could not
+    default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
 
 
 def _pass_recorder():
@@ -35,6 +36,30 @@ def _pass_recorder():
             self.counts[info.name] += 1
 
     return PassRecorder()
+
+
+def _pipeline(target, scheduled: list[str]):
+    """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
+    to the fused kernels that tuning records did not schedule."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from .schedules import apply_default_schedules
+
+    @tvm.transform.module_pass(opt_level=0, name="buildsys.DefaultCPUSchedules")
+    def default_schedules(mod, _ctx):
+        mod, names = apply_default_schedules(mod)
+        scheduled.extend(names)
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="buildsys.CPUPipeline")
+    def pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [default_schedules]
+                + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+
+    return pipeline
 
 
 def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
@@ -54,7 +79,8 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
                 from .tuning import apply
 
                 mod, scheduled, prepack_note = apply(mod, spec, tuning_db)
-            executable = relax.build(mod, target=target)
+            default_scheduled: list[str] = []
+            executable = relax.build(mod, target=target, relax_pipeline=_pipeline(target, default_scheduled))
     except BuildError:
         raise
     except Exception as exc:
@@ -66,4 +92,5 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     if leaked:  # would mean PassContext ignored our request: never publish that silently
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
-                         transforms_params=tuning_db is not None, prepack_note=prepack_note)
+                         transforms_params=tuning_db is not None, prepack_note=prepack_note,
+                         default_scheduled=default_scheduled)

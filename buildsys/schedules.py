@@ -1,0 +1,187 @@
+"""Default CPU schedules for what tuning cannot reach.
+
+TVM's CPU pipeline lowers a kernel without tuning records as the plain loop nest
+that legalization wrote. For a matmul that means the reduction innermost and the
+right-hand matrix read down its columns: the box head of an R-CNN detector
+(up to 1000 proposals x 12544 -> 1024, a row count only known at run time, so
+MetaSchedule cannot tune it) spent 77% of a Mask R-CNN inference there
+(perf, see README: speed). ``CPUMatmul`` gives every unscheduled matmul, static
+or dynamic, a cache-blocked, register-tiled, vectorized and parallel schedule;
+kernels it does not recognise are left as they were.
+"""
+
+from __future__ import annotations
+
+ROWS = 4  # rows of the output tile kept in registers
+MAX_COLS = 16  # columns of the output tile (vector lanes); a divisor of N no larger than this
+CONV_FILTERS = 4  # output channels of a convolution's register tile
+MAX_DEPTH = 256  # reduction block: this many rows of the right-hand matrix stay in L1/L2
+RULE_NAME = "buildsys.CPUMatmul/1"  # recorded in the manifest; bump when the schedule changes
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
+
+
+def _matmul_axes(block):
+    """(i, j, k) block vars of ``C[..., i, j] += A[..., i, k] * B[..., k, j]``, or None."""
+    from tvm import tirx
+
+    iters = list(block.iter_vars)
+    kinds = [it.iter_type for it in iters]
+    if len(iters) < 3 or kinds[-1] != tirx.IterVar.CommReduce or any(k != tirx.IterVar.DataPar for k in kinds[:-1]):
+        return None
+    i, j, k = iters[-3].var, iters[-2].var, iters[-1].var
+    batch = [it.var for it in iters[:-3]]
+    if len(block.reads) != 2 or len(block.writes) != 1:
+        return None
+
+    def indices(region):
+        return [r.min for r in region.region] if all(_is_one(r.extent) for r in region.region) else None
+
+    def same(exprs, wanted):
+        return exprs is not None and len(exprs) == len(wanted) and all(
+            isinstance(e, tirx.Var) and e.same_as(w) for e, w in zip(exprs, wanted))
+
+    out = indices(block.writes[0])
+    reads = [indices(r) for r in block.reads]
+    if not same(out, batch + [i, j]):
+        return None
+    a, b = (reads[0], reads[1]) if same(reads[0], batch + [i, k]) else (reads[1], reads[0])
+    if not (same(a, batch + [i, k]) and (same(b, batch + [k, j]) or same(b, [k, j]))):
+        return None
+    body = block.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return None
+    return i, j, k
+
+
+def _is_one(expr) -> bool:
+    from tvm import tirx
+    return isinstance(expr, tirx.IntImm) and expr.value == 1
+
+
+def _static(extent) -> int | None:
+    from tvm import tirx
+    return extent.value if isinstance(extent, tirx.IntImm) else None
+
+
+def _find(func, matches):
+    """(schedule, the root's blocks, index of the one block ``matches`` accepts), or None."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = list(sch.get_child_blocks(get_root_block(sch)))
+    except Exception:  # noqa: BLE001 - not the shape we handle
+        return None
+    found = [n for n, b in enumerate(blocks) if matches(sch.get(b))]
+    return (sch, blocks, found[0]) if len(found) == 1 else None
+
+
+def _register_tile(sch, main, at, unrolled, vectorized, reduction, consumers) -> None:
+    """The output tile accumulates in a buffer written back under loop ``at``; elementwise
+    consumers are folded into that write-back while the tile is hot."""
+    tile = sch.cache_write(main, 0, "global")
+    sch.reverse_compute_at(tile, at)
+    sch.unroll(unrolled)
+    sch.vectorize(vectorized)
+    sch.decompose_reduction(main, reduction)
+    sch.vectorize(sch.get_loops(tile)[-1])
+    for consumer in consumers:
+        try:
+            sch.reverse_compute_inline(consumer)
+        except Exception:  # noqa: BLE001 - not inlinable: leave it as its own loop nest
+            pass
+
+
+def schedule_matmul(func):
+    """A schedule for ``func`` if it is a matmul (optionally with elementwise work after it
+    in the same kernel), else None."""
+    found = _find(func, lambda block: _matmul_axes(block) is not None)
+    if found is None:
+        return None
+    sch, blocks, position = found
+    main = blocks[position]
+    try:
+        for producer in blocks[:position]:  # inline what feeds it (a transpose, a cast)
+            sch.compute_inline(producer)
+        loops = sch.get_loops(main)
+        if len(loops) != len(sch.get(main).iter_vars):
+            return None
+        *batch, i, j, k = loops
+        n, depth = _static(sch.get(j).extent), _static(sch.get(k).extent)
+        if n is None or depth is None:
+            return None
+        io, ii = sch.split(i, [None, ROWS])
+        jo, ji = sch.split(j, [None, _largest_divisor(n, MAX_COLS)])
+        ko, ki = sch.split(k, [None, _largest_divisor(depth, MAX_DEPTH)])
+        sch.reorder(*batch, jo, io, ko, ki, ii, ji)
+        sch.parallel(sch.fuse(*batch, jo) if batch else jo)
+        _register_tile(sch, main, io, ii, ji, ko, blocks[position + 1:])
+    except Exception:  # noqa: BLE001 - a schedule we cannot apply leaves the kernel as it was
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _conv_axes(block) -> bool:
+    """Whether ``block`` is a direct NCHW convolution: ``C[n, f, y, x] += P[n, c, y*s+r*d, x*s+q*d] * W[f, c, r, q]``."""
+    from tvm import tirx
+
+    iters = list(block.iter_vars)
+    kinds = [it.iter_type for it in iters]
+    if [k == tirx.IterVar.DataPar for k in kinds] != [True] * 4 + [False] * 3:
+        return False
+    if any(k != tirx.IterVar.CommReduce for k in kinds[4:]) or len(block.reads) != 2 or len(block.writes) != 1:
+        return False
+    n, f, y, x, c, r, q = (it.var for it in iters)
+    out = [e.min for e in block.writes[0].region]
+    if not all(isinstance(e, tirx.Var) and e.same_as(v) for e, v in zip(out, (n, f, y, x))):
+        return False
+    weight = [e.min for e in block.reads[1].region]
+    return len(weight) == 4 and all(isinstance(e, tirx.Var) and e.same_as(v) for e, v in zip(weight, (f, c, r, q)))
+
+
+def schedule_conv2d(func):
+    """A schedule for an NCHW convolution kernel (padding before it, elementwise work after it)."""
+    found = _find(func, _conv_axes)
+    if found is None:
+        return None
+    sch, blocks, position = found
+    main = blocks[position]
+    try:
+        n, f, y, x, c, r, q = sch.get_loops(main)
+        filters, width = _static(sch.get(f).extent), _static(sch.get(x).extent)
+        if filters is None or width is None:
+            return None
+        fo, fi = sch.split(f, [None, _largest_divisor(filters, CONV_FILTERS)])
+        xo, xi = sch.split(x, [None, _largest_divisor(width, MAX_COLS)])
+        sch.reorder(n, fo, y, xo, c, r, q, fi, xi)
+        sch.parallel(sch.fuse(n, fo))
+        _register_tile(sch, main, xo, fi, xi, c, blocks[position + 1:])
+        for producer in blocks[:position]:  # padding: its own loop nest, in parallel
+            sch.parallel(sch.fuse(*sch.get_loops(producer)[:2]))
+    except Exception:  # noqa: BLE001 - a schedule we cannot apply leaves the kernel as it was
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def apply_default_schedules(mod):
+    """Schedule every unscheduled matmul-like kernel in ``mod``; returns (mod, names scheduled)."""
+    from tvm import tirx
+
+    scheduled = []
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or int(func.attrs.get("tirx.is_scheduled", 0) if func.attrs else 0):
+            continue
+        new = schedule_matmul(func)
+        if new is None:
+            new = schedule_conv2d(func)
+        if new is not None:
+            updates[gv] = new
+            scheduled.append(gv.name_hint)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod, sorted(scheduled)

@@ -1,0 +1,124 @@
+"""buildsys' default CPU schedule for matmuls: which kernels it takes, and that they still compute the same."""
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax  # noqa: E402
+
+from buildsys.compile import _pipeline  # noqa: E402
+from buildsys.schedules import apply_default_schedules, schedule_matmul  # noqa: E402
+
+
+def _module(k: int, n: int, epilogue: bool, transpose_b: bool = False):
+    """main(x: [rows, k] with rows only known at run time, w, b) -> matmul (+ bias, relu)."""
+    bb = relax.BlockBuilder()
+    rows = tvm.tirx.Var("rows", "int64")
+    x = relax.Var("x", relax.TensorType([rows, k], "float32"))
+    w = relax.Var("w", relax.TensorType([n, k] if transpose_b else [k, n], "float32"))
+    b = relax.Var("b", relax.TensorType([n], "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w) if transpose_b else w))
+            if epilogue:
+                y = bb.emit(relax.op.nn.relu(relax.op.add(y, b)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _legalized(mod):
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    target = tvm.target.Target("llvm")
+    with target:
+        return tvm.transform.Sequential(cpu.legalize_passes(target))(mod)
+
+
+def _run(mod, rows: int, k: int, n: int, transpose_b: bool = False):
+    target = tvm.target.Target("llvm")
+    scheduled: list[str] = []
+    vm = relax.VirtualMachine(relax.build(mod, target=target, relax_pipeline=_pipeline(target, scheduled)), tvm.cpu())
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, k), dtype=np.float32)
+    w = rng.standard_normal((n, k) if transpose_b else (k, n), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    out = vm["main"](*(tvm.runtime.tensor(a) for a in (x, w, b))).numpy()
+    return out, x, (w.T if transpose_b else w), b, scheduled
+
+
+@pytest.mark.parametrize("k, n", [(256, 64), (96, 91)])  # 91: no vector width divides it
+@pytest.mark.parametrize("rows", [0, 1, 7, 130])  # a detector's proposal count: any, none included
+def test_a_dynamic_row_count_matmul_is_scheduled_and_computes_the_same(rows, k, n):
+    out, x, w, _, scheduled = _run(_module(k, n, epilogue=False), rows, k, n)
+    assert scheduled == ["matmul"]
+    assert out.shape == (rows, n)
+    np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_elementwise_work_after_the_matmul_is_kept_and_correct():
+    mod = _module(128, 48, epilogue=True)
+    fused = _legalized(mod)
+    names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    out, x, w, b, scheduled = _run(mod, 33, 128, 48)
+    assert scheduled and set(scheduled) <= set(names)
+    np.testing.assert_allclose(out, np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_what_it_does_not_recognise_is_left_alone():
+    fused = _legalized(_module(64, 32, epilogue=True))
+    _, names = apply_default_schedules(fused)
+    add_relu = [f for gv, f in fused.functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint not in names
+                and "matmul" not in gv.name_hint]
+    for func in add_relu:  # elementwise kernels are not matmuls
+        assert schedule_matmul(func) is None
+    # an already scheduled kernel (tuning records) is never touched
+    scheduled = {gv.name_hint: f for gv, f in apply_default_schedules(_legalized(_module(64, 32, False)))[0]
+                 .functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert int(scheduled["matmul"].attrs["tirx.is_scheduled"]) == 1
+    again, names = apply_default_schedules(tvm.IRModule({"matmul": scheduled["matmul"]}))
+    assert names == []
+
+
+def test_a_transposed_right_hand_side_is_correct_either_way():
+    out, x, w, _, _ = _run(_module(64, 40, epilogue=False, transpose_b=True), 9, 64, 40, transpose_b=True)
+    np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
+
+
+def _conv_module(channels: int, filters: int, size: int, kernel: int, stride: int, padding: int):
+    """main(x: [batch known at run time, C, H, W], w, b) -> relu(conv2d(x, w) + b)."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([batch, channels, size, size], "float32"))
+    w = relax.Var("w", relax.TensorType([filters, channels, kernel, kernel], "float32"))
+    b = relax.Var("b", relax.TensorType([1, filters, 1, 1], "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, b)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("channels, filters, size, kernel, stride, padding", [
+    (8, 12, 14, 3, 1, 1), (6, 16, 15, 3, 2, 1), (5, 7, 9, 1, 1, 0), (3, 8, 11, 7, 2, 3)])
+@pytest.mark.parametrize("batch", [0, 1, 3])  # the mask head's batch is the detection count
+def test_convolutions_are_scheduled_and_compute_the_same(batch, channels, filters, size, kernel, stride, padding):
+    torch = pytest.importorskip("torch")
+    target = tvm.target.Target("llvm")
+    scheduled: list[str] = []
+    mod = _conv_module(channels, filters, size, kernel, stride, padding)
+    vm = relax.VirtualMachine(relax.build(mod, target=target, relax_pipeline=_pipeline(target, scheduled)), tvm.cpu())
+    assert len(scheduled) == 1 and "conv2d" in scheduled[0]
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
+    w = rng.standard_normal((filters, channels, kernel, kernel), dtype=np.float32)
+    b = rng.standard_normal((1, filters, 1, 1), dtype=np.float32)
+    out = vm["main"](*(tvm.runtime.tensor(a) for a in (x, w, b))).numpy()
+    expected = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride,
+                                                     padding=padding) + torch.from_numpy(b)).numpy()
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
