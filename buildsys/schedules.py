@@ -89,10 +89,17 @@ def _register_tile(sch, main, at, unrolled, vectorized, reduction, consumers) ->
     sch.vectorize(vectorized)
     sch.decompose_reduction(main, reduction)
     sch.vectorize(sch.get_loops(tile)[-1])
-    for consumer in consumers:
+    # Fold the elementwise chain forward into its last block (an intermediate may feed several
+    # blocks, hardswish's x * relu6(x + 3) / 6), then that block into the write-back.
+    for consumer in consumers[:-1]:
         try:
-            sch.reverse_compute_inline(consumer)
-        except Exception:  # noqa: BLE001 - not inlinable: leave it as its own loop nest
+            sch.compute_inline(consumer)
+        except Exception:  # noqa: BLE001 - not inlinable: the rest stay their own loop nests
+            return
+    if consumers:
+        try:
+            sch.reverse_compute_inline(consumers[-1])
+        except Exception:  # noqa: BLE001
             pass
 
 

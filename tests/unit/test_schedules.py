@@ -122,3 +122,27 @@ def test_convolutions_are_scheduled_and_compute_the_same(batch, channels, filter
                                                      padding=padding) + torch.from_numpy(b)).numpy()
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_epilogue_that_reads_an_intermediate_twice_stays_correct():
+    """MobileNetV3's classifier: matmul + bias, then hardswish (x * relu6(x + 3) / 6) reads x twice."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, 96], "float32"))
+    w = relax.Var("w", relax.TensorType([96, 40], "float32"))
+    b = relax.Var("b", relax.TensorType([40], "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.matmul(x, w), b))
+            relu6 = relax.op.clip(relax.op.add(y, relax.const(3.0)), 0.0, 6.0)
+            out = bb.emit_output(bb.emit(relax.op.divide(relax.op.multiply(y, relu6), relax.const(6.0))))
+        bb.emit_func_output(out)
+    target = tvm.target.Target("llvm")
+    scheduled: list[str] = []
+    mod = bb.get()
+    vm = relax.VirtualMachine(relax.build(mod, target=target, relax_pipeline=_pipeline(target, scheduled)), tvm.cpu())
+    assert len(scheduled) == 1 and "matmul" in scheduled[0]
+    rng = np.random.default_rng(3)
+    args = [rng.standard_normal(s, dtype=np.float32) for s in ((1, 96), (96, 40), (40,))]
+    out = vm["main"](*(tvm.runtime.tensor(a) for a in args)).numpy()
+    y = args[0] @ args[1] + args[2]
+    np.testing.assert_allclose(out, y * np.clip(y + 3, 0, 6) / 6, rtol=1e-4, atol=1e-4)
