@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ class CompiledModel:
     transforms_params: bool = False  # has main_transform_params (weights prepacked at build time)
     prepack_note: str | None = None  # why weights could not be prepacked, when they could not
     default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
+    schedules_note: str | None = None  # why the default schedules were turned off, when they were
 
 
 def _pass_recorder():
@@ -38,16 +40,16 @@ def _pass_recorder():
     return PassRecorder()
 
 
-def _pipeline(target, scheduled: list[str]):
+def _pipeline(target, scheduled: list[str], default_schedules: bool = True):
     """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
-    to the fused kernels that tuning records did not schedule."""
+    to the fused kernels that tuning records did not schedule (unless ``default_schedules`` is off)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from .schedules import apply_default_schedules
 
     @tvm.transform.module_pass(opt_level=0, name="buildsys.DefaultCPUSchedules")
-    def default_schedules(mod, _ctx):
+    def schedule_pass(mod, _ctx):
         mod, names = apply_default_schedules(mod)
         scheduled.extend(names)
         return mod
@@ -56,7 +58,8 @@ def _pipeline(target, scheduled: list[str]):
     def pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [default_schedules]
+                cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                + ([schedule_pass] if default_schedules else [])
                 + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
     return pipeline
@@ -71,7 +74,7 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     target = to_tvm(spec.target if tuning_db is None else tuning_db.target)
     recorder = _pass_recorder()
     start = time.perf_counter()
-    scheduled = prepack_note = None
+    scheduled = prepack_note = schedules_note = None
     try:
         with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes),
                                        instruments=[recorder]):
@@ -80,7 +83,19 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
 
                 mod, scheduled, prepack_note = apply(mod, spec, tuning_db)
             default_scheduled: list[str] = []
-            executable = relax.build(mod, target=target, relax_pipeline=_pipeline(target, default_scheduled))
+            try:
+                executable = relax.build(mod, target=target, relax_pipeline=_pipeline(target, default_scheduled))
+            except Exception as exc:  # noqa: BLE001 - retried without them below, or raised
+                if not default_scheduled:
+                    raise
+                # A default schedule TVM cannot lower must not cost the build: the kernels stay
+                # unscheduled (slow, correct), and the manifest and the run's log say why.
+                schedules_note = (f"default schedules off: relax.build failed with them "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+                logging.getLogger(__name__).warning("%s; building again without them", schedules_note)
+                default_scheduled = []
+                executable = relax.build(mod, target=target,
+                                         relax_pipeline=_pipeline(target, [], default_schedules=False))
     except BuildError:
         raise
     except Exception as exc:
@@ -93,4 +108,4 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
                          transforms_params=tuning_db is not None, prepack_note=prepack_note,
-                         default_scheduled=default_scheduled)
+                         default_scheduled=default_scheduled, schedules_note=schedules_note)

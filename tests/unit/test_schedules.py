@@ -124,8 +124,7 @@ def test_convolutions_are_scheduled_and_compute_the_same(batch, channels, filter
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_an_epilogue_that_reads_an_intermediate_twice_stays_correct():
-    """MobileNetV3's classifier: matmul + bias, then hardswish (x * relu6(x + 3) / 6) reads x twice."""
+def _hardswish_module():
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([1, 96], "float32"))
     w = relax.Var("w", relax.TensorType([96, 40], "float32"))
@@ -136,9 +135,14 @@ def test_an_epilogue_that_reads_an_intermediate_twice_stays_correct():
             relu6 = relax.op.clip(relax.op.add(y, relax.const(3.0)), 0.0, 6.0)
             out = bb.emit_output(bb.emit(relax.op.divide(relax.op.multiply(y, relu6), relax.const(6.0))))
         bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_an_epilogue_that_reads_an_intermediate_twice_stays_correct():
+    """MobileNetV3's classifier: matmul + bias, then hardswish (x * relu6(x + 3) / 6) reads x twice."""
     target = tvm.target.Target("llvm")
     scheduled: list[str] = []
-    mod = bb.get()
+    mod = _hardswish_module()
     vm = relax.VirtualMachine(relax.build(mod, target=target, relax_pipeline=_pipeline(target, scheduled)), tvm.cpu())
     assert len(scheduled) == 1 and "matmul" in scheduled[0]
     rng = np.random.default_rng(3)
@@ -146,3 +150,41 @@ def test_an_epilogue_that_reads_an_intermediate_twice_stays_correct():
     out = vm["main"](*(tvm.runtime.tensor(a) for a in args)).numpy()
     y = args[0] @ args[1] + args[2]
     np.testing.assert_allclose(out, y * np.clip(y + 3, 0, 6) / 6, rtol=1e-4, atol=1e-4)
+
+
+def test_a_schedule_tvm_cannot_lower_costs_speed_not_the_build(monkeypatch):
+    """If a default schedule breaks lowering, the module is built again without them, and the
+    manifest's note says so. The broken schedule here is the one that failed on MobileNetV3:
+    each consumer of a multiply-read intermediate folded into the write-back in turn."""
+    from tvm import s_tir
+
+    from buildsys import compile as compile_module
+    from buildsys import schedules
+    from buildsys.spec import parse_specs
+
+    def broken(mod):
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and "matmul" in gv.name_hint:
+                sch = s_tir.Schedule(func)
+                main, *consumers = sch.get_child_blocks(sch.get_sblock("root"))
+                tile = sch.cache_write(main, 0, "global")
+                sch.reverse_compute_at(tile, sch.get_loops(main)[0])
+                for consumer in consumers:
+                    try:
+                        sch.reverse_compute_inline(consumer)
+                    except Exception:  # noqa: BLE001
+                        pass
+                mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                return mod, [gv.name_hint]
+        return mod, []
+
+    monkeypatch.setattr(schedules, "apply_default_schedules", broken)
+    spec = parse_specs("models: {a: {source: 'tests.fixtures.models:tiny_cnn'}}\n"
+                       "matrix: {model: [a], input_size: [16]}\n")[0]
+    compiled = compile_module.compile_model(_hardswish_module(), spec)
+    assert compiled.default_scheduled == []
+    assert compiled.schedules_note.startswith("default schedules off: relax.build failed with them")
+    args = [np.random.default_rng(5).standard_normal(s, dtype=np.float32) for s in ((1, 96), (96, 40), (40,))]
+    out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in args))
+    y = args[0] @ args[1] + args[2]
+    np.testing.assert_allclose(out.numpy(), y * np.clip(y + 3, 0, 6) / 6, rtol=1e-4, atol=1e-4)
