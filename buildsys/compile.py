@@ -46,9 +46,9 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from .schedules import apply_default_schedules
+    from .schedules import PASS_NAME, apply_default_schedules
 
-    @tvm.transform.module_pass(opt_level=0, name="buildsys.DefaultCPUSchedules")
+    @tvm.transform.module_pass(opt_level=0, name=PASS_NAME)
     def schedule_pass(mod, _ctx):
         mod, names = apply_default_schedules(mod)
         scheduled.extend(names)

@@ -17,6 +17,8 @@ MAX_COLS = 16  # columns of the output tile (vector lanes); a divisor of N no la
 CONV_FILTERS = 4  # output channels of a convolution's register tile
 MAX_DEPTH = 256  # reduction block: this many rows of the right-hand matrix stay in L1/L2
 RULE_NAME = "buildsys.CPUMatmul/1"  # recorded in the manifest; bump when the schedule changes
+# The pass that applies them: a name `disabled_passes` accepts (then nothing is scheduled this way).
+PASS_NAME = "buildsys.DefaultCPUSchedules"
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

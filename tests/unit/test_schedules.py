@@ -188,3 +188,17 @@ def test_a_schedule_tvm_cannot_lower_costs_speed_not_the_build(monkeypatch):
     out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in args))
     y = args[0] @ args[1] + args[2]
     np.testing.assert_allclose(out.numpy(), y * np.clip(y + 3, 0, 6) / 6, rtol=1e-4, atol=1e-4)
+
+
+def test_disabled_passes_can_turn_the_default_schedules_off():
+    from buildsys.compile import compile_model
+    from buildsys.schedules import PASS_NAME
+    from buildsys.spec import parse_specs
+
+    text = ("models: {a: {source: 'tests.fixtures.models:tiny_cnn'}}\n"
+            "matrix: {model: [a], input_size: [16], disabled_passes: [[], [%s]]}\n" % PASS_NAME)
+    on, off = sorted(parse_specs(text), key=lambda s: len(s.disabled_passes))
+    assert off.disabled_passes == (PASS_NAME,)
+    compiled = {spec: compile_model(_module(64, 32, epilogue=True), spec) for spec in (on, off)}
+    assert compiled[on].default_scheduled and PASS_NAME in {p["name"] for p in compiled[on].pass_trace}
+    assert compiled[off].default_scheduled == [] and PASS_NAME not in {p["name"] for p in compiled[off].pass_trace}
