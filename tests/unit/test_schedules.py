@@ -202,3 +202,14 @@ def test_disabled_passes_can_turn_the_default_schedules_off():
     compiled = {spec: compile_model(_module(64, 32, epilogue=True), spec) for spec in (on, off)}
     assert compiled[on].default_scheduled and PASS_NAME in {p["name"] for p in compiled[on].pass_trace}
     assert compiled[off].default_scheduled == [] and PASS_NAME not in {p["name"] for p in compiled[off].pass_trace}
+
+
+def test_tiles_follow_the_targets_vector_width():
+    from buildsys.schedules import _pixels, vector_lanes
+
+    lanes = {mcpu: vector_lanes(tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}))
+             for mcpu in (None, "znver3", "skylake-avx512")}
+    assert lanes == {None: 4, "znver3": 8, "skylake-avx512": 16}
+    # a row of the convolution tile: one vector if a divisor of the width fills half of one, else two
+    assert [_pixels(w, 8) for w in (14, 75, 200, 38, 19)] == [7, 5, 8, 2, 1]
+    assert [_pixels(w, 4) for w in (14, 75, 200)] == [7, 3, 4]
