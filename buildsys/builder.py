@@ -458,8 +458,7 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
         seconds = time.perf_counter() - started
         log_path = str(logs.path(entry))
         if exc is None:
-            logs.on_stage(entry.key, "publish", time.time())
-            logs.note(entry, "stage publish")
+            logs.reporter(entry)("publish")  # the log line and the event, as from the build itself
             try:
                 record = publish(outcome, entry.spec, store, registry)
             except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
