@@ -16,6 +16,7 @@ import io
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def configure_threads(threads: int) -> None:
     """Before TVM or torch start their pools: one count for all runners."""
-    if "tvm" in __import__("sys").modules and os.environ.get("TVM_NUM_THREADS") != str(threads):
+    if "tvm" in sys.modules and os.environ.get("TVM_NUM_THREADS") != str(threads):
         raise UsageError("the thread count must be set before TVM is loaded (start a fresh process)")
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
