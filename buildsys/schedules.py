@@ -5,9 +5,9 @@ that legalization wrote. For a matmul that means the reduction innermost and the
 right-hand matrix read down its columns: the box head of an R-CNN detector
 (up to 1000 proposals x 12544 -> 1024, a row count only known at run time, so
 MetaSchedule cannot tune it) spent 77% of a Mask R-CNN inference there
-(perf, see README: speed). ``CPUMatmul`` gives every unscheduled matmul, static
-or dynamic, a cache-blocked, register-tiled, vectorized and parallel schedule;
-kernels it does not recognise are left as they were.
+(perf, see README: Default schedules). Every unscheduled matmul and NCHW
+convolution, static or dynamic, gets a cache-blocked, register-tiled, vectorized
+and parallel schedule; kernels not recognised are left as they were.
 """
 
 from __future__ import annotations
@@ -50,37 +50,37 @@ def _pixels(width: int, lanes: int) -> int:
     return one if one * 2 > lanes else _largest_divisor(width, 2 * lanes)
 
 
-def _matmul_axes(block):
-    """(i, j, k) block vars of ``C[..., i, j] += A[..., i, k] * B[..., k, j]``, or None."""
+def _same_vars(exprs, wanted) -> bool:
+    """Whether ``exprs`` are exactly the variables ``wanted``, in order."""
+    from tvm import tirx
+
+    return exprs is not None and len(exprs) == len(wanted) and all(
+        isinstance(e, tirx.Var) and e.same_as(w) for e, w in zip(exprs, wanted))
+
+
+def _is_matmul(block) -> bool:
+    """Whether ``block`` is ``C[..., i, j] += A[..., i, k] * B[..., k, j]``."""
     from tvm import tirx
 
     iters = list(block.iter_vars)
     kinds = [it.iter_type for it in iters]
     if len(iters) < 3 or kinds[-1] != tirx.IterVar.CommReduce or any(k != tirx.IterVar.DataPar for k in kinds[:-1]):
-        return None
+        return False
     i, j, k = iters[-3].var, iters[-2].var, iters[-1].var
     batch = [it.var for it in iters[:-3]]
     if len(block.reads) != 2 or len(block.writes) != 1:
-        return None
+        return False
 
     def indices(region):
         return [r.min for r in region.region] if all(_is_one(r.extent) for r in region.region) else None
 
-    def same(exprs, wanted):
-        return exprs is not None and len(exprs) == len(wanted) and all(
-            isinstance(e, tirx.Var) and e.same_as(w) for e, w in zip(exprs, wanted))
-
-    out = indices(block.writes[0])
     reads = [indices(r) for r in block.reads]
-    if not same(out, batch + [i, j]):
-        return None
-    a, b = (reads[0], reads[1]) if same(reads[0], batch + [i, k]) else (reads[1], reads[0])
-    if not (same(a, batch + [i, k]) and (same(b, batch + [k, j]) or same(b, [k, j]))):
-        return None
-    body = block.body
-    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
-        return None
-    return i, j, k
+    if not _same_vars(indices(block.writes[0]), batch + [i, j]):
+        return False
+    a, b = (reads[0], reads[1]) if _same_vars(reads[0], batch + [i, k]) else (reads[1], reads[0])
+    if not (_same_vars(a, batch + [i, k]) and (_same_vars(b, batch + [k, j]) or _same_vars(b, [k, j]))):
+        return False
+    return isinstance(block.body, tirx.BufferStore) and isinstance(block.body.value, tirx.Add)
 
 
 def _is_one(expr) -> bool:
@@ -133,7 +133,7 @@ def _register_tile(sch, main, at, unrolled, vectorized, reduction, consumers) ->
 def schedule_matmul(func, lanes: int = 8):
     """A schedule for ``func`` if it is a matmul (optionally with elementwise work after it
     in the same kernel), else None."""
-    found = _find(func, lambda block: _matmul_axes(block) is not None)
+    found = _find(func, _is_matmul)
     if found is None:
         return None
     sch, blocks, position = found
@@ -159,7 +159,7 @@ def schedule_matmul(func, lanes: int = 8):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _conv_axes(block) -> bool:
+def _is_conv2d(block) -> bool:
     """Whether ``block`` is a direct NCHW convolution: ``C[n, f, y, x] += P[n, c, y*s+r*d, x*s+q*d] * W[f, c, r, q]``."""
     from tvm import tirx
 
@@ -170,16 +170,13 @@ def _conv_axes(block) -> bool:
     if any(k != tirx.IterVar.CommReduce for k in kinds[4:]) or len(block.reads) != 2 or len(block.writes) != 1:
         return False
     n, f, y, x, c, r, q = (it.var for it in iters)
-    out = [e.min for e in block.writes[0].region]
-    if not all(isinstance(e, tirx.Var) and e.same_as(v) for e, v in zip(out, (n, f, y, x))):
-        return False
-    weight = [e.min for e in block.reads[1].region]
-    return len(weight) == 4 and all(isinstance(e, tirx.Var) and e.same_as(v) for e, v in zip(weight, (f, c, r, q)))
+    return (_same_vars([e.min for e in block.writes[0].region], [n, f, y, x])
+            and _same_vars([e.min for e in block.reads[1].region], [f, c, r, q]))
 
 
 def schedule_conv2d(func, lanes: int = 8):
     """A schedule for an NCHW convolution kernel (padding before it, elementwise work after it)."""
-    found = _find(func, _conv_axes)
+    found = _find(func, _is_conv2d)
     if found is None:
         return None
     sch, blocks, position = found
