@@ -328,7 +328,6 @@ class _RunLogs:
     def path(self, entry: PlanEntry) -> Path:
         if entry.spec not in self.paths:
             path = runlog.new_log_path(self.store.root, entry.key)
-            path.parent.mkdir(parents=True, exist_ok=True)
             runlog.append_line(path, f"[buildsys] {entry.spec.describe()} key {entry.key} "
                                      f"({entry.spec.origin}): {entry.reason}")
             self.paths[entry.spec] = path

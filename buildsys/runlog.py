@@ -24,9 +24,11 @@ LOGS_DIR = "logs"
 STAGES = ("export", "import", "tune", "build", "verify", "publish")
 
 def new_log_path(store_root: Path, key: str) -> Path:
-    """Unique per run: a key is built by one process at a time (its lock)."""
+    """Unique per run: a key is built by one process at a time (its lock). Creates the logs folder."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    return Path(store_root) / LOGS_DIR / f"{stamp}-{key[:12]}-{os.getpid()}.log"
+    folder = Path(store_root) / LOGS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{stamp}-{key[:12]}-{os.getpid()}.log"
 
 
 def append_line(path: str | Path, text: str) -> None:
@@ -89,7 +91,6 @@ def captured(log_path: str | Path | None, *, join_timeout_s: float = 5.0) -> Ite
         yield
         return
     path = str(log_path)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
