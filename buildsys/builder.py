@@ -267,34 +267,72 @@ def _register(registry, key: str, spec: BuildSpec, manifest: Mapping, manifest_d
         parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"]))
 
 
-def publish_files(key: str, staged: Mapping[str, Path], store: Store, registry,
-                  metrics: Mapping[str, float] | None = None):
-    """Register an artifact built elsewhere (a release import): its manifest must name this
-    key, its key must be the hash of its key material, and its files must be what it lists."""
+@dataclass(frozen=True)
+class CheckedImport:
+    """An artifact built elsewhere whose staged files passed every check (``check_files``);
+    ``publish_checked`` then puts it into the store and the registry without reading it again."""
+
+    key: str
+    staged: Mapping[str, Path]
+    manifest: Mapping
+    spec: BuildSpec
+    metrics: Mapping[str, float]
+
+
+def check_files(key: str, staged: Mapping[str, Path], metrics: Mapping[str, float] | None = None) -> CheckedImport:
+    """Everything about an artifact built elsewhere (a release import), checked before any of it is
+    written: its manifest must name this key, its key must be the hash of its key material, its files
+    must be what it lists, and the fields the registry row needs must be there with the right types.
+    Raises TrustError; never a KeyError or TypeError from a hostile manifest."""
     from .keys import digest_file
     from .spec import spec_from_dict
 
     if MANIFEST_NAME not in staged:
         raise TrustError(f"artifact {key[:12]} comes without its {MANIFEST_NAME}")
-    manifest = manifest_format.loads(Path(staged[MANIFEST_NAME]).read_bytes(), key=key)
-    if manifest.get("key") != key or build_key(manifest["key_material"]) != key:
-        raise TrustError(f"artifact {key[:12]}: its manifest names another key, or its key is not the hash "
+    try:
+        manifest = manifest_format.loads(Path(staged[MANIFEST_NAME]).read_bytes(), key=key)
+    except BuildsysError as exc:
+        raise TrustError(f"artifact {key[:12]}: {exc}") from None
+    try:
+        if manifest.get("key") != key or build_key(manifest["key_material"]) != key:
+            raise TrustError(f"artifact {key[:12]}: its manifest names another key, or its key is not the hash "
                              "of its key material")
-    listed = manifest.get("files", {})
-    if set(listed) != set(staged) - {MANIFEST_NAME}:
-        raise TrustError(f"artifact {key[:12]}: files {sorted(set(staged) - {MANIFEST_NAME})} but the manifest "
+        listed = manifest.get("files")
+        if not isinstance(listed, dict) or not all(isinstance(v, dict) for v in listed.values()):
+            raise TrustError(f"artifact {key[:12]}: its manifest's files are not a mapping of name to digest")
+        if set(listed) != set(staged) - {MANIFEST_NAME}:
+            raise TrustError(f"artifact {key[:12]}: files {sorted(set(staged) - {MANIFEST_NAME})} but the manifest "
                              f"lists {sorted(listed)}")
-    for name, info in listed.items():
-        if digest_file(staged[name]) != info["digest"]:
-            raise TrustError(f"artifact {key[:12]}: {name} does not match its manifest")
-    spec = spec_from_dict(manifest["spec"])
+        for name, info in listed.items():
+            if digest_file(staged[name]) != info.get("digest"):
+                raise TrustError(f"artifact {key[:12]}: {name} does not match its manifest")
+        parity = manifest["parity"]
+        for field_name in ("max_abs", "max_rel"):
+            if not isinstance(parity[field_name], (int, float)) or isinstance(parity[field_name], bool):
+                raise TrustError(f"artifact {key[:12]}: parity.{field_name} is not a number")
+        if not isinstance(manifest["toolchain"], dict) or not isinstance(manifest["key_material"], dict):
+            raise TrustError(f"artifact {key[:12]}: toolchain and key_material must be mappings")
+        spec = spec_from_dict(manifest["spec"])
+    except TrustError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise TrustError(f"artifact {key[:12]}: its manifest is malformed ({type(exc).__name__}: {exc})") from None
+    metrics = dict(metrics or {})
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+               for k, v in metrics.items()):
+        raise TrustError(f"artifact {key[:12]}: its metrics are not a mapping of name to number")
+    return CheckedImport(key, dict(staged), manifest, spec, metrics)
+
+
+def publish_checked(checked: CheckedImport, store: Store, registry):
+    """Files into the store, the registry row last (``check_files`` has passed)."""
     files = []
-    for name, path in sorted(staged.items()):
+    for name, path in sorted(checked.staged.items()):
         digest, size = store.put(path)
         files.append(FileRecord(name, digest, size))
     manifest_digest = next(f.digest for f in files if f.name == MANIFEST_NAME)
-    return _register(registry, key, spec, manifest, manifest_digest, files,
-                     {name: (value, "") for name, value in (metrics or {}).items()})
+    return _register(registry, checked.key, checked.spec, checked.manifest, manifest_digest, files,
+                     {name: (value, "") for name, value in checked.metrics.items()})
 
 
 def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,

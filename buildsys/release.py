@@ -28,8 +28,10 @@ import hashlib
 import io
 import json
 import os
+import lzma
 import tarfile
 import tempfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -185,13 +187,67 @@ def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
     return members
 
 
+def _release_entries(manifest, path) -> list[dict]:
+    """The release manifest's artifact entries, their structure checked (it is hostile input)."""
+    if not isinstance(manifest, dict):
+        raise TrustError(f"{path}: the release manifest is not a JSON object")
+    if manifest.get("release_format") != RELEASE_FORMAT or isinstance(manifest.get("release_format"), bool):
+        raise TrustError(f"{path}: release format {manifest.get('release_format')!r}; "
+                         f"this buildsys reads {RELEASE_FORMAT}")
+    entries = manifest.get("artifacts")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise TrustError(f"{path}: the release manifest's artifacts are not a list of objects")
+    seen = set()
+    for entry in entries:
+        key = entry.get("key")
+        if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+            raise TrustError(f"{path}: {key!r} is not an artifact key")
+        if key in seen:
+            raise TrustError(f"{path}: artifact {key[:12]} is listed twice")
+        seen.add(key)
+        files = entry.get("files")
+        if not isinstance(files, dict) or MANIFEST_NAME not in files:
+            raise TrustError(f"{path}: the files of {key[:12]} are not a mapping that includes {MANIFEST_NAME}")
+        for name, info in files.items():
+            if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+                raise TrustError(f"{path}: the files of {key[:12]} are refused ({name!r})")
+            try:
+                split_digest(info["digest"])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise TrustError(f"{path}: {key[:12]}/{name} has no valid digest") from None
+        aliases = entry.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a and not any(c.isspace() for c in a)
+                                                    for a in aliases):
+            raise TrustError(f"{path}: the aliases of {key[:12]} are not a list of names")
+        if not isinstance(entry.get("metrics") or {}, dict):
+            raise TrustError(f"{path}: the metrics of {key[:12]} are not a mapping")
+    return entries
+
+
 def import_release(path: str | os.PathLike, store: Store, registry, public_key=None,
                    set_aliases: bool = True) -> list[str]:
     """Verify ``path`` and register its artifacts (files into the store, rows into the
-    registry). Returns the keys imported; artifacts already registered are checked and kept."""
-    from .builder import publish_files
+    registry). Returns the keys imported; artifacts already registered are checked and kept.
 
+    All or nothing: every artifact of the release is read, hashed and checked (both manifests,
+    every digest, the key material) before the first one is written; a release refused for any
+    reason leaves no object, row or alias behind."""
     try:
+        return _import_release(path, store, registry, public_key, set_aliases)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        # Staging and store errors are translated where they happen; what is left is reading the archive
+        # (a cut gzip stream is an EOFError, a bad bzip2 one an OSError).
+        raise TrustError(f"{path}: the archive is truncated, corrupt or unreadable "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _import_release(path, store: Store, registry, public_key, set_aliases: bool) -> list[str]:
+    from .builder import check_files, publish_checked
+
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise UsageError(f"{path}: not a regular file")
         tar = tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError) as exc:
         raise UsageError(f"{path}: not a readable tar archive ({exc})") from None
@@ -212,53 +268,55 @@ def import_release(path: str | os.PathLike, store: Store, registry, public_key=N
             verify_signature(public_key, data, signature, f"release {path}")
         try:
             manifest = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise TrustError(f"{path}: the release manifest is not JSON ({exc})") from None
-        if manifest.get("release_format") != RELEASE_FORMAT:
-            raise TrustError(f"{path}: release format {manifest.get('release_format')!r}; "
-                                 f"this buildsys reads {RELEASE_FORMAT}")
+        entries = _release_entries(manifest, path)
         listed = {f"{ROOT}/{MANIFEST_NAME}", f"{ROOT}/{SIGNATURE_NAME}"}
-        for entry in manifest["artifacts"]:  # everything checked before anything is written
-            key = entry["key"]
-            if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
-                raise TrustError(f"{path}: {key!r} is not an artifact key")
-            for name, info in entry["files"].items():
-                if "/" in name or name in (".", "..") or MANIFEST_NAME not in entry["files"]:
-                    raise TrustError(f"{path}: the files of {key[:12]} are refused ({name!r})")
-                try:
-                    split_digest(info["digest"])
-                except (ValueError, TypeError, KeyError):
-                    raise TrustError(f"{path}: {key[:12]}/{name} has no valid digest") from None
-                if f"{ROOT}/{key}/{name}" not in members:
-                    raise TrustError(f"{path}: {ROOT}/{key}/{name} is listed but missing")
-                listed.add(f"{ROOT}/{key}/{name}")
+        for entry in entries:
+            for name in entry["files"]:
+                if f"{ROOT}/{entry['key']}/{name}" not in members:
+                    raise TrustError(f"{path}: {ROOT}/{entry['key']}/{name} is listed but missing")
+                listed.add(f"{ROOT}/{entry['key']}/{name}")
         unlisted = sorted(set(members) - listed)
         if unlisted:
             raise TrustError(f"{path}: members not in the release manifest: {', '.join(unlisted[:5])}")
-        store.root.joinpath("tmp").mkdir(parents=True, exist_ok=True)
-        imported = []
-        for entry in manifest["artifacts"]:
-            key = entry["key"]
-            staged = {}
-            with tempfile.TemporaryDirectory(prefix="buildsys-import-", dir=store.root / "tmp") as tmp:
+        try:
+            store.root.joinpath("tmp").mkdir(parents=True, exist_ok=True)
+            staging = tempfile.TemporaryDirectory(prefix="buildsys-import-", dir=store.root / "tmp")
+        except OSError as exc:
+            raise StoreError(f"cannot stage the import under {store.root / 'tmp'}: {exc}") from None
+        with staging as tmp:
+            # Phase 1: stage and check everything; nothing is in the store or the registry yet.
+            checked = []
+            for entry in entries:
+                key = entry["key"]
+                staged = {}
                 for name, info in entry["files"].items():
                     member_name = f"{ROOT}/{key}/{name}"
-                    member = members[member_name]
-                    dest = Path(tmp) / name
+                    dest = Path(tmp) / key / name
+                    dest.parent.mkdir(exist_ok=True)
                     digest = hashlib.new(HASH_ALGORITHM)
-                    with tar.extractfile(member) as source, open(dest, "wb") as sink:
-                        for chunk in iter(lambda: source.read(1 << 20), b""):
-                            digest.update(chunk)
-                            sink.write(chunk)
+                    try:
+                        with tar.extractfile(members[member_name]) as source, open(dest, "wb") as sink:
+                            for chunk in iter(lambda: source.read(1 << 20), b""):
+                                digest.update(chunk)
+                                sink.write(chunk)
+                    except OSError as exc:
+                        raise StoreError(f"cannot stage {member_name} under {tmp}: {exc}") from None
                     actual = f"{HASH_ALGORITHM}:{digest.hexdigest()}"
                     if actual != info["digest"]:
                         raise TrustError(f"{path}: {member_name} has digest {actual}, the release "
-                                             f"manifest says {info['digest']}")
+                                         f"manifest says {info['digest']}")
                     staged[name] = dest
-                if registry.get(key) is None:
-                    publish_files(key, staged, store, registry, metrics=entry.get("metrics"))
-                    imported.append(key)
+                checked.append(check_files(key, staged, metrics=entry.get("metrics")))
+            # Phase 2: the whole release passed; publish it.
+            imported = []
+            for item, entry in zip(checked, entries):
+                if registry.get(item.key) is None:
+                    publish_checked(item, store, registry)
+                    imported.append(item.key)
             if set_aliases:
-                for alias in entry.get("aliases", []):
-                    registry.set_alias(alias, key)
+                for entry in entries:
+                    for alias in entry.get("aliases", []):
+                        registry.set_alias(alias, entry["key"])
     return imported

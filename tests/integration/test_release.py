@@ -146,3 +146,141 @@ def test_export_all_from_the_cli_and_import_sets_the_aliases(built, keys, tmp_pa
     assert f"{out}: 3 artifacts, signed" in capsys.readouterr().out
     store, registry = _empty(tmp_path)
     assert len(import_release(out, store, registry, keys[1])) == 3
+
+
+def _keys_in_order(path):
+    with tarfile.open(path) as tar:
+        return sorted({m.name.split("/")[1] for m in tar if m.name.count("/") == 2})
+
+
+def test_a_release_refused_by_its_last_artifact_registers_none_of_the_others(release, tmp_path):
+    """All or nothing: the first artifacts are fine, the last one's lib.so has a flipped byte."""
+    out, records = release
+    assert len(records) >= 2
+    last = _keys_in_order(out)[-1]
+    bad = tmp_path / "last-bad.tar"
+
+    def flip(member, data):
+        if member.name == f"release/{last}/lib.so":
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return [(member, data)]
+    _rewrite(out, bad, flip)
+    _refused(bad, tmp_path, match="digest")
+
+
+def _with_manifests(out, dest, change_release=None, change_inner=None):
+    """Rewrite the release manifest (and, optionally, the last artifact's own manifest, with
+    the release manifest's digest for it updated so that only the inner check can refuse it)."""
+    import hashlib
+    import json
+
+    last = _keys_in_order(out)[-1]
+    with tarfile.open(out) as tar:
+        release_manifest = json.loads(tar.extractfile("release/manifest.json").read())
+        inner = tar.extractfile(f"release/{last}/manifest.json").read()
+    if change_inner is not None:
+        inner_doc = json.loads(inner)
+        change_inner(inner_doc)
+        inner = json.dumps(inner_doc).encode()
+        for entry in release_manifest["artifacts"]:
+            if entry["key"] == last:
+                entry["files"]["manifest.json"] = {"digest": "sha256:" + hashlib.sha256(inner).hexdigest(),
+                                                   "size": len(inner)}
+    if change_release is not None:
+        change_release(release_manifest)
+    data = json.dumps(release_manifest).encode()
+
+    def change(member, payload):
+        if member.name.endswith(".sig"):
+            return []
+        if member.name == "release/manifest.json":
+            payload = data
+        elif member.name == f"release/{last}/manifest.json":
+            payload = inner
+        member = tarfile.TarInfo(member.name)
+        member.size = len(payload)
+        return [(member, payload)]
+    _rewrite(out, dest, change)
+
+
+def _files_as_list(m):
+    m["artifacts"][-1]["files"] = list(m["artifacts"][-1]["files"])
+
+
+def _entries_as_strings(m):
+    m["artifacts"] = [e["key"] for e in m["artifacts"]]
+
+
+def _bad_alias(m):
+    m["artifacts"][-1]["aliases"] = [{"name": 1}]
+
+
+def _no_parity(m):
+    del m["parity"]
+
+
+def _inner_files_list(m):
+    m["files"] = list(m["files"])
+
+
+HOSTILE_MANIFESTS = {
+    "release-files-list": (_files_as_list, None),
+    "release-entries-strings": (_entries_as_strings, None),
+    "release-not-object": (lambda m: m.clear() or m.update({"release_format": 1, "artifacts": 7}), None),
+    "release-format-bool": (lambda m: m.update({"release_format": True}), None),
+    "release-files-missing": (lambda m: m["artifacts"][-1].pop("files"), None),
+    "release-alias-object": (_bad_alias, None),
+    "release-metrics-list": (lambda m: m["artifacts"][-1].update({"metrics": [1]}), None),
+    "release-duplicate-key": (lambda m: m["artifacts"].append(dict(m["artifacts"][-1])), None),
+    "inner-no-parity": (None, _no_parity),
+    "inner-files-list": (None, _inner_files_list),
+    "inner-spec-missing": (None, lambda m: m.pop("spec")),
+    "inner-parity-string": (None, lambda m: m["parity"].update({"max_rel": "0"})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MANIFESTS))
+def test_malformed_manifests_are_refused_without_a_trace(release, tmp_path, case):
+    out, _ = release
+    crafted = tmp_path / f"{case}.tar"
+    change_release, change_inner = HOSTILE_MANIFESTS[case]
+    _with_manifests(out, crafted, change_release, change_inner)
+    _refused(crafted, tmp_path)
+
+
+@pytest.mark.parametrize("cut", ["tar-half", "gzip-half", "gzip-garbage", "empty"])
+def test_truncated_archives_are_refused_not_aborted(release, tmp_path, cut):
+    import gzip
+
+    out, _ = release
+    data = out.read_bytes()
+    crafted = tmp_path / f"{cut}.tar"
+    if cut == "tar-half":
+        crafted.write_bytes(data[: len(data) // 2])
+    elif cut == "gzip-half":
+        packed = gzip.compress(data)
+        crafted.write_bytes(packed[: len(packed) // 2])
+    elif cut == "gzip-garbage":
+        packed = bytearray(gzip.compress(data))
+        packed[len(packed) // 2: len(packed) // 2 + 64] = b"\xff" * 64
+        crafted.write_bytes(bytes(packed))
+    else:
+        crafted.write_bytes(b"")
+    store, registry = _empty(tmp_path)
+    from buildsys.errors import BuildsysError
+    with pytest.raises(BuildsysError) as info:
+        import_release(crafted, store, registry)
+    assert info.value.exit_code in (2, 5)
+    assert registry.list() == [] and not list(store.iter_objects())
+
+
+def test_import_of_a_directory_or_fifo_is_a_usage_error(tmp_path):
+    import os
+
+    from buildsys.errors import UsageError
+    store, registry = _empty(tmp_path)
+    fifo = tmp_path / "release.fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo):
+        with pytest.raises(UsageError, match="not a regular file"):
+            import_release(path, store, registry)
