@@ -33,16 +33,18 @@ def _pass_name(global_func: str) -> str | None:
     return None
 
 
+def pass_names_from_registry(global_func_names) -> set[str]:
+    """Pass names (as ``PassContext`` compares them) from TVM's registered global functions."""
+    return {n for n in map(_pass_name, global_func_names) if n}
+
+
 @functools.lru_cache(maxsize=1)
 def known_pass_names() -> frozenset[str]:
-    """Names of the passes this TVM registers (as ``PassContext`` compares them)."""
-    import tvm  # noqa: F401 - loading TVM's library registers its passes
-    import tvm_ffi
-
+    """Names of the passes this TVM registers, from the cached TVM facts (no TVM import here)."""
     from .schedules import PASS_NAME
+    from .tvmfacts import facts
 
-    names = {_pass_name(n) for n in tvm_ffi.registry.list_global_func_names()}
-    return frozenset(n for n in names if n) | {PASS_NAME}
+    return frozenset(facts()["passes"]) | {PASS_NAME}
 
 
 def validate_disabled_passes(names, field: str = "disabled_passes") -> tuple[str, ...]:

@@ -117,25 +117,49 @@ def normalize_target(raw: Any, where: str = "target") -> dict:
                 raise TargetError(f"option {name!r} needs a non-empty string", field=where)
             normalized[name] = value
 
+    if "mtriple" in normalized:
+        normalized["mtriple"] = _validate_mtriple(normalized["mtriple"], where)
     if "mcpu" in normalized:
         normalized["mcpu"] = _validate_mcpu(normalized["mcpu"], normalized.get("mtriple"), where)
     return normalized
 
 
 def _validate_mcpu(mcpu: str, mtriple: str | None, where: str) -> str:
-    from tvm.target import codegen  # lazy: parsing a target string should not load TVM
+    """Checked against the CPU names LLVM knows for the triple, from the cached TVM facts
+    (``tvmfacts``): planning never imports TVM, and no LLVM call sees an unchecked triple."""
+    from . import tvmfacts
 
-    triple = mtriple or codegen.llvm_get_system_triple()
+    data = tvmfacts.facts()
+    triple = mtriple or data["system_triple"]
     if mcpu == "native":
-        return codegen.llvm_get_system_cpu()
-    if not codegen.llvm_is_valid_cpu(mcpu, triple):
-        choices = [str(c) for c in codegen.llvm_get_cpu_archlist(_tvm_target({"kind": "llvm", "mtriple": triple}))]
+        if mtriple is not None and tvmfacts.triple_arch(mtriple) != tvmfacts.triple_arch(data["system_triple"]):
+            raise TargetError(f"-mcpu=native means this host's CPU, which cannot run code for {mtriple}",
+                              field=where, hint="name the CPU of the target machine")
+        return data["system_cpu"]
+    try:
+        choices = tvmfacts.cpus_for_triple(triple)
+    except TargetError as exc:
+        raise TargetError(exc.message, field=where, hint=exc.hint) from None
+    if mcpu not in choices:
         raise TargetError(
             f"LLVM does not know CPU {mcpu!r} for triple {triple} (TVM would silently fall back to generic "
             "x86-64)", field=where,
-            hint=did_you_mean(mcpu, choices) or f"this host is {codegen.llvm_get_system_cpu()!r}; "
-                                                 "-mcpu=native picks it")
+            hint=did_you_mean(mcpu, choices) or f"this host is {data['system_cpu']!r}; -mcpu=native picks it")
     return mcpu
+
+
+def _validate_mtriple(mtriple: str, where: str) -> str:
+    from . import tvmfacts
+
+    if not all(c.isalnum() or c in "-_." for c in mtriple) or mtriple.count("-") < 1:
+        raise TargetError(f"{mtriple!r} is not an LLVM target triple", field=where,
+                          hint="triples look like x86_64-linux-gnu or aarch64-linux-gnu")
+    archs = tvmfacts.facts()["archs"]
+    arch = tvmfacts.triple_arch(mtriple)
+    if arch not in archs:
+        raise TargetError(f"LLVM has no architecture {arch!r} (from triple {mtriple!r})", field=where,
+                          hint=did_you_mean(arch, archs) or "e.g. x86_64-linux-gnu")
+    return mtriple
 
 
 def _tvm_target(target: Mapping[str, Any]):

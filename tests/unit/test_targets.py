@@ -60,3 +60,51 @@ def test_format_round_trips():
     normalized = normalize_target("llvm -num-cores=2 -mcpu=znver3")
     assert format_cli_target(normalized) == "llvm -mcpu=znver3 -num-cores=2"
     assert normalize_target(format_cli_target(normalized)) == normalized
+
+
+@pytest.mark.parametrize("triple, message", [
+    ("garbage", "is not an LLVM target triple"),
+    ("garbage-unknown-linux", "LLVM has no architecture 'garbage'"),
+    ("x86_64-linux-gnu; rm -rf /", "is not an LLVM target triple"),
+    ("aarch6-linux-gnu", "did you mean 'aarch64'"),
+])
+def test_hostile_triples_are_refused_before_any_llvm_call(triple, message):
+    """`mtriple: garbage` once made LLVM segfault the planner; now it never reaches LLVM."""
+    for raw in ({"kind": "llvm", "mtriple": triple}, {"kind": "llvm", "mtriple": triple, "mcpu": "znver3"}):
+        with pytest.raises(TargetError, match=message):
+            normalize_target(raw)
+
+
+def test_cpus_of_a_foreign_triple_are_validated_too():
+    assert normalize_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})["mcpu"] == \
+        "cortex-a72"
+    with pytest.raises(TargetError, match="LLVM does not know CPU 'znver3' for triple aarch64-linux-gnu"):
+        normalize_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "znver3"})
+    with pytest.raises(TargetError, match="cannot run code for aarch64"):
+        normalize_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "native"})
+
+
+def test_tvm_facts_are_cached_per_tvm_version_and_regenerated_when_stale(tmp_path, monkeypatch):
+    import json
+
+    from buildsys import tvmfacts
+
+    monkeypatch.setenv("BUILDSYS_CACHE_DIR", str(tmp_path))
+    tvmfacts.facts.cache_clear()
+    try:
+        path = tvmfacts.facts_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stale = {"format": tvmfacts.FACTS_FORMAT, "tvm": "0.0.1", "system_cpu": "stale", "system_triple": "x",
+                 "archs": [], "cpus": {}, "passes": []}
+        path.write_text(json.dumps(stale))
+        fresh = tvmfacts.facts()
+        assert fresh["system_cpu"] != "stale" and "x86_64" in fresh["archs"] and "FuseOps" in fresh["passes"]
+        assert json.loads(path.read_text())["tvm"] == fresh["tvm"]
+        tvmfacts.facts.cache_clear()
+        path.write_text(json.dumps({**fresh, "system_cpu": "from-cache"}))
+        assert tvmfacts.facts()["system_cpu"] == "from-cache"  # read, not regenerated
+        tvmfacts.facts.cache_clear()
+        path.write_text("{not json")
+        assert tvmfacts.facts()["system_cpu"] == fresh["system_cpu"]  # a broken cache is regenerated
+    finally:
+        tvmfacts.facts.cache_clear()
