@@ -3,7 +3,7 @@
 One tuning database per *scope*: the compile target (kind, mcpu, num-cores,
 ...) plus the TVM version. MetaSchedule does not key its records by ``mcpu``
 (records tuned for znver5 apply silently to a generic target and run 8x
-slower, see ../shared/NOTES.md), so the scope directory is what keeps records
+slower, see docs/toolchain.md), so the scope directory is what keeps records
 for one CPU away from another. Inside a scope, workloads (same fused op, same
 shapes) are shared by every model: the ResNet-50 convolutions of Mask R-CNN,
 Faster R-CNN and RetinaNet are tuned once.

@@ -1,6 +1,6 @@
 """Route ONNX, for detectors: ``torch.onnx.export`` -> onnxsim -> ``from_onnx``.
 
-Why this route (see ../shared/NOTES.md): full-model ``torch.export`` fails for
+Why this route (see docs/toolchain.md): full-model ``torch.export`` fails for
 every torchvision detector (data-dependent guards in ``batched_nms``, no
 importer for ``nms``/``roi_align``); the TorchScript-based ONNX exporter
 turns NMS, RoIAlign and top-k into ONNX ops that the Relax importer maps to
