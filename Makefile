@@ -10,7 +10,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all tune bench detector-report test test-all runtime-venv runtime-smoke bench-loader stress clean-artifacts
+.PHONY: venv build-all tune bench detector-report test test-all runtime-venv runtime-smoke bench-loader bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,6 @@ runtime-smoke: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/buildsys -c tests/smoke/builds.yaml --store $(SMOKE_DIR)/artifacts build
 	$(RUNTIME_VENV)/bin/python tests/smoke/runtime_smoke.py $(SMOKE_DIR)
 
-## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
 ## MetaSchedule tuning for the entries of builds.yaml that set `tuning` (resumable).
 tune: $(STAMP)
 	$(BIN)/buildsys tune $(TUNE_ARGS)
@@ -58,6 +57,11 @@ bench: $(STAMP)
 detector-report: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/detector_report.py --runtime-python $(RUNTIME_VENV)/bin/python
 
+## Planning time: `buildsys plan` and a no-op build on a generated 1000-entry matrix, all cached.
+bench-plan: $(STAMP)
+	$(BIN)/python benchmarks/plan_bench.py $(PLAN_BENCH_ARGS)
+
+## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
 bench-loader: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python
 

@@ -15,20 +15,18 @@ import statistics
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Mapping
 
 from . import manifest as manifest_format
-from . import runlog
+from . import isolation, runlog, sources
 from .cpu import required_features
 from .errors import BuildError, BuildsysError, ParityError, TrustError
-from .keys import build_key
+from .keys import build_key, entry_key
 from .manifest import LIBRARY_NAME, MANIFEST_FORMAT, MANIFEST_NAME, PARAMS_NAME
 from .plan import BUILD, CACHED, PlanEntry, plan_builds
 from .registry import RUN_BUILT, RUN_FAILED, FileRecord, NewArtifact
@@ -47,10 +45,12 @@ TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken 
 class BuildOutcome:
     """What a (possibly remote) build hands back to the publisher."""
 
-    key: str
+    key: str  # the artifact's key: the planned one, unless the model's recorded sources differ
     staged: dict[str, str]  # file name -> staged path
     manifest: dict
     metrics: dict[str, tuple[float, str]]
+    material: dict = field(default_factory=dict)
+    dependencies: list = field(default_factory=list)  # sources.Dependency, for the entry's depfile
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None,
     if store_root is None or not planned:
         raise BuildError("a tuned entry needs its tuning planned first (tune, then build)", key=key, stage="tune")
     database = TuningDatabase(Path(store_root), spec.target, material["toolchain"]["tvm"])
-    info = database.entry_info(build_key({**material, "tuning": None}))
+    info = database.entry_info(entry_key(material))
     applied = database.applied(info["workloads"] if info else [])
     if applied["digest"] != planned["records"]:
         raise BuildError("the tuning database changed after planning (another tuner added records); "
@@ -134,19 +134,27 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     staging_dir = Path(staging)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    try:
-        module = instantiate(spec.model)
-    except BuildError as exc:  # say where the model is defined
-        field = "weights" if exc.stage == "weights" else "source"
-        raise BuildError(f"models.{spec.model.name}.{field} (matrix entry at {spec.origin}): {exc}",
-                         key=key, stage=exc.stage) from None
-    x = example_input(spec)
-    timings["model_s"] = time.perf_counter() - start
+    # Everything the model loads while it is made, exported and run is recorded: its key covers it.
+    with sources.recording(spec.model.source, skip_dirs=[staging, *([store_root] if store_root else [])]) as recorder:
+        try:
+            module = instantiate(spec.model)
+        except BuildError as exc:  # say where the model is defined
+            field_name = "weights" if exc.stage == "weights" else "source"
+            where = spec.model.source_origin or spec.origin
+            raise BuildError(f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin}): "
+                             f"{exc}", key=key, stage=exc.stage) from None
+        x = example_input(spec)
+        timings["model_s"] = time.perf_counter() - start
 
-    exported = export_model(module, x, spec.model.task, on_stage=stage)
-    timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
-    with torch.no_grad():
-        reference = flatten_outputs(exported.reference(x))
+        exported = export_model(module, x, spec.model.task, on_stage=stage)
+        timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
+        with torch.no_grad():
+            reference = flatten_outputs(exported.reference(x))
+    dependencies = recorder.dependencies()
+    material = {**material, "sources": sources.sources_digest(dependencies)}
+    if build_key(material) != key:  # the plan predicted other sources (first build here, or an edit since)
+        key = build_key(material)
+        print(f"[buildsys] the model's recorded sources give it the key {key}", flush=True)
     tuning = _tuning_database(spec, material, store_root, key)
     stage("build")
     compiled = compile_model(exported.mod, spec, tuning_db=tuning[0] if tuning else None)
@@ -206,6 +214,9 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         "cpu": {"required_features": required_features(spec.target)},
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),
+        "sources": [{"kind": d.kind, "name": d.name, "digest": d.digest, "version": d.version}
+                    for d in dependencies],
+        "exported": exported_digests(exported),
         "pass_trace": compiled.pass_trace,
         "default_schedules": {"rule": RULE_NAME, "functions": compiled.default_scheduled,
                               "note": compiled.schedules_note},
@@ -238,7 +249,24 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         **{k: (v, "s") for k, v in timings.items()},
     }
     return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
-                        manifest=manifest, metrics=metrics)
+                        manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
+
+
+def exported_digests(exported) -> dict:
+    """What ``plan --deep`` compares: the Relax module right after import (structure, with the
+    weights as parameters) and the weights' bytes."""
+    import hashlib
+
+    import numpy as np
+    from tvm_ffi.structural import structural_hash
+
+    weights = hashlib.sha256()
+    for p in exported.params:
+        array = np.ascontiguousarray(p.numpy() if hasattr(p, "numpy") else p)
+        weights.update(f"{array.dtype}{array.shape}".encode())
+        weights.update(array.tobytes())
+    return {"graph": f"tvm-shash:{structural_hash(exported.mod, map_free_vars=True) & (2**64 - 1):016x}",
+            "weights": f"sha256:{weights.hexdigest()}"}
 
 
 def publish(outcome: BuildOutcome, spec: BuildSpec, store: Store, registry):
@@ -399,9 +427,14 @@ def _tune_first(entries: list[PlanEntry], store: Store, registry, report: "Build
         started = time.perf_counter()
         reporter = logs.reporter(entry)
         try:
-            with runlog.captured(reporter.log_path):
-                tuned = tune_entry(entry.spec, store, registry, entry.key, on_stage=reporter,
-                                   on_progress=lambda progress, e=entry: emit("tune-progress", e, progress))
+            with runlog.captured(reporter.log_path), _interrupts_noticed() as interrupted:
+                try:
+                    tuned = tune_entry(entry.spec, store, registry, entry.key, on_stage=reporter,
+                                       on_progress=lambda progress, e=entry: emit("tune-progress", e, progress))
+                except BaseException:
+                    if interrupted:  # TVM turns Ctrl-C into a RuntimeError; it must still stop the build
+                        raise KeyboardInterrupt from None
+                    raise
         except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
             text = _error_text(exc)
             logs.note(entry, f"tuning FAILED: {_log_text(exc)}")
@@ -427,6 +460,32 @@ def _tune_first(entries: list[PlanEntry], store: Store, registry, report: "Build
             logs.note(entry, f"its key after tuning: {again.key}")
             ready.append(again)
     return ready
+
+
+@contextmanager
+def _interrupts_noticed():
+    """Yields a list that is non-empty once SIGINT arrived during the block (the signal still does
+    what it did before: usually KeyboardInterrupt, which native code may swallow)."""
+    import signal
+
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def tune_entries(entries: list[PlanEntry], store: Store, registry,
@@ -460,16 +519,13 @@ def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, sto
             raise
 
 
-def _drain(queue, logs: _RunLogs) -> None:
-    """Stage events from worker processes, until the None that ends them."""
-    while (item := queue.get()) is not None:
-        logs.on_stage(*item)
-
-
 def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 1,
-               on_event: Callable[[str, PlanEntry, dict], None] | None = None) -> BuildReport:
+               on_event: Callable[[str, PlanEntry, dict], None] | None = None,
+               timeout_s: float | None = isolation.DEFAULT_TIMEOUT_S) -> BuildReport:
     """Build every entry whose action is ``build``; one failure never stops the others.
 
+    Each build runs in a process of its own (``isolation``): a crash, an exit or a hang
+    (``timeout_s``) inside model code fails that entry only, with its cause.
     Events (kind, entry, info) tell the caller what happens: cached, skipped, tune,
     tune-progress, tuned, start, stage, built, failed. Each build run writes a log
     file under the store's logs/; its path is on the run's registry row."""
@@ -494,6 +550,16 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
     def finish(entry: PlanEntry, run_id: int, started: float, outcome=None, exc=None) -> None:
         seconds = time.perf_counter() - started
         log_path = str(logs.path(entry))
+        if exc is None and outcome.key != entry.key:
+            logs.note(entry, f"its recorded model sources give it the key {outcome.key} (planned {entry.key})")
+            entry = replace(entry, key=outcome.key, material=outcome.material)
+            existing = None if entry.forced else registry.get(entry.key)
+            if existing is not None and all(store.has(f.digest) for f in existing.files):  # built before, same sources
+                _remember_sources(store, entry, outcome, logs)
+                registry.finish_run(run_id, RUN_BUILT, key=entry.key)
+                report.results.append(BuildResult(entry, "cached", seconds, log_path=log_path))
+                emit("cached", entry, {"reason": "its recorded sources name an artifact already built"})
+                return
         if exc is None:
             logs.reporter(entry)("publish")  # the log line and the event, as from the build itself
             try:
@@ -501,7 +567,8 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
             except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
                 exc = publish_exc
             else:
-                registry.finish_run(run_id, RUN_BUILT)
+                _remember_sources(store, entry, outcome, logs)
+                registry.finish_run(run_id, RUN_BUILT, key=entry.key)
                 logs.note(entry, f"built and published {entry.key} in {seconds:.1f}s")
                 report.results.append(BuildResult(entry, "built", seconds, record=record, log_path=log_path))
                 emit("built", entry, {"seconds": seconds, "record": record, "manifest": outcome.manifest,
@@ -518,73 +585,125 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
     def begin(entry: PlanEntry, stack: ExitStack):
         """With the key's lock held: (run id, staging dir), or None if another builder
         published the key while we waited for its lock."""
-        if not entry.forced and registry.get(entry.key) is not None:
+        existing = None if entry.forced else registry.get(entry.key)
+        if existing is not None and all(store.has(f.digest) for f in existing.files):
             report.results.append(BuildResult(entry, "cached"))
             emit("cached", entry, {"reason": "built by another process meanwhile"})
-            return None
+            return None  # (a row whose objects are gone is rebuilt, and its row replaced)
         run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=str(logs.path(entry)))
         staging = stack.enter_context(store.staging(prefix=entry.key[:12]))
         emit("start", entry, {"log_path": str(logs.path(entry))})
         return run_id, staging
 
-    def build_here(entry: PlanEntry) -> None:
-        with ExitStack() as stack:
-            stack.enter_context(store.lock(entry.key))
-            begun = begin(entry, stack)
-            if begun is None:
-                return
-            run_id, staging = begun
+    isolate = not isolation.in_process()
+    guard = threading.RLock()  # registry rows, results and events: one thread at a time
+
+    def on_stage(item) -> None:
+        with guard:
+            logs.on_stage(*item)
+
+    def build_one(entry: PlanEntry, stack: ExitStack, run_id: int, staging) -> None:
+        """Runs the build (in its own process unless BUILDSYS_BUILD_IN_PROCESS is set), then
+        publishes or records the failure; the stack holds the key's lock and the staging dir."""
+        with stack:
             started = time.perf_counter()
+            args = (entry.spec, entry.key, dict(entry.material), str(staging), str(store.root),
+                    logs.reporter(entry, isolation.PARENT_QUEUE if isolate else None))
             try:
-                outcome = build_logged(entry.spec, entry.key, entry.material, str(staging), str(store.root),
-                                       logs.reporter(entry))
+                if isolate:
+                    outcome = isolation.run_isolated(build_logged, args, key=entry.key, timeout_s=timeout_s,
+                                                     on_message=on_stage)
+                else:
+                    outcome = build_logged(*args)
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
-                finish(entry, run_id, started, exc=exc)
+                with guard:
+                    finish(entry, run_id, started, exc=exc)
             else:
-                finish(entry, run_id, started, outcome=outcome)
+                with guard:
+                    finish(entry, run_id, started, outcome=outcome)
 
     # A builder holds at most one key lock while it waits for another, so builders with
     # overlapping matrices cannot deadlock: busy keys are deferred, then waited for one by one.
     deferred = todo
-    if jobs > 1 and len(todo) > 1:
-        deferred = []
-        context = get_context("spawn")
-        with context.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            stages = manager.Queue()
-            drain = threading.Thread(target=_drain, args=(stages, logs), name="buildsys-stages", daemon=True)
-            drain.start()
-            pending = {}
-            for entry in todo:
-                stack = ExitStack()
-                if not stack.enter_context(store.lock(entry.key, blocking=False)):
-                    stack.close()
-                    deferred.append(entry)
-                    continue
-                begun = begin(entry, stack)
-                if begun is None:
-                    stack.close()
-                    continue
-                run_id, staging = begun
-                future = pool.submit(build_logged, entry.spec, entry.key, dict(entry.material), str(staging),
-                                     str(store.root), logs.reporter(entry, stages))
-                pending[future] = (entry, run_id, time.perf_counter(), stack)
-            for future in as_completed(pending):
-                entry, run_id, started, stack = pending[future]
-                with stack:  # then the lock is released and the staging dir removed
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        finish(entry, run_id, started, exc=BuildError(
-                            "the build worker died (crash or out of memory)", key=entry.key, stage="worker"))
-                    except BaseException as exc:  # noqa: BLE001
-                        finish(entry, run_id, started, exc=exc)
-                    else:
-                        finish(entry, run_id, started, outcome=outcome)
-            stages.put(None)
-            drain.join(5)
-    for entry in deferred:
-        build_here(entry)
+    try:
+        if jobs > 1 and len(todo) > 1:
+            deferred = []
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="buildsys-build") as pool:
+                futures = []
+                for entry in todo:
+                    stack = ExitStack()
+                    if not stack.enter_context(store.lock(entry.key, blocking=False)):
+                        stack.close()
+                        deferred.append(entry)
+                        continue
+                    with guard:
+                        begun = begin(entry, stack)
+                    if begun is None:
+                        stack.close()
+                        continue
+                    futures.append(pool.submit(build_one, entry, stack, *begun))
+                for future in futures:
+                    future.result()
+        for entry in deferred:
+            stack = ExitStack()
+            stack.enter_context(store.lock(entry.key))
+            begun = begin(entry, stack)
+            if begun is None:
+                stack.close()
+                continue
+            build_one(entry, stack, *begun)
+    except BaseException:
+        isolation.kill_all()  # Ctrl-C: no build outlives the builder
+        raise
     return report
+
+
+def find_drift(entries: list[PlanEntry], store: Store, registry,
+               on_entry: Callable[[PlanEntry], None] | None = None) -> list[PlanEntry]:
+    """``plan --deep``: re-export every cached entry and compare the exported module and weights
+    with what its artifact was built from. Catches what the recorded sources missed (a model that
+    reads an environment variable, a file it opened through native code...). Drifted entries come
+    back as ``build`` (forced: their key is unchanged) with the reason; others as they were."""
+    from .export import export_model
+    from .models import instantiate
+
+    checked = []
+    for entry in entries:
+        if entry.action != CACHED:
+            checked.append(entry)
+            continue
+        if on_entry is not None:
+            on_entry(entry)
+        record = registry.get(entry.key)
+        manifest = manifest_format.loads(store.read_verified(record.manifest_digest, key=record.key,
+                                                             name=MANIFEST_NAME), key=record.key)
+        recorded = manifest.get("exported")
+        if not isinstance(recorded, dict):
+            checked.append(replace(entry, reason=entry.reason + "; not checked deeply (built before buildsys 0.4)"))
+            continue
+        try:
+            exported = export_model(instantiate(entry.spec.model), example_input(entry.spec), entry.spec.model.task)
+        except BuildsysError as exc:
+            checked.append(replace(entry, action=BUILD, forced=True, reason=f"drifted: it no longer exports: {exc}"))
+            continue
+        now = exported_digests(exported)
+        differs = [what for what in ("graph", "weights") if now.get(what) != recorded.get(what)]
+        if differs:
+            what = " and ".join({"graph": "exported graph", "weights": "weights"}[d] for d in differs)
+            checked.append(replace(entry, action=BUILD, forced=True,
+                                   reason=f"drifted: its {what} differ from the built artifact's although its "
+                                          "recorded sources did not change (a dependency buildsys cannot see)"))
+        else:
+            checked.append(replace(entry, reason=entry.reason + "; exported graph and weights unchanged (--deep)"))
+    return checked
+
+
+def _remember_sources(store: Store, entry: PlanEntry, outcome: BuildOutcome, logs: "_RunLogs") -> None:
+    """The entry's depfile, which the next plan re-checks (a lost one costs a re-export, nothing more)."""
+    try:
+        sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies)
+    except OSError as exc:
+        logs.note(entry, f"could not write its depfile: {exc}")
 
 
 def default_jobs() -> int:

@@ -85,11 +85,18 @@ shard_option = click.option("--shard", default=None, metavar="I/N",
 @click.option("--force", is_flag=True, help="Plan to rebuild even what is cached.")
 @click.option("--all", "include_skipped", is_flag=True, help="Include entries whose model is marked skip.")
 @shard_option
+@click.option("--deep", is_flag=True,
+              help="Also re-export each cached entry (imports torch and TVM; seconds per model) and compare "
+                   "the exported graph and weights with the artifact's: says which entries drifted.")
 @json_option
 @pass_ctx
-def plan(c: Context, filters, force, include_skipped, shard, as_json):
+def plan(c: Context, filters, force, include_skipped, shard, deep, as_json):
     """Print what would build and why."""
     entries = _plan(c, filters, force, include_skipped, shard)
+    if deep:
+        from .builder import find_drift
+        entries = find_drift(entries, c.store, c.registry,
+                             on_entry=lambda e: click.echo(f"checking {e.spec.describe()} ...", err=True))
     counts = {a: sum(1 for e in entries if e.action == a) for a in ("build", "cached", "skip")}
     if as_json:
         from . import jsonout
@@ -109,12 +116,16 @@ def plan(c: Context, filters, force, include_skipped, shard, as_json):
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Build this many entries at once, each in its own process.")
 @shard_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              envvar="BUILDSYS_BUILD_TIMEOUT", show_envvar=True,
+              help="Stop an entry's build after this long and record it as failed (default 7200).")
 @click.option("--check-repro", "repro_ref", default=None, metavar="REF",
               help="Rebuild REF (key, prefix or alias) aside, publish nothing, and compare it byte for byte.")
 @progress_options
 @json_option
 @pass_ctx
-def build(c: Context, filters, force, include_skipped, jobs, shard, repro_ref, progress_mode, quiet, as_json):
+def build(c: Context, filters, force, include_skipped, jobs, shard, timeout_s, repro_ref, progress_mode, quiet,
+          as_json):
     """Build the matrix (what is cached is not rebuilt).
 
     Each build writes a log file under the store's logs/ (its path is on the run's registry
@@ -128,7 +139,8 @@ def build(c: Context, filters, force, include_skipped, jobs, shard, repro_ref, p
 
     entries = _plan(c, filters, force, include_skipped, shard)
     with make_display("quiet" if quiet else progress_mode, entries, err=as_json) as display:
-        report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=display)
+        report = run_builds(entries, c.store, c.registry, jobs=jobs, on_event=display,
+                            **({"timeout_s": timeout_s} if timeout_s is not None else {}))
     summary = (f"done: {report.count('built')} built, {report.count('cached')} cached, "
                f"{report.count('skipped')} skipped, {report.count('failed')} failed")
     if as_json:

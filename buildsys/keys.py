@@ -16,6 +16,16 @@ UTF-8) of this "key material":
   ``spec.tuning``): the tuning database's scope (target + TVM version) and the
   digest of the records applied to it, one best record per workload of the model
   (``buildsys.tuning``). Better records make a new key; the same records, a cache hit.
+- ``sources`` (since buildsys 0.4): the digest of the model's own code and data,
+  as recorded while the builder instantiated and exported it: Python modules
+  from outside the toolchain and data files by content, non-toolchain pip
+  packages by name and version (``buildsys.sources``). Editing a model's module,
+  a module it imports, a file it reads, or upgrading the package that defines
+  it makes a new key.
+
+The *entry key* is the same hash without ``tuning`` and ``sources``: it names the
+matrix entry rather than one artifact of it (its shard, its tuning database
+entry, its depfile), and stays put when the model's code changes.
 
 Left out on purpose: the config file path and line, the weights file path
 (its digest stands for it), the parity tolerance (it decides acceptance, not
@@ -64,6 +74,11 @@ def key_material(spec_dict: Mapping[str, Any], weights: str, toolchain: Mapping[
                  tuning: str | None = None) -> dict:
     return {"key_format": KEY_FORMAT, "spec": dict(spec_dict), "weights": weights,
             "toolchain": dict(toolchain), "tuning": tuning}
+
+
+def entry_key(material: Mapping[str, Any]) -> str:
+    """The key of the matrix entry: the material without tuning records and model sources."""
+    return build_key({**{k: v for k, v in material.items() if k != "sources"}, "tuning": None})
 
 
 def build_key(material: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import sources
 from .errors import BuildError, ConfigError, UsageError, did_you_mean
 from .keys import build_key, key_material
 from .models import weights_digest
@@ -27,6 +28,9 @@ class PlanEntry:
     forced: bool = False
     # tuned entries whose records are not final yet: the key is provisional (tuning comes first)
     tune_first: bool = False
+    # the key without tuning records and model sources: it names the matrix entry (its shard, its
+    # tuning database entry, its depfile); ``key`` names the artifact
+    entry_key: str = ""
 
 
 def spec_key(spec: BuildSpec, toolchain: Mapping | None = None) -> tuple[str, dict]:
@@ -103,54 +107,108 @@ def in_shard(entry_key: str, shard: tuple[int, int] | None) -> bool:
     return shard is None or int(entry_key[:15], 16) % shard[1] == shard[0] - 1
 
 
+def _check_sources(specs: list[BuildSpec]) -> None:
+    """Every model source must be findable (without importing it) before anything builds."""
+    checked = set()
+    for spec in specs:
+        model = spec.model
+        if (model.source, model.config_dir) in checked:
+            continue
+        checked.add((model.source, model.config_dir))
+        file, _, line = (model.source_origin or spec.origin).rpartition(":")
+        sources.check_source(model.source, [model.config_dir], file=file or None,
+                             line=int(line) if line.isdigit() else None, field=f"models.{model.name}.source")
+
+
+def _with_sources(spec: BuildSpec, store: Store, entry_key: str, material: Mapping) -> tuple[str, dict, str]:
+    """(key, material, what changed) with the model's recorded sources re-checked. Without a
+    depfile (never built here) the key is a prediction (the source module and its packages when
+    they are model code; nothing for torchvision's models); the builder records the truth and
+    keys the artifact by it."""
+    deps = sources.read_depfile(store.root, entry_key)
+    if deps is None:
+        predicted = sources.predict_dependencies(spec.model.source, [spec.model.config_dir])
+        digest, changed = sources.sources_digest(predicted), ""
+    else:
+        check = sources.check_dependencies(deps, [spec.model.config_dir])
+        digest = check.digest or sources.sources_digest(check.deps)
+        changed = sources.describe_changes(check.changes)
+    material = {**material, "sources": digest}
+    return build_key(material), material, changed
+
+
 def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bool = False,
                 filters: Iterable[str] = (), include_skipped: bool = False,
                 shard: tuple[int, int] | None = None) -> list[PlanEntry]:
+    """Each entry with its key and the reason it must (or need not) build. Imports neither torch
+    nor TVM, and reads the registry in a few queries whatever the matrix size."""
     parsed = parse_filters(filters)
     toolchain = toolchain_versions()
-    entries = []
-    known = registry.keys()
+    specs = list(specs)
+    _check_sources(specs)
+    planned = []
     for spec in specs:
         try:
-            key, material = spec_key(spec, toolchain)
+            entry_key, material = spec_key(spec, toolchain)
         except BuildError as exc:  # weights that cannot be found or read: bad input, found before building
             file, _, line = spec.origin.rpartition(":")
             raise ConfigError(str(exc).removeprefix("weights: "), file=file or None,
                               line=int(line) if line.isdigit() else None,
                               field=f"models.{spec.model.name}.weights") from None
-        if parsed and not _matches(spec, key, parsed):
-            continue
-        if not in_shard(key, shard):
+        if not in_shard(entry_key, shard):
             continue
         if spec.model.skip and not include_skipped:
-            entries.append(PlanEntry(spec, key, material, SKIP, f"skipped: {spec.model.skip}"))
+            if not parsed or _matches(spec, entry_key, parsed):
+                planned.append(PlanEntry(spec, entry_key, material, SKIP, f"skipped: {spec.model.skip}",
+                                         entry_key=entry_key))
             continue
+        key, why = entry_key, None
         if spec.tuning is not None:
-            key, material, why = tuned_key(spec, store, toolchain, key, material)
-            if why is not None:
-                entries.append(PlanEntry(spec, key, material, BUILD, f"tune first: {why}",
-                                         forced=force, tune_first=True))
-                continue
+            key, material, why = tuned_key(spec, store, toolchain, entry_key, material)
+        changed = ""
+        if why is None:
+            key, material, changed = _with_sources(spec, store, entry_key, material)
+        if parsed and not (_matches(spec, key, parsed) or _matches(spec, entry_key, parsed)):
+            continue
+        planned.append((spec, entry_key, key, material, why, changed))
+
+    wanted = [item[2] for item in planned if isinstance(item, tuple) and item[4] is None]
+    state = registry.plan_state(wanted) if wanted else {}
+    runs = registry.last_runs([k for k in wanted if k not in state]) if wanted else {}
+    entries = []
+    for item in planned:
+        if isinstance(item, PlanEntry):
+            entries.append(item)
+            continue
+        spec, entry_key, key, material, why, changed = item
+        if why is not None:
+            entries.append(PlanEntry(spec, key, material, BUILD, f"tune first: {why}", forced=force,
+                                     tune_first=True, entry_key=entry_key))
+            continue
         if force:
-            entries.append(PlanEntry(spec, key, material, BUILD, "forced (--force)", forced=True))
+            entries.append(PlanEntry(spec, key, material, BUILD, "forced (--force)", forced=True,
+                                     entry_key=entry_key))
             continue
-        if key not in known:
-            last = registry.runs(key, limit=1)
+        if key not in state:
+            last = runs.get(key)
             why = "not built yet"
-            if last and last[0].status == "failed":
-                first_line = (last[0].error or "").strip().splitlines()[0:1]
+            if changed:
+                why = f"model sources changed: {changed}"
+            elif last is not None and last.status == "failed":
+                first_line = (last.error or "").strip().splitlines()[0:1]
                 why = f"last attempt failed: {first_line[0][:120] if first_line else 'unknown error'}"
-            elif last and last[0].status == "running":
+            elif last is not None and last.status == "running":
                 why = "an earlier build did not finish (crashed or still running elsewhere)"
-            entries.append(PlanEntry(spec, key, material, BUILD, why))
+            entries.append(PlanEntry(spec, key, material, BUILD, why, entry_key=entry_key))
             continue
-        record = registry.get(key)
-        missing = [f.name for f in record.files if not store.has(f.digest)]
+        created_at, files = state[key]
+        missing = [name for name, digest in files if not store.has(digest)]
         if missing:
             entries.append(PlanEntry(spec, key, material, BUILD,
-                                     f"registered but missing from the store: {', '.join(missing)}"))
+                                     f"registered but missing from the store: {', '.join(missing)}",
+                                     entry_key=entry_key))
             continue
         entries.append(PlanEntry(spec, key, material, CACHED,
-                                 f"up to date (built {record.created_at:%Y-%m-%d %H:%M}, "
-                                 f"{len(record.files)} files present)"))
+                                 f"up to date (built {created_at:%Y-%m-%d %H:%M}, {len(files)} files present)",
+                                 entry_key=entry_key))
     return entries

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import isolation
 from .keys import digest_file
 from .manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 
@@ -50,7 +51,11 @@ def check_repro(record, spec, store) -> dict:
     report: dict = {"key": record.key, "label": spec.describe(), "files": {}, "manifest": {}}
     (store.root / "tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"repro-{record.key[:12]}-", dir=store.root / "tmp") as tmp:
-        outcome = build_artifact(spec, record.key, record.key_material, tmp, str(store.root))
+        args = (spec, record.key, record.key_material, tmp, str(store.root))
+        if isolation.in_process():
+            outcome = build_artifact(*args)
+        else:  # a fresh process, like the build it is compared with (its recorded sources too)
+            outcome = isolation.run_isolated(build_artifact, args, key=record.key)
         for name in (LIBRARY_NAME, PARAMS_NAME):
             stored_digest = record.file(name).digest
             rebuilt_path = Path(outcome.staged[name])

@@ -80,6 +80,10 @@ class ModelSpec:
     kwargs_json: str = "{}"  # canonical JSON keeps the spec hashable and immutable
     tolerance: float = DEFAULT_TOLERANCE
     skip: str | None = None
+    # Where the model was declared: its sources resolve beside the config file first, and
+    # errors about them name this place. Neither is part of the key (a moved checkout keeps its keys).
+    config_dir: str = field(default="", compare=False)
+    source_origin: str = field(default="", compare=False)  # "builds.yaml:7"
 
     @property
     def kwargs(self) -> dict:
@@ -254,7 +258,8 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
         raise reader.error("skip takes the reason as text", raw.line_of("skip"), f"{where}.skip")
     return ModelSpec(name=name, source=source, task=task, weights=weights,
                      kwargs_json=json.dumps(_plain(kwargs), sort_keys=True, separators=(",", ":")),
-                     tolerance=float(tolerance), skip=skip)
+                     tolerance=float(tolerance), skip=skip, config_dir=str(base_dir),
+                     source_origin=f"{reader.filename}:{raw.line_of('source') or line}")
 
 
 def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, base_dir: Path) -> WeightsSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -105,7 +106,14 @@ class Store:
         return self.objects / hexdigest[:2] / hexdigest[2:]
 
     def has(self, digest: str) -> bool:
-        return self.object_path(digest).is_file() or (self.remote is not None and self.remote.has(digest))
+        # plain strings, not Path objects: planning asks this for every file of every entry
+        _, hexdigest = split_digest(digest)
+        local = os.path.join(self._objects_str, hexdigest[:2], hexdigest[2:])
+        return os.path.isfile(local) or (self.remote is not None and self.remote.has(digest))
+
+    @functools.cached_property
+    def _objects_str(self) -> str:
+        return str(self.objects)
 
     @contextlib.contextmanager
     def staging(self, prefix: str = "build") -> Iterator[Path]:

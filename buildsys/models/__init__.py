@@ -16,13 +16,26 @@ from ..keys import digest_file
 from ..spec import ModelSpec, WeightsSpec
 
 
-def load_function(source: str):
+def load_function(source: str, search_path: tuple[str, ...] = ()):
+    """``module:function`` -> the function; modules resolve beside the config file first."""
+    from ..sources import ensure_on_path
+
+    ensure_on_path(search_path)
     module_name, _, attr = source.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BuildError(f"cannot import module {module_name!r} for source {source!r}: {exc}",
                          stage="model") from None
+    except SyntaxError as exc:
+        raise BuildError(f"module {module_name!r} for source {source!r} has a syntax error: {exc.filename}:"
+                         f"{exc.lineno}: {exc.msg}", stage="model") from None
+    except SystemExit as exc:
+        raise BuildError(f"importing module {module_name!r} for source {source!r} called sys.exit({exc.code!r})",
+                         stage="model") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise BuildError(f"importing module {module_name!r} for source {source!r} raised "
+                         f"{type(exc).__name__}: {exc}", stage="model") from None
     try:
         fn = getattr(module, attr)
     except AttributeError:
@@ -79,7 +92,7 @@ def instantiate(model: ModelSpec):
     """Build the module under the spec's seed, load its weights, and put it in eval mode."""
     import torch
 
-    fn = load_function(model.source)
+    fn = load_function(model.source, (model.config_dir,) if model.config_dir else ())
     kwargs = model.kwargs
     params = inspect.signature(fn).parameters
     # torchvision builders would download weights unless told not to.
@@ -89,6 +102,8 @@ def instantiate(model: ModelSpec):
     torch.manual_seed(model.weights.seed)
     try:
         module = fn(**kwargs)
+    except SystemExit as exc:
+        raise BuildError(f"{model.source}(**{kwargs}) called sys.exit({exc.code!r})", stage="model") from None
     except Exception as exc:
         raise BuildError(f"{model.source}(**{kwargs}) raised {type(exc).__name__}: {exc}", stage="model") from None
     if not isinstance(module, torch.nn.Module):

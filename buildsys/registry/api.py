@@ -115,6 +115,9 @@ def _artifact_record(row: Artifact) -> ArtifactRecord:
         aliases=tuple(a.name for a in row.aliases))
 
 
+_IN_CHUNK = 500  # keys per IN (...) query: well under every database's bound parameter limit
+
+
 def _run_record(row: BuildRun) -> BuildRunRecord:
     return BuildRunRecord(id=row.id, key=row.key, label=row.label, status=row.status, error=row.error,
                           host=row.host, pid=row.pid, started_at=row.started_at, finished_at=row.finished_at,
@@ -178,6 +181,34 @@ class Registry:
     def keys(self) -> set[str]:
         with self._scope() as s:
             return set(s.scalars(select(Artifact.key)))
+
+    def plan_state(self, keys: Iterable[str]) -> dict[str, tuple[datetime, list[tuple[str, str]]]]:
+        """For planning, in one query per 500 keys: key -> (created_at, [(file name, digest)])
+        of the keys that are registered."""
+        keys = sorted(set(keys))
+        state: dict[str, tuple[datetime, list[tuple[str, str]]]] = {}
+        with self._scope() as s:
+            for i in range(0, len(keys), _IN_CHUNK):
+                rows = s.execute(select(Artifact.key, Artifact.created_at, ArtifactFile.name, ArtifactFile.digest)
+                                 .join(ArtifactFile, ArtifactFile.artifact_key == Artifact.key, isouter=True)
+                                 .where(Artifact.key.in_(keys[i:i + _IN_CHUNK])))
+                for key, created_at, name, digest in rows:
+                    files = state.setdefault(key, (created_at, []))[1]
+                    if name is not None:
+                        files.append((name, digest))
+        return state
+
+    def last_runs(self, keys: Iterable[str]) -> dict[str, BuildRunRecord]:
+        """The latest build run of each key that has one (one query per 500 keys)."""
+        keys = sorted(set(keys))
+        last: dict[str, BuildRunRecord] = {}
+        with self._scope() as s:
+            for i in range(0, len(keys), _IN_CHUNK):
+                rows = s.scalars(select(BuildRun).where(BuildRun.key.in_(keys[i:i + _IN_CHUNK]))
+                                 .order_by(BuildRun.id.desc()))
+                for row in rows:
+                    last.setdefault(row.key, _run_record(row))
+        return last
 
     def list(self) -> list[ArtifactRecord]:
         with self._scope() as s:
@@ -262,12 +293,16 @@ class Registry:
             s.flush()
             return row.id
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> BuildRunRecord:
+    def finish_run(self, run_id: int, status: str, error: str | None = None,
+                   key: str | None = None) -> BuildRunRecord:
+        """``key``: the artifact's key when the build found it differs from the planned one."""
         with self._scope() as s:
             row = s.get(BuildRun, run_id)
             if row is None:
                 raise RegistryError(f"no build run {run_id}")
             row.status, row.error, row.finished_at = status, error, _now()
+            if key is not None:
+                row.key = key
             row.duration_s = (row.finished_at - row.started_at).total_seconds()
             s.flush()
             return _run_record(row)

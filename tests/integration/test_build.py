@@ -40,7 +40,8 @@ def test_second_build_compiles_nothing(built, capsys):
     assert "done: 0 built, 3 cached" in out
 
 
-def test_changing_one_axis_value_rebuilds_only_that_entry(fresh, capsys):
+def test_changing_one_axis_value_rebuilds_only_that_entry(fresh, capsys, monkeypatch):
+    monkeypatch.setenv("BUILDSYS_BUILD_IN_PROCESS", "1")  # the mock counts compiles in this process
     ws = fresh()
     assert ws.cli("build", "--only", "model=tiny_cnn") == 0
     ws.config.write_text(ws.config.read_text().replace("input_size: [32, 48]", "input_size: [32, 40]"))
@@ -56,8 +57,9 @@ def test_changing_one_axis_value_rebuilds_only_that_entry(fresh, capsys):
     assert compile_model.call_count == 2
 
 
-def test_parity_gates_publishing(fresh, capsys):
+def test_parity_gates_publishing(fresh, capsys, monkeypatch):
     """Without the nearest-resize importer fix the upsampling model is wrong, and must not be published."""
+    monkeypatch.setenv("BUILDSYS_BUILD_IN_PROCESS", "1")  # the patch applies to this process
     ws = fresh()
     with mock.patch("buildsys.export.fixes.apply_torch_importer_fixes", side_effect=lambda mod: mod):
         assert ws.cli("build", "--only", "model=upsample") == 3
@@ -393,3 +395,40 @@ def test_diff_names_what_differs_between_two_artifacts(built, capsys):
     assert built.cli("diff", a.key[:8], a.key[:8]) == 0
     text = capsys.readouterr().out
     assert "spec: same" in text and "files: same" in text
+
+
+def test_a_missing_store_object_makes_the_entry_build_again_and_verify_clean(fresh, capsys):
+    """Objects deleted behind the registry's back: plan says build, build heals it (no --force)."""
+    ws = fresh()
+    assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 0
+    record = ws.registry.list()[0]
+    path = Store(ws.store).object_path(record.file("lib.so").digest)
+    os.chmod(path.parent, 0o755)
+    path.unlink()
+    capsys.readouterr()
+    assert ws.cli("plan", "--only", "model=tiny_cnn", "--only", "input_size=32") == 0
+    assert "registered but missing from the store: lib.so" in capsys.readouterr().out
+    assert ws.cli("verify") != 0
+    assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 0
+    assert "done: 1 built, 0 cached" in capsys.readouterr().out
+    assert ws.cli("verify") == 0
+    assert path.is_file()
+
+
+@pytest.mark.parametrize("source, cause", [
+    ("exits_on_build", "exited with code 0 before returning a result"),
+    ("sys_exits_on_build", "called sys.exit('giving up')"),
+    ("hangs_on_build", "took longer than 20 s"),
+])
+def test_a_model_that_exits_or_hangs_fails_its_entry_only(fresh, capsys, source, cause):
+    ws = fresh(f"""
+models:
+  bad: {{source: "tests.fixtures.models:{source}"}}
+  fine: {{source: "tests.fixtures.models:tiny_cnn"}}
+matrix: {{model: [bad, fine], input_size: [32]}}
+""")
+    assert ws.cli("build", "--jobs", "1", "--timeout", "20") == 3
+    out, err = capsys.readouterr()
+    assert "done: 1 built, 0 cached, 0 skipped, 1 failed" in out
+    assert cause in err and "models.bad.source" in err or cause in err
+    assert [r.model for r in ws.registry.list()] == ["fine"]

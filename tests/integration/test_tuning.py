@@ -173,3 +173,26 @@ matrix: {model: [tiny_fasterrcnn], input_size: [64], tuning: [8]}
     for task in static:  # what is kept can be measured
         infos = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
         assert all(int(d) >= 0 for info in infos for d in info.shape)
+
+
+def test_ctrl_c_during_tuning_stops_the_whole_build(tmp_path, monkeypatch, capsys):
+    """TVM turns SIGINT inside tuning into a RuntimeError; the build must still stop (exit 130),
+    not record 'tuning FAILED' and go on with the next entries."""
+    import os
+    import signal
+
+    import buildsys.tuning as tuning
+
+    def interrupted_tuner(*_args, **_kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("TVM: KeyboardInterrupt caught in a packed function") from None
+        raise AssertionError("SIGINT was not delivered")
+
+    monkeypatch.setattr(tuning, "tune", interrupted_tuner)
+    ws = Workspace(tmp_path, TUNED_CONFIG + OTHER_TARGET)
+    assert ws.cli("build", "--progress", "plain") == 130
+    out = capsys.readouterr().out
+    assert "done:" not in out  # it stopped; nothing after the interrupted entry was built
+    assert ws.registry.list() == []

@@ -1,0 +1,193 @@
+"""The key covers the model's own code and data: no stale artifact after an edit.
+
+Each test writes a user model module beside its builds.yaml (no PYTHONPATH), builds it,
+changes one thing the model is made of, and checks that `plan` says `build` with a reason
+that names what changed, that the rebuild makes a new key, and that an untouched matrix
+stays cached. Module names are unique per test: one pytest process imports them all.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from .conftest import Workspace
+
+pytestmark = pytest.mark.model
+
+MODEL = """
+import torch
+{imports}
+
+class Net(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.conv(x) * self.scale
+
+def net():
+    return Net({scale})
+"""
+
+
+def _one_model(tmp_path, source, model="usernet"):
+    """A workspace whose matrix is one model at 16x16."""
+    return Workspace(tmp_path, f"""
+        models:
+          {model}: {{source: "{source}"}}
+        matrix:
+          model: [{model}]
+          input_size: [16]
+        """)
+
+
+def _workspace(tmp_path, imports="", scale="1.0"):
+    name = f"user_models_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(MODEL.format(imports=imports, scale=scale))
+    return _one_model(tmp_path, f"{name}:net"), tmp_path / f"{name}.py"
+
+
+def _plan(ws, capsys):
+    capsys.readouterr()
+    assert ws.cli("plan", "--json") == 0
+    entries = json.loads(capsys.readouterr().out)["entries"]
+    return {e["model"]: e for e in entries}
+
+
+def _build_then_change(ws, capsys, change):
+    assert ws.cli("build") == 0
+    before = _plan(ws, capsys)["usernet"]
+    assert before["action"] == "cached", before
+    change()
+    after = _plan(ws, capsys)["usernet"]
+    assert after["action"] == "build", after
+    assert after["key"] != before["key"]
+    assert ws.cli("build") == 0
+    rebuilt = _plan(ws, capsys)["usernet"]
+    # The rebuild records the sources afresh; in a long-lived process (this test session) that may
+    # be fewer modules than the prediction carried over, so the key may move once, then stays.
+    assert rebuilt["action"] == "cached" and rebuilt["key"] != before["key"]
+    assert _plan(ws, capsys)["usernet"] == rebuilt
+    return after["reason"]
+
+
+def test_a_user_module_beside_the_config_builds_and_an_edit_rebuilds_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    ws, module = _workspace(tmp_path)
+    reason = _build_then_change(ws, capsys, lambda: module.write_text(module.read_text().replace(
+        "return Net(1.0)", "return Net(2.0)")))
+    assert reason.startswith("model sources changed") and module.name in reason
+    # the rebuilt artifact runs the edited code: outputs doubled would fail parity otherwise,
+    # and the registry now holds both keys
+    assert len(ws.registry.list()) == 2
+
+
+def test_editing_a_module_the_model_imports_rebuilds_it(tmp_path, capsys):
+    helper = f"user_helper_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{helper}.py").write_text("SCALE = 1.0\n")
+    ws, _ = _workspace(tmp_path, imports=f"import {helper}", scale=f"{helper}.SCALE")
+    path = tmp_path / f"{helper}.py"
+    reason = _build_then_change(ws, capsys, lambda: path.write_text("SCALE = 3.0\n"))
+    assert f"{helper}.py" in reason
+
+
+def test_a_data_file_the_model_reads_is_part_of_the_key(tmp_path, capsys):
+    data = tmp_path / "scale.txt"
+    data.write_text("1.5\n")
+    ws, _ = _workspace(tmp_path, imports="import pathlib",
+                       scale="float(pathlib.Path(__file__).with_name('scale.txt').read_text())")
+    reason = _build_then_change(ws, capsys, lambda: data.write_text("2.5\n"))
+    assert "scale.txt" in reason
+
+
+def test_upgrading_the_package_that_defines_the_model_rebuilds_it(tmp_path, capsys):
+    package = f"userpkg_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text(MODEL.format(imports="", scale="1.0"))
+
+    def install(version):
+        for old in tmp_path.glob(f"{package}-*.dist-info"):
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        info = tmp_path / f"{package}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+        (info / "top_level.txt").write_text(f"{package}\n")
+        (info / "RECORD").write_text("")
+
+    install("1.0")
+    ws = _one_model(tmp_path, f"{package}:net")
+    reason = _build_then_change(ws, capsys, lambda: install("2.0"))
+    assert f"package {package.replace('_', '-')} 1.0 -> 2.0" in reason  # the normalized name
+
+
+def test_an_untouched_matrix_stays_cached_and_compiles_nothing(tmp_path, capsys):
+    from unittest import mock
+
+    import buildsys.compile
+
+    ws, _ = _workspace(tmp_path)
+    assert ws.cli("build") == 0
+    with mock.patch.object(buildsys.compile, "compile_model") as compile_model:
+        assert ws.cli("build") == 0
+    compile_model.assert_not_called()
+    assert "done: 0 built, 1 cached" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("typo", ["module", "function"])
+def test_a_typo_in_the_source_fails_at_plan_with_file_and_line(tmp_path, capsys, typo):
+    ws, module = _workspace(tmp_path)
+    good = module.stem + ":net"
+    bad = (module.stem + "x:net") if typo == "module" else (module.stem + ":nett")
+    ws.config.write_text(ws.config.read_text().replace(good, bad))
+    assert ws.cli("plan") == 2
+    err = capsys.readouterr().err
+    assert f"{ws.config}:3" in err and "models.usernet.source" in err
+    assert ("cannot find module" in err) if typo == "module" else ("defines no 'nett'" in err and "net" in err)
+
+
+def test_plan_deep_reports_a_drifted_entry(tmp_path, capsys, monkeypatch):
+    """A model whose width comes from an environment variable: no file changes, the graph does."""
+    monkeypatch.setenv("BUILDSYS_TEST_WIDTH", "4")
+    name = f"user_env_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
+        import os
+        import torch
+
+        def net():
+            width = int(os.environ["BUILDSYS_TEST_WIDTH"])
+            return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.ReLU())
+        """))
+    ws = _one_model(tmp_path, f"{name}:net", model="envnet")
+    assert ws.cli("build") == 0
+    capsys.readouterr()
+    assert ws.cli("plan", "--deep") == 0
+    assert "exported graph and weights unchanged" in capsys.readouterr().out
+    monkeypatch.setenv("BUILDSYS_TEST_WIDTH", "6")
+    assert ws.cli("plan") == 0
+    assert "1 cached" in capsys.readouterr().out  # what the recorded files cannot see
+    assert ws.cli("plan", "--deep") == 0
+    out = capsys.readouterr().out
+    assert "drifted: its exported graph" in out and "1 to build" in out
+
+
+def test_plan_imports_neither_torch_nor_tvm(built):
+    code = textwrap.dedent(f"""
+        import sys
+        from buildsys.cli import main
+        code = main(["-c", {str(built.config)!r}, "--store", {str(built.store)!r}, "plan"])
+        heavy = sorted(m for m in ("torch", "tvm", "tvm_ffi", "torchvision", "onnx") if m in sys.modules)
+        print("HEAVY", heavy, "EXIT", code)
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert "HEAVY [] EXIT 0" in done.stdout, done.stdout + done.stderr
+    assert "3 cached" in done.stdout
