@@ -32,6 +32,8 @@ MIN_SIZE, MAX_SIZE = 16, 4096
 DEFAULT_TOLERANCE = 1e-4
 BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off"}
 TUNING_FIELDS = ("trials", "per_task", "per_iter", "population", "genetic_iters", "seed")
+MAX_WHOLE = 2**63 - 1  # seeds and counts reach torch and TVM as int64; larger ones overflow there
+MAX_ENTRIES = 10_000  # matrix entries before exclude; more is a typo (or hostile), and planning would crawl
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,9 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
         raise reader.error(f"unknown task {task!r}", raw.line_of("task"), f"{where}.task",
                            hint=did_you_mean(str(task), TASKS) or f"one of: {', '.join(TASKS)}")
     seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise reader.error(f"seed must be a whole number >= 0, got {seed!r}", raw.line_of("seed"), f"{where}.seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_WHOLE:
+        raise reader.error(f"seed must be a whole number >= 0 (at most 2**63-1), got {seed!r}", raw.line_of("seed"),
+                           f"{where}.seed")
     weights = _parse_weights(raw.get("weights", "none"), seed, reader, raw.line_of("weights"), f"{where}.weights",
                              base_dir)
     kwargs = raw.get("kwargs", {})
@@ -297,8 +300,8 @@ def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> 
             continue
         number = value[name]
         low = 0 if name in ("trials", "seed") else 1
-        if isinstance(number, bool) or not isinstance(number, int) or number < low:
-            raise reader.error(f"tuning {name} must be a whole number >= {low}, got {number!r}",
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= MAX_WHOLE:
+            raise reader.error(f"tuning {name} must be a whole number >= {low} (at most 2**63-1), got {number!r}",
                                value.line_of(name) if hasattr(value, "line_of") else line, f"{where}.{name}")
         settings[name] = number
     return json.dumps(TuningSettings(**settings).to_dict(), sort_keys=True, separators=(",", ":"))
@@ -313,6 +316,31 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be used here")
+
+
+_INT_TARGET_OPTIONS = ("num-cores", "opt-level")
+_TEXT_TARGET_FIELDS = ("kind", "mcpu", "mtriple", "mabi")
+
+
+def _check_target_types(target: Any, reader: _Reader, line: int | None, where: str) -> None:
+    """Value types of a target mapping, before normalize_target turns them into TVM's (which would
+    iterate an int mattr, or truncate num-cores: 2.7 and read num-cores: true as 1)."""
+    if not isinstance(target, dict):
+        return  # a string is parsed by normalize_target; anything else it refuses
+    for name, value in target.items():  # unknown names are left to normalize_target ("did you mean")
+        if name in _TEXT_TARGET_FIELDS:
+            if not isinstance(value, str):
+                raise reader.error(f"target {name} must be text, got {value!r}", line, where,
+                                   hint="e.g. {kind: llvm, mcpu: znver3}")
+        elif name in _INT_TARGET_OPTIONS:
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole and not (isinstance(value, str) and value.strip().isdigit()):
+                raise reader.error(f"target option {name!r} needs a whole number, got {value!r}", line, where,
+                                   hint=f"e.g. {name}: 4")
+        elif name == "mattr" and not isinstance(value, str) and not (
+                isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            raise reader.error(f"target option 'mattr' is text or a list of texts, got {value!r}", line, where,
+                               hint='e.g. mattr: "+avx2,+fma" or mattr: [+avx2, +fma]')
 
 
 class _AxisValues:
@@ -339,6 +367,7 @@ class _AxisValues:
             return _parse_tuning(value, reader, line, where)
         if axis == "target":
             plain = _plain(value)
+            _check_target_types(plain, reader, line, where)
             cache_key = json.dumps(plain, sort_keys=True)
             if cache_key not in self._targets:
                 try:
@@ -382,7 +411,7 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
     doc = reader.mapping(doc, 1, "(top level)")
     reader.check_keys(doc, TOP_LEVEL, "")
     version = doc.get("version", CONFIG_VERSION)
-    if version != CONFIG_VERSION:
+    if type(version) is not int or version != CONFIG_VERSION:  # true == 1 and 1.0 == 1 in Python
         raise reader.error(f"unsupported version {version!r}; this buildsys reads version {CONFIG_VERSION}",
                            doc.line_of("version"), "version")
 
@@ -423,6 +452,13 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
 
     entries: list[tuple[dict, int | None]] = []
     if all(axis_choices):
+        count = 1
+        for choices in axis_choices:
+            count *= len(choices)
+        if count > MAX_ENTRIES:
+            raise reader.error(f"the matrix expands to {count} entries before exclude; the most is {MAX_ENTRIES}",
+                               matrix_line, "matrix", hint="split it into several files, or list fewer values "
+                                                           "and add the odd ones with include")
         for combo in itertools.product(*axis_choices):
             entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix_line))
     elif "model" in matrix or "input_size" in matrix:
@@ -430,13 +466,19 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
         raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix_line, "matrix",
                            hint=f"add matrix.{missing[0]} or defaults.{missing[0]}")
 
+    # Rules grouped by the axes they name: one set lookup per group and entry, not one test per rule
+    # and entry (thousands of rules times thousands of entries would crawl).
+    excluded: dict[tuple[str, ...], set[tuple]] = {}
     for i, rule in enumerate(reader.sequence(matrix.get("exclude", []), matrix.line_of("exclude"),
                                              "matrix.exclude")):
         where = f"matrix.exclude[{i}]"
         rule = reader.mapping(rule, matrix["exclude"].line_of(i), where)
         reader.check_keys(rule, AXES, where)
-        wanted = {axis: values.parse(axis, v, rule.line_of(axis), f"{where}.{axis}") for axis, v in rule.items()}
-        entries = [(e, line) for e, line in entries if not all(e[a] == v for a, v in wanted.items())]
+        axes = tuple(sorted(rule))
+        excluded.setdefault(axes, set()).add(
+            tuple(values.parse(axis, rule[axis], rule.line_of(axis), f"{where}.{axis}") for axis in axes))
+    entries = [(e, line) for e, line in entries
+               if not any(tuple(e[a] for a in axes) in rows for axes, rows in excluded.items())]
 
     for i, extra in enumerate(reader.sequence(matrix.get("include", []), matrix.line_of("include"),
                                               "matrix.include")):
