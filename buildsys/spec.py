@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -33,6 +34,7 @@ DEFAULT_TOLERANCE = 1e-4
 BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off"}
 TUNING_FIELDS = ("trials", "per_task", "per_iter", "population", "genetic_iters", "seed")
 MAX_WHOLE = 2**63 - 1  # seeds and counts reach torch and TVM as int64; larger ones overflow there
+MAX_CONFIG_BYTES = 4 << 20  # a builds.yaml has a few KiB; /dev/zero has no end
 MAX_ENTRIES = 10_000  # matrix entries before exclude; more is a typo (or hostile), and planning would crawl
 
 
@@ -394,12 +396,31 @@ def load_specs(path: str | os.PathLike) -> list[BuildSpec]:
     """Read and expand a builds.yaml. Every problem is a ConfigError naming file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            _check_regular(handle.fileno(), path)
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(path), hint="run from the project root or pass --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"byte {data[exc.start]:#04x} is not UTF-8", file=str(path),
+                          line=data.count(b"\n", 0, exc.start) + 1, hint="save the file as UTF-8") from None
     return parse_specs(text, filename=str(path), base_dir=path.resolve().parent)
+
+
+def _check_regular(fd: int, path: Path) -> None:
+    """A FIFO would block the read, a device (/dev/zero) never end it."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ConfigError(f"cannot read: {kind}", file=str(path), hint="pass the path of a builds.yaml file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read: {info.st_size} bytes; a builds.yaml is at most {MAX_CONFIG_BYTES}",
+                          file=str(path))
 
 
 def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None = None) -> list[BuildSpec]:
