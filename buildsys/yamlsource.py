@@ -111,8 +111,10 @@ class _Loader(yaml.SafeLoader):
         # into a ConfigError naming the line and field
         try:
             return super().construct_object(node, deep=deep)
-        except (ConfigError, yaml.YAMLError):
+        except ConfigError:
             raise
+        except yaml.constructor.ConstructorError as exc:  # !!str [1], !!int {a: 1} ...
+            raise self._error(f"invalid YAML: {exc.problem}", exc.problem_mark, field=self.field()) from None
         except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
             raise self._error(f"cannot read this {_describe_tag(node.tag)} value: {exc}", node.start_mark,
                               field=self.field()) from None
