@@ -169,7 +169,9 @@ class _Reader:
         self.filename = filename
 
     def error(self, message: str, line: int | None, field: str, hint: str | None = None) -> ConfigError:
-        return ConfigError(message, file=self.filename, line=line, field=field, hint=hint)
+        # messages quote the offending value, which may be a 100000-value list: keep them to a screen
+        return ConfigError(_clip(message), file=self.filename, line=line, field=_clip(field),
+                           hint=_clip(hint) if hint else hint)
 
     def mapping(self, value: Any, line: int | None, field: str) -> LocatedDict:
         if not isinstance(value, dict):
@@ -189,6 +191,10 @@ class _Reader:
                 where = f"{field}.{key}" if field else str(key)
                 raise self.error(f"unknown field {key!r}", mapping.line_of(key), where,
                                  hint=did_you_mean(str(key), allowed) or f"allowed: {', '.join(allowed)}")
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _type_name(value: Any) -> str:
