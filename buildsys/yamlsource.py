@@ -66,8 +66,8 @@ class _Loader(yaml.SafeLoader):
         self._path: list = []  # where construction is, for messages: ["matrix", "target", 0]
 
     def _error(self, message: str, mark, hint: str | None = None, field: str | None = None) -> ConfigError:
-        return ConfigError(message, file=self.filename, line=mark.line + 1 if mark else None, field=field,
-                           hint=hint)
+        return ConfigError(_clip(message), file=self.filename, line=mark.line + 1 if mark else None,
+                           field=_clip(field) if field else None, hint=hint)
 
     # ------------------------------------------------------------ composing (text -> node graph)
 
@@ -131,6 +131,10 @@ class _Loader(yaml.SafeLoader):
             return self.construct_object(node, deep=deep)
         finally:
             self._path.pop()
+
+
+def _clip(text: str, limit: int = 400) -> str:  # a message quotes the value, which may be a megabyte
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _describe_tag(tag: str) -> str:

@@ -285,7 +285,7 @@ TAGGED = ["!!binary aGVsbG8=", "!!set {a, b}", "!!omap [{a: 1}]", "!!pairs [{a: 
           "2024-01-01T10:00:00Z", "!!timestamp 2024-01-01", '!!python/object/apply:os.system ["true"]',
           "!!python/name:os.system ''", "!!python/tuple [1, 2]", "!custom x", "!<tag:example.com,2024:x> 1",
           '!!int "x"', '!!int "0x"', '!!float "y"', '!!bool "maybe"', "!!null x", "!!map [1, 2]", "!!seq {a: 1}",
-          "!!str [1]", "!!int [1]", "!!map x", "!!seq x"]
+          "!!str [1]", "!!int [1]", "!!map x", "!!seq x", "!" + "y" * 10_000 + " 1", '!!bool "' + "m" * 100_000 + '"']
 
 
 @settings(max_examples=300, **SETTINGS)
