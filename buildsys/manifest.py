@@ -100,9 +100,18 @@ def check_loadable(manifest: Mapping[str, Any], where: str) -> None:
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
                                                 for o in outputs):
         refuse("field io.outputs is not a list of {name: ...} mappings")
-    mapping(manifest, "detection", "detection", required=False)
-    if not isinstance(manifest.get("label", ""), str):
-        refuse(f"field label is {_kind(manifest['label'])}, not text")
+    if len(shape) < 2:
+        refuse(f"field io.input.shape is {_shown(shape)}, not an image shape")
+    detection = mapping(manifest, "detection", "detection", required=False)
+    frame = detection.get("boxes_frame")
+    if frame is not None and not (isinstance(frame, list) and len(frame) == 2 and all(
+            isinstance(d, (int, float)) and not isinstance(d, bool) and d > 0 for d in frame)):
+        refuse(f"field detection.boxes_frame is {_shown(frame)}, not [height, width]")
+    categories = detection.get("categories")
+    if categories is not None and not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
+        refuse("field detection.categories is not a list of names")
+    if not isinstance(manifest.get("label"), str):
+        refuse(f"field label is {_shown(manifest.get('label'))}, not text")
 
 
 def _kind(value: Any) -> str:
