@@ -215,6 +215,9 @@ def _parse_size(value: Any, reader: _Reader, line: int | None, where: str) -> tu
         dims = (value, value)
     elif isinstance(value, str) and _SIZE_RE.match(value):
         match = _SIZE_RE.match(value)
+        if max(len(match.group(1)), len(match.group(2))) > 9:  # int() refuses more than 4300 digits
+            raise reader.error(f"input size {_clip(value, 40)!r} is out of range; each side must be "
+                               f"{MIN_SIZE}..{MAX_SIZE} pixels", line, where)
         dims = (int(match.group(1)), int(match.group(2)))
     elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                              for v in value):

@@ -224,13 +224,17 @@ def test_deep_block_style_nesting(depth):
 # ---------------------------------------------------------------- class 3: wrong types, huge numbers, bools
 
 
+# Long text where numbers are parsed out of it (int() refuses more than 4300 digits)
+LONG_STRINGS = ["1" * 5000, "1" * 5000 + "x32", "32x" + "1" * 5000, "llvm -num-cores=" + "1" * 5000,
+                "llvm -mattr=" + "+a," * 5000 + "+b", "llvm " + "-mtriple=x " * 2000, "x" * 100_000, "llvm -" + "m" * 5000]
 huge_ints = st.integers(10**12, 10**30) | st.integers(-(10**30), -(10**12)) | st.integers(12, 6000).map(
     lambda n: Raw("9" * n))
 floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e308, 1e-320, -0.0, 2.7, 1e13])
 plain_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | floats | huge_ints
                  | st.text(max_size=30) | st.sampled_from(["", " ", "llvm", "cuda", "1x1", "99999x99999", "none",
                                                            "DEFAULT", "off", "on", "yes", "~", "-", "m:", ":f",
-                                                           "1234567890123", "1234567890123x32", "+avx2", "i"]))
+                                                           "1234567890123", "1234567890123x32", "+avx2", "i"])
+                 | st.sampled_from(LONG_STRINGS))
 wrong_values = st.recursive(plain_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8) | st.sampled_from(["kind", "mattr", "num-cores", "trials", "source", "model"]), inner,
     max_size=4), max_leaves=8)
@@ -246,6 +250,10 @@ wrong_values = st.recursive(plain_scalars, lambda inner: st.lists(inner, max_siz
 @example(place=("matrix", "target", 1, "num-cores"), value=2.7)
 @example(place=("matrix", "target", 1, "kind"), value=["llvm"])
 @example(place=("models", "tiny", "kwargs", "classes"), value=Raw("9" * 5000))
+@example(place=("matrix", "input_size", 1), value="1" * 5000 + "x32")  # int() refuses > 4300 digits
+@example(place=("matrix", "input_size", 1), value="32x" + "1" * 5000)
+@example(place=("matrix", "target", 0), value="llvm -num-cores=" + "1" * 5000)
+@example(place=("matrix", "target", 1, "num-cores"), value="1" * 5000)
 def test_wrong_types_in_every_field(place, value):
     parse_or_refuse(emit(put(base(), place, value)))
 
