@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -32,6 +33,9 @@ MIN_SIZE, MAX_SIZE = 16, 4096
 DEFAULT_TOLERANCE = 1e-4
 BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off"}
 TUNING_FIELDS = ("trials", "per_task", "per_iter", "population", "genetic_iters", "seed")
+MAX_WHOLE = 2**63 - 1  # seeds and counts reach torch and TVM as int64; larger ones overflow there
+MAX_CONFIG_BYTES = 4 << 20  # a builds.yaml has a few KiB; /dev/zero has no end
+MAX_ENTRIES = 10_000  # matrix entries before exclude; more is a typo (or hostile), and planning would crawl
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,9 @@ class _Reader:
         self.filename = filename
 
     def error(self, message: str, line: int | None, field: str, hint: str | None = None) -> ConfigError:
-        return ConfigError(message, file=self.filename, line=line, field=field, hint=hint)
+        # messages quote the offending value, which may be a 100000-value list: keep them to a screen
+        return ConfigError(_clip(message), file=self.filename, line=line, field=_clip(field),
+                           hint=_clip(hint) if hint else hint)
 
     def mapping(self, value: Any, line: int | None, field: str) -> LocatedDict:
         if not isinstance(value, dict):
@@ -191,6 +197,10 @@ class _Reader:
                                  hint=did_you_mean(str(key), allowed) or f"allowed: {', '.join(allowed)}")
 
 
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _type_name(value: Any) -> str:
     for kind, name in ((bool, "true/false"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
                        ((int, float), "a number"), (type(None), "nothing")):
@@ -209,6 +219,9 @@ def _parse_size(value: Any, reader: _Reader, line: int | None, where: str) -> tu
         dims = (value, value)
     elif isinstance(value, str) and _SIZE_RE.match(value):
         match = _SIZE_RE.match(value)
+        if max(len(match.group(1)), len(match.group(2))) > 9:  # int() refuses more than 4300 digits
+            raise reader.error(f"input size {_clip(value, 40)!r} is out of range; each side must be "
+                               f"{MIN_SIZE}..{MAX_SIZE} pixels", line, where)
         dims = (int(match.group(1)), int(match.group(2)))
     elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                              for v in value):
@@ -241,8 +254,9 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
         raise reader.error(f"unknown task {task!r}", raw.line_of("task"), f"{where}.task",
                            hint=did_you_mean(str(task), TASKS) or f"one of: {', '.join(TASKS)}")
     seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise reader.error(f"seed must be a whole number >= 0, got {seed!r}", raw.line_of("seed"), f"{where}.seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_WHOLE:
+        raise reader.error(f"seed must be a whole number >= 0 (at most 2**63-1), got {seed!r}", raw.line_of("seed"),
+                           f"{where}.seed")
     weights = _parse_weights(raw.get("weights", "none"), seed, reader, raw.line_of("weights"), f"{where}.weights",
                              base_dir)
     kwargs = raw.get("kwargs", {})
@@ -302,8 +316,8 @@ def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> 
             continue
         number = value[name]
         low = 0 if name in ("trials", "seed") else 1
-        if isinstance(number, bool) or not isinstance(number, int) or number < low:
-            raise reader.error(f"tuning {name} must be a whole number >= {low}, got {number!r}",
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= MAX_WHOLE:
+            raise reader.error(f"tuning {name} must be a whole number >= {low} (at most 2**63-1), got {number!r}",
                                value.line_of(name) if hasattr(value, "line_of") else line, f"{where}.{name}")
         settings[name] = number
     return json.dumps(TuningSettings(**settings).to_dict(), sort_keys=True, separators=(",", ":"))
@@ -318,6 +332,31 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be used here")
+
+
+_INT_TARGET_OPTIONS = ("num-cores", "opt-level")
+_TEXT_TARGET_FIELDS = ("kind", "mcpu", "mtriple", "mabi")
+
+
+def _check_target_types(target: Any, reader: _Reader, line: int | None, where: str) -> None:
+    """Value types of a target mapping, before normalize_target turns them into TVM's (which would
+    iterate an int mattr, or truncate num-cores: 2.7 and read num-cores: true as 1)."""
+    if not isinstance(target, dict):
+        return  # a string is parsed by normalize_target; anything else it refuses
+    for name, value in target.items():  # unknown names are left to normalize_target ("did you mean")
+        if name in _TEXT_TARGET_FIELDS:
+            if not isinstance(value, str):
+                raise reader.error(f"target {name} must be text, got {value!r}", line, where,
+                                   hint="e.g. {kind: llvm, mcpu: znver3}")
+        elif name in _INT_TARGET_OPTIONS:
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole and not (isinstance(value, str) and value.strip().isdigit()):
+                raise reader.error(f"target option {name!r} needs a whole number, got {value!r}", line, where,
+                                   hint=f"e.g. {name}: 4")
+        elif name == "mattr" and not isinstance(value, str) and not (
+                isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            raise reader.error(f"target option 'mattr' is text or a list of texts, got {value!r}", line, where,
+                               hint='e.g. mattr: "+avx2,+fma" or mattr: [+avx2, +fma]')
 
 
 class _AxisValues:
@@ -344,6 +383,7 @@ class _AxisValues:
             return _parse_tuning(value, reader, line, where)
         if axis == "target":
             plain = _plain(value)
+            _check_target_types(plain, reader, line, where)
             cache_key = json.dumps(plain, sort_keys=True)
             if cache_key not in self._targets:
                 try:
@@ -370,12 +410,31 @@ def load_specs(path: str | os.PathLike) -> list[BuildSpec]:
     """Read and expand a builds.yaml. Every problem is a ConfigError naming file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            _check_regular(handle.fileno(), path)
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(path), hint="run from the project root or pass --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"byte {data[exc.start]:#04x} is not UTF-8", file=str(path),
+                          line=data.count(b"\n", 0, exc.start) + 1, hint="save the file as UTF-8") from None
     return parse_specs(text, filename=str(path), base_dir=path.resolve().parent)
+
+
+def _check_regular(fd: int, path: Path) -> None:
+    """A FIFO would block the read, a device (/dev/zero) never end it."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ConfigError(f"cannot read: {kind}", file=str(path), hint="pass the path of a builds.yaml file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read: {info.st_size} bytes; a builds.yaml is at most {MAX_CONFIG_BYTES}",
+                          file=str(path))
 
 
 def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None = None) -> list[BuildSpec]:
@@ -387,7 +446,7 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
     doc = reader.mapping(doc, 1, "(top level)")
     reader.check_keys(doc, TOP_LEVEL, "")
     version = doc.get("version", CONFIG_VERSION)
-    if version != CONFIG_VERSION:
+    if type(version) is not int or version != CONFIG_VERSION:  # true == 1 and 1.0 == 1 in Python
         raise reader.error(f"unsupported version {version!r}; this buildsys reads version {CONFIG_VERSION}",
                            doc.line_of("version"), "version")
 
@@ -428,6 +487,13 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
 
     entries: list[tuple[dict, int | None]] = []
     if all(axis_choices):
+        count = 1
+        for choices in axis_choices:
+            count *= len(choices)
+        if count > MAX_ENTRIES:
+            raise reader.error(f"the matrix expands to {count} entries before exclude; the most is {MAX_ENTRIES}",
+                               matrix_line, "matrix", hint="split it into several files, or list fewer values "
+                                                           "and add the odd ones with include")
         for combo in itertools.product(*axis_choices):
             entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix_line))
     elif "model" in matrix or "input_size" in matrix:
@@ -435,13 +501,19 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
         raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix_line, "matrix",
                            hint=f"add matrix.{missing[0]} or defaults.{missing[0]}")
 
+    # Rules grouped by the axes they name: one set lookup per group and entry, not one test per rule
+    # and entry (thousands of rules times thousands of entries would crawl).
+    excluded: dict[tuple[str, ...], set[tuple]] = {}
     for i, rule in enumerate(reader.sequence(matrix.get("exclude", []), matrix.line_of("exclude"),
                                              "matrix.exclude")):
         where = f"matrix.exclude[{i}]"
         rule = reader.mapping(rule, matrix["exclude"].line_of(i), where)
         reader.check_keys(rule, AXES, where)
-        wanted = {axis: values.parse(axis, v, rule.line_of(axis), f"{where}.{axis}") for axis, v in rule.items()}
-        entries = [(e, line) for e, line in entries if not all(e[a] == v for a, v in wanted.items())]
+        axes = tuple(sorted(rule))
+        excluded.setdefault(axes, set()).add(
+            tuple(values.parse(axis, rule[axis], rule.line_of(axis), f"{where}.{axis}") for axis in axes))
+    entries = [(e, line) for e, line in entries
+               if not any(tuple(e[a] for a in axes) in rows for axes, rows in excluded.items())]
 
     for i, extra in enumerate(reader.sequence(matrix.get("include", []), matrix.line_of("include"),
                                               "matrix.include")):

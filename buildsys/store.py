@@ -28,13 +28,62 @@ def _where(path: Path, name: str) -> str:
     return f"{path} ({name})" if name else str(path)
 
 
-def read_verified(path: str | os.PathLike, digest: str, *, key: str | None = None, name: str = "") -> bytes:
-    """A file's bytes, after checking they hash to ``digest``; IntegrityError otherwise."""
-    path = Path(path)
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path, digest: str, *, key: str | None, name: str, size: int | None,
+                  follow_links: bool) -> Iterator:
+    """``path`` opened for reading if it is a regular file (of ``size`` bytes when given).
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer, and fstat then refuses it; a device
+    such as /dev/zero would never end the read. O_NOFOLLOW where links are not accepted (bundles).
+    """
+    def refuse(actual: str | None) -> IntegrityError:
+        return IntegrityError(key=key, path=_where(path, name), expected=digest, actual=actual)
+
+    def check(mode: int) -> None:
+        if stat.S_ISLNK(mode):
+            raise refuse("a symbolic link (a bundle holds its files)")
+        if not stat.S_ISREG(mode):  # a socket cannot even be opened, hence the check before opening too
+            raise refuse(f"{next((k for test, k in _NOT_REGULAR if test(mode)), 'something else')}, "
+                         "not a regular file")
+
     try:
-        data = path.read_bytes()
+        check(os.stat(path, follow_symlinks=follow_links).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
     except FileNotFoundError:
-        raise IntegrityError(key=key, path=_where(path, name), expected=digest, actual=None) from None
+        raise refuse(None) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refuse("a symbolic link (a bundle holds its files)" if not follow_links
+                         else "a loop of symbolic links") from None
+        raise StoreError(f"cannot read {_where(path, name)}: {exc.strerror or exc}") from None
+    try:
+        check(os.fstat(fd).st_mode)  # what was opened, which may not be what was checked a moment ago
+        info = os.fstat(fd)
+        if size is not None and info.st_size != size:
+            raise IntegrityError(key=key, path=_where(path, name), expected=f"{digest} ({size} bytes)",
+                                 actual=f"a file of {info.st_size} bytes")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
+
+
+def read_verified(path: str | os.PathLike, digest: str, *, key: str | None = None, name: str = "",
+                  size: int | None = None, follow_links: bool = True) -> bytes:
+    """A file's bytes, after checking they hash to ``digest``; IntegrityError otherwise (also for
+    a path that is no regular file, a link when ``follow_links`` is false, or not ``size`` bytes)."""
+    path = Path(path)
+    with _open_regular(path, digest, key=key, name=name, size=size, follow_links=follow_links) as handle:
+        try:
+            data = handle.read()
+        except OSError as exc:
+            raise StoreError(f"cannot read {_where(path, name)}: {exc.strerror or exc}") from None
     actual = f"{HASH_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
     if actual != digest:
         raise IntegrityError(key=key, path=_where(path, name), expected=digest, actual=actual)
@@ -42,7 +91,7 @@ def read_verified(path: str | os.PathLike, digest: str, *, key: str | None = Non
 
 
 def copy_verified(src: str | os.PathLike, digest: str, dest: str | os.PathLike, *, key: str | None = None,
-                  name: str = "") -> Path:
+                  name: str = "", size: int | None = None, follow_links: bool = True) -> Path:
     """Copy ``src`` to ``dest`` while hashing; the copy is removed unless it matches ``digest``.
 
     Hashing the very bytes that were written closes the gap between checking
@@ -50,14 +99,15 @@ def copy_verified(src: str | os.PathLike, digest: str, dest: str | os.PathLike, 
     """
     src, dest = Path(src), Path(dest)
     h = hashlib.sha256()
-    try:
-        with open(src, "rb") as fin, open(dest, "wb") as fout:
-            for chunk in iter(lambda: fin.read(CHUNK), b""):
-                h.update(chunk)
-                fout.write(chunk)
-    except FileNotFoundError:
-        dest.unlink(missing_ok=True)
-        raise IntegrityError(key=key, path=_where(src, name), expected=digest, actual=None) from None
+    with _open_regular(src, digest, key=key, name=name, size=size, follow_links=follow_links) as fin:
+        try:
+            with open(dest, "wb") as fout:
+                for chunk in iter(lambda: fin.read(CHUNK), b""):
+                    h.update(chunk)
+                    fout.write(chunk)
+        except OSError as exc:
+            dest.unlink(missing_ok=True)
+            raise StoreError(f"cannot copy {_where(src, name)} to {dest}: {exc.strerror or exc}") from None
     actual = f"{HASH_ALGORITHM}:{h.hexdigest()}"
     if actual != digest:
         dest.unlink(missing_ok=True)

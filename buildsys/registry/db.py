@@ -36,7 +36,12 @@ def make_engine(url: str) -> Engine:
     except ArgumentError as exc:
         raise RegistryError(f"not a database URL: {url!r} ({exc})") from None
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(f"cannot create the folder {str(folder)!r} for registry {url!r}: "
+                                f"{exc.strerror or exc}; pass a writable --registry (or BUILDSYS_REGISTRY)") from None
     try:
         engine = create_engine(parsed)
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
@@ -65,19 +70,66 @@ def head_revision(engine: Engine) -> str:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise RegistryError(f"registry {engine.url!r}: {exc}") from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (Alembic owns every schema change)."""
     from alembic import command
+    from alembic.util import CommandError
 
+    _refuse_empty_file(engine)  # before connecting: connecting writes SQLite's first page
     try:
+        _refuse_unknown_revision(engine)
         with engine.begin() as conn:
             command.upgrade(alembic_config(engine, conn), revision)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, CommandError) as exc:
         raise RegistryError(f"registry {engine.url!r}: migration failed: {exc}") from None
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _refuse_empty_file(engine: Engine) -> None:
+    if _sqlite_file_size(engine) == 0:
+        raise RegistryError(f"registry file {engine.url.database!r} is empty (0 bytes); restore it from a backup, "
+                            "or remove it to start a new registry")
+
+
+def _refuse_unknown_revision(engine: Engine) -> None:
+    """A registry migrated by a newer buildsys carries a revision our scripts do not have; Alembic
+    would fail with "Can't locate revision", and guessing at its schema could damage it."""
+    from alembic.script import ScriptDirectory
+
+    stored = _stored_revision(engine)
+    if stored is None:
+        return
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()}
+    if stored not in known:
+        raise RegistryError(f"registry {engine.url!r}: this registry was written by a newer buildsys (revision "
+                            f"{stored}); upgrade buildsys (this one reads up to revision {HEAD_REVISION}), or "
+                            "point --registry (BUILDSYS_REGISTRY) at another registry")
+
+
+def _sqlite_file_size(engine: Engine) -> int | None:
+    """Bytes in the registry's SQLite file, -1 when there is none yet; None for other databases."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        return None
+    try:
+        return Path(database).stat().st_size
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        raise RegistryError(f"cannot read registry file {database!r}: {exc.strerror or exc}") from None
 
 
 def _at_head(engine: Engine) -> bool:
@@ -105,7 +157,12 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.migrate.lock", "a+") as handle:
+    try:
+        handle = open(f"{database}.migrate.lock", "a+")
+    except OSError as exc:
+        raise RegistryError(f"registry {database!r} needs migrating, but its lock file cannot be created: "
+                            f"{exc.strerror or exc}; run `buildsys db upgrade` where the folder is writable") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -114,11 +171,19 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Upgrade to the newest schema unless the database is already there."""
+    """Upgrade to the newest schema unless the database is already there.
+
+    Refuses a registry of a newer buildsys, and a SQLite file of 0 bytes that this process did not
+    create: a registry that lost its contents must not restart empty without anyone noticing.
+    """
     try:
-        if _at_head(engine):
+        size = _sqlite_file_size(engine)
+        if size not in (-1, 0) and _at_head(engine):
             return
+        # A new SQLite file is created under the lock (connecting creates it), so a file that is still
+        # empty once we hold the lock was not being created by another builder
         with _migration_lock(engine):
+            _refuse_empty_file(engine)
             if not _at_head(engine):  # another process may have migrated while we waited
                 upgrade(engine)
     except SQLAlchemyError as exc:

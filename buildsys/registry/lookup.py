@@ -60,6 +60,9 @@ def resolve(db: Path, ref: str) -> ResolvedArtifact:
     ref = ref.strip()
     if not db.is_file():
         raise RegistryError(f"no registry at {db}; build something first, or set BUILDSYS_REGISTRY")
+    if db.stat().st_size == 0:  # SQLite would read it as a new, empty database: "no such table"
+        raise RegistryError(f"registry file {str(db)!r} is empty (0 bytes); restore it from a backup, or remove "
+                            "it to start a new registry")
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     except sqlite3.Error as exc:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
 import shutil
+import stat
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,7 +18,7 @@ import numpy as np
 
 from .. import manifest as manifest_format
 from ..cpu import host_flags, missing_features
-from ..errors import CompatibilityError, IntegrityError
+from ..errors import CompatibilityError, IntegrityError, TrustError
 from ..locations import resolve_locations
 from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 from ..registry.lookup import resolve as resolve_sqlite
@@ -99,8 +102,15 @@ class Predictor:
 
 def load_executable(library_path: str | os.PathLike, key: str = "?"):
     """A Relax VM over a compiled library, driven through runtime functions only."""
-    module = runtime_ffi().load_module(str(library_path))
-    vm = module["vm_load_executable"]()
+    ffi = runtime_ffi()
+    try:
+        vm = ffi.load_module(str(library_path))["vm_load_executable"]()
+    except Exception as exc:  # TVM raises its own error types: dlopen failed, or no Relax VM inside
+        reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+        raise CompatibilityError(
+            f"artifact {key[:12]}: {LIBRARY_NAME} cannot be loaded by this runtime ({reason[0][:300]}); it is "
+            f"not a Relax executable for this host: rebuild it here (`buildsys build --force --only "
+            f"key={key[:12]}`)") from None
     kind_cpu, pooled_allocator = 1, 2
     try:
         # device (kind, id, allocator) for the computation, then the same for the host
@@ -129,16 +139,21 @@ class _StoreFiles:
 
 
 class _BundleFiles:
-    """An exported artifact directory (``buildsys export``): digests from its manifest."""
+    """An exported artifact directory (``buildsys export``): digests and sizes from its manifest.
+    Only regular files of the listed size are read; links are refused (a bundle holds its files)."""
 
-    def __init__(self, directory: Path, digests: Mapping[str, str], key: str):
-        self.directory, self.digests, self.key = directory, digests, key
+    def __init__(self, directory: Path, entries: Mapping[str, Mapping[str, Any]], key: str):
+        self.directory, self.entries, self.key = directory, entries, key
 
     def read(self, name: str) -> bytes:
-        return read_verified(self.directory / name, self.digests[name], key=self.key, name=name)
+        entry = self.entries[name]
+        return read_verified(self.directory / name, entry["digest"], key=self.key, name=name, size=entry["size"],
+                             follow_links=False)
 
     def copy(self, name: str, dest: Path) -> Path:
-        return copy_verified(self.directory / name, self.digests[name], dest, key=self.key, name=name)
+        entry = self.entries[name]
+        return copy_verified(self.directory / name, entry["digest"], dest, key=self.key, name=name,
+                             size=entry["size"], follow_links=False)
 
 
 def _from_registry(ref: str, registry, store: Store | None):
@@ -155,6 +170,7 @@ def _from_registry(ref: str, registry, store: Store | None):
         key, manifest_digest = record.key, record.manifest_digest
         digests = {f.name: f.digest for f in record.files}
     manifest = manifest_format.loads(store.read_verified(manifest_digest, key=key, name=MANIFEST_NAME), key=key)
+    manifest_format.check_loadable(manifest, f"artifact {key[:12]}")
     for name, entry in manifest["files"].items():
         if digests.get(name) != entry["digest"]:
             raise IntegrityError(key=key, path=f"{name} (registry vs manifest)", expected=str(digests.get(name)),
@@ -162,22 +178,58 @@ def _from_registry(ref: str, registry, store: Store | None):
     return key, manifest, _StoreFiles(store, digests, key)
 
 
+def _read_bundle_file(path: Path, limit: int) -> bytes | None:
+    """A small regular file of a bundle, None when there is none; a FIFO, device, link, directory or
+    oversized file is refused before it is read (a FIFO would block the loader forever)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a socket cannot even be opened
+            raise TrustError(f"bundle {path.parent}: {path.name} is not a regular file (a bundle holds its files)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "it is a symbolic link (a bundle holds its files)" if exc.errno == errno.ELOOP else exc.strerror
+        raise TrustError(f"bundle {path.parent}: cannot read {path.name}: {why}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # replaced since the lstat
+            raise TrustError(f"bundle {path.parent}: {path.name} is not a regular file (a bundle holds its files)")
+        if info.st_size > limit:
+            raise TrustError(f"bundle {path.parent}: {path.name} has {info.st_size} bytes, more than the "
+                             f"{limit} a bundle's {path.name} may have")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(limit + 1)
+
+
 def _from_bundle(directory: Path):
     """No database: the manifest beside the files names their digests (sign bundles to trust it)."""
-    try:
-        data = (directory / MANIFEST_NAME).read_bytes()
-    except OSError as exc:
-        raise CompatibilityError(f"{directory} is not an artifact bundle: cannot read {MANIFEST_NAME}: {exc}") from None
+    data = _read_bundle_file(directory / MANIFEST_NAME, manifest_format.MAX_MANIFEST_BYTES)
+    if data is None:
+        raise CompatibilityError(f"{directory} is not an artifact bundle: it has no {MANIFEST_NAME}")
     if os.environ.get("BUILDSYS_PUBLIC_KEY"):  # a deployment that only trusts signed bundles
         from ..release import SIGNATURE_NAME, load_public_key, verify_signature
 
-        signature_path = directory / SIGNATURE_NAME
-        signature = signature_path.read_bytes() if signature_path.is_file() else None
+        signature = _read_bundle_file(directory / SIGNATURE_NAME, 4096)
         verify_signature(load_public_key(), data, signature, f"bundle {directory}")
     manifest = manifest_format.loads(data, key=str(directory))
-    key = manifest.get("key", str(directory))
-    digests = {name: entry["digest"] for name, entry in manifest["files"].items()}
-    return key, manifest, _BundleFiles(directory, digests, key)
+    manifest_format.check_loadable(manifest, f"bundle {directory}")
+    key = manifest["key"]
+    return key, manifest, _BundleFiles(directory, manifest["files"], key)
+
+
+def _read_params(data: bytes, key: str) -> list[np.ndarray]:
+    """The arrays of params.npz, in name order. Its digest matched, so a failure here is a bundle
+    whose manifest vouches for bytes that are no parameter archive."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return [npz[name] for name in sorted(npz.files)]
+    except (ValueError, OSError, EOFError, KeyError, MemoryError, zipfile.BadZipFile) as exc:
+        raise TrustError(f"artifact {key[:12]}: {PARAMS_NAME} is not a parameter archive ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); export the bundle again or rebuild the artifact") from None
 
 
 def load_artifact(ref: str | os.PathLike, *, registry=None, store: Store | None = None,
@@ -190,7 +242,7 @@ def load_artifact(ref: str | os.PathLike, *, registry=None, store: Store | None 
     directory while being hashed, and that very copy is what gets loaded.
     """
     path = Path(ref)
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+    if path.is_dir() and os.path.lexists(path / MANIFEST_NAME):  # whatever it is, _from_bundle checks it
         key, manifest, files = _from_bundle(path)
     else:
         key, manifest, files = _from_registry(str(ref), registry, store)
@@ -203,8 +255,7 @@ def load_artifact(ref: str | os.PathLike, *, registry=None, store: Store | None 
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the runtime's pool starts
         vm = load_executable(library, key)
-        with np.load(io.BytesIO(params_data), allow_pickle=False) as npz:
-            params = [to_device(npz[name]) for name in sorted(npz.files)]
+        params = [to_device(array) for array in _read_params(params_data, key)]
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

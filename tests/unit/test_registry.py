@@ -215,3 +215,76 @@ def test_db_upgrade_command_on_postgresql(postgres_server, capsys):
     assert main(["--registry", url, "db", "upgrade"]) == 0
     assert f"empty -> {HEAD_REVISION}" in capsys.readouterr().out
     assert current_revision(make_engine(url)) == HEAD_REVISION
+
+
+# ---------------------------------------------------------------- hostile registries (#16)
+
+
+def _cli(*args):
+    from buildsys.cli import main
+    return main(list(args))
+
+
+def test_a_registry_of_a_newer_buildsys_is_refused_by_every_command(registry, tmp_path, capsys):
+    registry.publish(new_artifact("ab" * 32))
+    with registry._engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0042_from_the_future'"))
+    url = registry.url
+    registry.close()
+    with pytest.raises(RegistryError, match=r"written by a newer buildsys \(revision 0042_from_the_future\); "
+                                            r"upgrade buildsys") as info:
+        Registry(url)
+    assert info.value.exit_code == 6
+    for command in (["ls"], ["show", "abab"], ["db", "upgrade"], ["gc"]):
+        assert _cli("--registry", url, "--store", str(tmp_path / "store"), *command) == 6, command
+        err = capsys.readouterr().err
+        assert "newer buildsys (revision 0042_from_the_future)" in err and "Traceback" not in err, err
+    with make_engine(url).connect() as conn:  # left as it was
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0042_from_the_future"
+
+
+def test_a_registry_folder_that_cannot_be_created(capsys, tmp_path):
+    with pytest.raises(RegistryError, match="cannot create the folder '/proc/nope'"):
+        Registry("sqlite:////proc/nope/registry.db")
+    assert _cli("--registry", "sqlite:////proc/nope/registry.db", "--store", str(tmp_path / "s"), "ls") == 6
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_empty_registry_file_is_not_taken_for_a_new_registry(tmp_path, capsys):
+    from buildsys.registry.lookup import resolve
+
+    db = tmp_path / "r.db"
+    db.write_bytes(b"")
+    message = rf"registry file '{db}' is empty \(0 bytes\); restore it from a backup, or remove it"
+    with pytest.raises(RegistryError, match=message):
+        Registry(f"sqlite:///{db}")
+    with pytest.raises(RegistryError, match=message):
+        resolve(db, "prod")  # the thin loader's read path
+    with pytest.raises(RegistryError, match=message):
+        upgrade(make_engine(f"sqlite:///{db}"))  # `buildsys db upgrade`
+    assert _cli("--registry", f"sqlite:///{db}", "--store", str(tmp_path / "s"), "ls") == 6
+    assert "Traceback" not in capsys.readouterr().err
+    assert db.stat().st_size == 0  # nothing written into it
+    db.unlink()
+    Registry(f"sqlite:///{db}").close()  # removed, it starts a new one
+    assert db.stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n" * 100, b"SQLite format 3\x00" + b"\xff" * 5000])
+def test_a_registry_file_that_is_no_database(tmp_path, capsys, content):
+    db = tmp_path / "r.db"
+    db.write_bytes(content)
+    with pytest.raises(RegistryError):
+        Registry(f"sqlite:///{db}")
+    for command in (["ls"], ["db", "current"], ["db", "upgrade"]):
+        assert _cli("--registry", f"sqlite:///{db}", "--store", str(tmp_path / "s"), *command) == 6, command
+        assert "Traceback" not in capsys.readouterr().err
+    assert db.read_bytes() == content
+
+
+def test_a_registry_path_that_is_a_directory(tmp_path, capsys):
+    (tmp_path / "r.db").mkdir()
+    with pytest.raises(RegistryError):
+        Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    assert _cli("--registry", f"sqlite:///{tmp_path / 'r.db'}", "--store", str(tmp_path / "s"), "ls") == 6
+    assert "Traceback" not in capsys.readouterr().err

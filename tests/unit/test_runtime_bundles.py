@@ -1,0 +1,335 @@
+"""Hostile bundles for the thin loader (issue #16), built from fake files: no model is compiled.
+
+A bundle is a directory with manifest.json, lib.so and params.npz. Each hostile one is refused
+with a BuildsysError (IntegrityError/TrustError/CompatibilityError) before anything is loaded:
+no KeyError or TypeError, no IsADirectoryError, no hang on a FIFO, no temporary files left.
+Where the digests are made to match, the bundle gets as far as loading, which is mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from buildsys import manifest as manifest_format
+from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, TrustError
+from buildsys.runtime import load_artifact, loader
+from buildsys.toolchain import runtime_versions
+
+KEY = "ab" * 32
+LIB = b"\x7fELF not really a library" * 40
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def params_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, p00000=np.zeros((2, 3), np.float32))
+    return buffer.getvalue()
+
+
+PARAMS = params_bytes()
+
+
+def good_manifest(lib: bytes = LIB, params: bytes = PARAMS) -> dict:
+    return {
+        "manifest_format": manifest_format.MANIFEST_FORMAT, "key": KEY, "label": "tiny 32x32 [llvm] O3",
+        "files": {"lib.so": {"digest": digest(lib), "size": len(lib)},
+                  "params.npz": {"digest": digest(params), "size": len(params)}},
+        "runtime": runtime_versions(), "cpu": {"required_features": []},
+        "spec": {"model": {"name": "tiny", "task": "classification"}, "target": {"kind": "llvm"}},
+        "io": {"input": {"shape": [1, 3, 32, 32], "dtype": "float32"}, "params": 1,
+               "outputs": [{"name": "logits", "shape": [1, 3]}]},
+    }
+
+
+def write_bundle(directory: Path, manifest=None, lib: bytes = LIB, params: bytes = PARAMS,
+                 raw_manifest: bytes | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "lib.so").write_bytes(lib)
+    (directory / "params.npz").write_bytes(params)
+    data = raw_manifest if raw_manifest is not None else manifest_format.dumps(
+        good_manifest(lib, params) if manifest is None else manifest)
+    (directory / "manifest.json").write_bytes(data)
+    return directory
+
+
+class Reached(Exception):
+    """load_executable was called: every check before loading passed."""
+
+
+class Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_bound(seconds: int = 5):
+    def expired(signum, frame):
+        raise Hang(f"load_artifact took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """The loader's temporary directory, to check that a refused bundle leaves nothing there."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def attempt(bundle: Path) -> BuildsysError | None:
+    """The error load_artifact refuses ``bundle`` with, or None when it reaches loading."""
+    with time_bound(), mock.patch.object(loader, "load_executable", side_effect=Reached):
+        try:
+            load_artifact(bundle)
+        except Reached:
+            return None
+        except BuildsysError as exc:
+            assert exc.exit_code in (5, 7), exc
+            assert str(bundle) in str(exc) or KEY[:12] in str(exc), exc  # says which bundle
+            assert len(str(exc)) < 1500
+            return exc
+    raise AssertionError("load_artifact returned without loading")
+
+
+def test_a_good_fake_bundle_reaches_loading(tmp_path, private_tmp):
+    assert attempt(write_bundle(tmp_path / "b")) is None
+    assert list(private_tmp.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the manifest's structure
+
+
+MUTATIONS = {
+    "no files": lambda m: m.pop("files"),
+    "files is a list": lambda m: m.update(files=["lib.so", "params.npz"]),
+    "entries are strings": lambda m: m.update(files={n: e["digest"] for n, e in m["files"].items()}),
+    "entry without digest": lambda m: m["files"]["lib.so"].pop("digest"),
+    "digest is a number": lambda m: m["files"]["lib.so"].update(digest=5),
+    "digest without algorithm": lambda m: m["files"]["lib.so"].update(digest=m["files"]["lib.so"]["digest"][7:]),
+    "size is true": lambda m: m["files"]["lib.so"].update(size=True),
+    "size is negative": lambda m: m["files"]["lib.so"].update(size=-1),
+    "size is text": lambda m: m["files"]["lib.so"].update(size="40"),
+    "no lib.so": lambda m: m["files"].pop("lib.so"),
+    "a path outside": lambda m: m["files"].update({"../../etc/passwd": m["files"]["lib.so"]}),
+    "an absolute path": lambda m: m["files"].update({"/etc/passwd": m["files"]["lib.so"]}),
+    "no key": lambda m: m.pop("key"),
+    "key is a number": lambda m: m.update(key=12),
+    "key is a path": lambda m: m.update(key="../../x"),
+    "no runtime": lambda m: m.pop("runtime"),
+    "runtime is a list": lambda m: m.update(runtime=["0.27"]),
+    "runtime.tvm is a number": lambda m: m["runtime"].update(tvm=0.27),
+    "cpu is a list": lambda m: m.update(cpu=["avx2"]),
+    "required_features is text": lambda m: m["cpu"].update(required_features="avx2"),
+    "no spec": lambda m: m.pop("spec"),
+    "task is a list": lambda m: m["spec"]["model"].update(task=["classification"]),
+    "target is text": lambda m: m["spec"].update(target="llvm"),
+    "no io": lambda m: m.pop("io"),
+    "shape holds text": lambda m: m["io"]["input"].update(shape=["1", 3, 32, 32]),
+    "shape holds true": lambda m: m["io"]["input"].update(shape=[True, 3, 32, 32]),
+    "shape is empty": lambda m: m["io"]["input"].update(shape=[]),
+    "outputs are names": lambda m: m["io"].update(outputs=["logits"]),
+    "label is a number": lambda m: m.update(label=5),
+    "detection is a list": lambda m: m.update(detection=[]),
+    "boxes_frame is text": lambda m: m.update(detection={"boxes_frame": "64x64"}),
+    "boxes_frame has zero": lambda m: m.update(detection={"boxes_frame": [0, 64]}),
+    "categories is a mapping": lambda m: m.update(detection={"categories": {"0": "cat"}}),
+    "no label": lambda m: m.pop("label"),
+    "shape has one size": lambda m: m["io"]["input"].update(shape=[3]),
+    "format is true": lambda m: m.update(manifest_format=True),
+    "format is 1.0": lambda m: m.update(manifest_format=1.0),
+    "format is 2": lambda m: m.update(manifest_format=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_malformed_manifests_are_refused(name, tmp_path, private_tmp):
+    manifest = good_manifest()
+    MUTATIONS[name](manifest)
+    error = attempt(write_bundle(tmp_path / "b", manifest))
+    assert isinstance(error, (TrustError, CompatibilityError)), error
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]", b"null", b'"text"', b"[" * 100_000 + b"]" * 100_000,
+                                 b'{"manifest_format": 1, "files": ' + b"9" * 5000 + b"}", b"\xff\xfe{}",
+                                 b'{"manifest_format": NaN}'], ids=lambda r: repr(r[:12]))
+def test_manifests_that_are_no_json_object(raw, tmp_path):
+    assert isinstance(attempt(write_bundle(tmp_path / "b", raw_manifest=raw)), (TrustError, CompatibilityError))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6)
+
+
+def _paths(node, prefix=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+PATHS = sorted(_paths(good_manifest()), key=repr)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from(["replace", "delete"]), json_values),
+                          min_size=1, max_size=3))
+def test_mutated_manifests_are_refused_or_reach_loading(tmp_path_factory, mutations):
+    manifest = copy.deepcopy(good_manifest())
+    for path, action, value in mutations:
+        parent = manifest
+        try:
+            for part in path[:-1]:
+                parent = parent[part]
+            if action == "delete":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced the path
+    bundle = write_bundle(tmp_path_factory.mktemp("bundle"), manifest)
+    error = attempt(bundle)
+    if error is None:  # then the fields the runtime reads are intact
+        manifest_format.check_loadable(manifest, "mutated")
+        assert manifest["files"]["lib.so"]["digest"] == digest(LIB)
+
+
+# ---------------------------------------------------------------- the files
+
+
+def make_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def make_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def make_socket(path: Path) -> socket.socket:
+    path.unlink()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    return sock
+
+
+def link_outside(path: Path, content: bytes | None = None) -> None:
+    """A symbolic link to a file outside the bundle, with the same bytes (so the digest matches)."""
+    outside = path.parent.parent / f"outside-{path.name}"
+    outside.write_bytes(path.read_bytes() if content is None else content)
+    path.unlink()
+    path.symlink_to(outside)
+
+
+FILE_DAMAGE = {
+    "directory": make_dir,
+    "fifo": make_fifo,
+    "socket": make_socket,
+    "symlink outside": link_outside,
+    "symlink to /dev/zero": lambda p: (p.unlink(), p.symlink_to("/dev/zero")),
+    "symlink to itself": lambda p: (p.unlink(), p.symlink_to(p.name)),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:-7]),
+    "empty": lambda p: p.write_bytes(b""),
+    "one byte flipped": lambda p: p.write_bytes(bytes([p.read_bytes()[0] ^ 1]) + p.read_bytes()[1:]),
+    "missing": lambda p: p.unlink(),
+    "unreadable": lambda p: os.chmod(p, 0),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(FILE_DAMAGE))
+@pytest.mark.parametrize("name", ["lib.so", "params.npz"])
+def test_damaged_files_are_refused_before_loading(name, damage, tmp_path, private_tmp):
+    bundle = write_bundle(tmp_path / "b")
+    kept = FILE_DAMAGE[damage](bundle / name)
+    if damage == "unreadable" and os.access(bundle / name, os.R_OK):
+        pytest.skip("running as root: a file without permissions is still readable")
+    error = attempt(bundle)
+    assert isinstance(error, IntegrityError) or (damage == "unreadable" and error is not None), error
+    assert name in str(error)
+    assert list(private_tmp.iterdir()) == []
+    del kept
+
+
+@pytest.mark.parametrize("damage", ["directory", "fifo", "socket", "symlink outside", "symlink to /dev/zero"])
+def test_a_manifest_that_is_no_regular_file_is_refused(damage, tmp_path):
+    bundle = write_bundle(tmp_path / "b")
+    kept = FILE_DAMAGE[damage](bundle / "manifest.json")
+    error = attempt(bundle)
+    assert isinstance(error, TrustError) and "manifest.json" in str(error), error
+    del kept
+
+
+def test_a_huge_manifest_is_refused_unread(tmp_path):
+    bundle = write_bundle(tmp_path / "b")
+    with open(bundle / "manifest.json", "r+b") as f:
+        f.truncate(manifest_format.MAX_MANIFEST_BYTES + 1)  # sparse: costs no disk
+    error = attempt(bundle)
+    assert isinstance(error, TrustError) and "bytes" in str(error)
+
+
+def test_a_truncated_library_with_matching_digest_reaches_loading_only(tmp_path):
+    """The manifest vouches for the truncated bytes: the checks pass, loading decides (next test)."""
+    lib = LIB[:-100]
+    assert attempt(write_bundle(tmp_path / "b", lib=lib)) is None
+
+
+def test_a_library_that_is_no_library_is_a_compatibility_error(tmp_path, private_tmp):
+    bundle = write_bundle(tmp_path / "b", lib=b"\x7fELF\x02\x01\x01" + b"\x00" * 57)  # a cut ELF header
+    with time_bound(30), pytest.raises(CompatibilityError, match="lib.so cannot be loaded by this runtime"):
+        load_artifact(bundle)
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("params", [b"PK\x03\x04 not a zip", b"", b"\x93NUMPY" + b"\x00" * 100])
+def test_params_that_are_no_archive_with_matching_digest(params, tmp_path, private_tmp):
+    bundle = write_bundle(tmp_path / "b", params=params)
+    with time_bound(), mock.patch.object(loader, "load_executable", return_value=object()):
+        with pytest.raises(TrustError, match="params.npz is not a parameter archive"):
+            load_artifact(bundle)
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_signature_that_is_a_fifo(tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "public.key").write_text(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex())
+    monkeypatch.setenv("BUILDSYS_PUBLIC_KEY", str(tmp_path / "public.key"))
+    bundle = write_bundle(tmp_path / "b")
+    os.mkfifo(bundle / "manifest.json.sig")
+    error = attempt(bundle)
+    assert isinstance(error, TrustError) and "manifest.json.sig" in str(error), error
