@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import stat
@@ -271,7 +272,8 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
     if skip is not None and (not isinstance(skip, str) or not skip.strip()):
         raise reader.error("skip takes the reason as text", raw.line_of("skip"), f"{where}.skip")
     return ModelSpec(name=name, source=source, task=task, weights=weights,
-                     kwargs_json=json.dumps(_plain(kwargs), sort_keys=True, separators=(",", ":")),
+                     kwargs_json=json.dumps(_plain_at(kwargs, reader, raw.line_of("kwargs"), f"{where}.kwargs"),
+                                            sort_keys=True, separators=(",", ":")),
                      tolerance=float(tolerance), skip=skip, config_dir=str(base_dir),
                      source_origin=f"{reader.filename}:{raw.line_of('source') or line}")
 
@@ -323,12 +325,23 @@ def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> 
     return json.dumps(TuningSettings(**settings).to_dict(), sort_keys=True, separators=(",", ":"))
 
 
+def _plain_at(value: Any, reader: "_Reader", line: int | None, where: str) -> Any:
+    """``_plain`` with the file, line and field in its error."""
+    try:
+        return _plain(value)
+    except ConfigError as exc:
+        raise reader.error(exc.message, line, where, hint=exc.hint) from None
+
+
 def _plain(value: Any) -> Any:
     """Located containers -> plain JSON-able values (rejects what JSON cannot hold)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{value!r} cannot be used here: the build key is JSON, which has no NaN or infinity",
+                          hint="write a finite number")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be used here")

@@ -160,3 +160,16 @@ matrix:
     # an untuned entry's key is what it was before tuning existed (no "tuning" in its spec)
     (plain,) = parse_specs(BASE + "matrix: {model: [a], input_size: [32]}")
     assert spec_key(plain)[0] == spec_key(off)[0]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "[1, .nan]", "{deep: {x: .inf}}"])
+def test_kwargs_that_json_cannot_hold_are_refused_with_their_field(value):
+    """The build key is canonical JSON without NaN or infinity: such kwargs failed at plan with a traceback."""
+    text = f"""
+models:
+  m: {{source: "torchvision.models:resnet18", kwargs: {{x: {value}}}}}
+matrix: {{model: [m], input_size: [32]}}
+"""
+    with pytest.raises(ConfigError, match="no NaN or infinity") as info:
+        parse_specs(text)
+    assert info.value.field == "models.m.kwargs" and info.value.line == 3
