@@ -16,8 +16,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .manifest import MANIFEST_NAME
-
-SIGNATURE_NAME = MANIFEST_NAME + ".sig"
+from .signing import SIGNATURE_NAME
 from .store import Store
 
 

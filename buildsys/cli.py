@@ -531,7 +531,7 @@ def gc(c: Context, dry_run, grace, older_than, not_in_matrix):
 @pass_ctx
 def export_cmd(c: Context, refs, export_all, out_path, sign_key):
     """Copy artifacts out: a release tar for `buildsys import`, or bundle directories to load directly."""
-    from .release import load_private_key
+    from .signing import load_private_key
 
     if not refs and not export_all:
         raise UsageError("name artifacts to export (KEY, prefix or alias), or pass --all")
@@ -556,7 +556,8 @@ def export_cmd(c: Context, refs, export_all, out_path, sign_key):
 @pass_ctx
 def import_cmd(c: Context, archive, public_key, no_aliases):
     """Verify a release tar and register its artifacts in this store and registry."""
-    from .release import import_release, load_public_key
+    from .release import import_release
+    from .signing import load_public_key
 
     key = load_public_key(public_key)
     imported = import_release(archive, c.store, c.registry, key, set_aliases=not no_aliases)
@@ -571,7 +572,7 @@ def import_cmd(c: Context, archive, public_key, no_aliases):
               help="Private key file to create (the public key goes to FILE.pub).")
 def keygen(out_path):
     """Create an ed25519 key pair for signing releases."""
-    from .release import generate_keypair
+    from .signing import generate_keypair
 
     private, public = generate_keypair(out_path)
     click.echo(f"private key: {private} (keep it secret; BUILDSYS_SIGNING_KEY)\npublic key: {public} "

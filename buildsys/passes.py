@@ -21,22 +21,6 @@ RELAY_ONLY_PASSES = frozenset({
     "MemoryPlan", "PlanDevices", "FuseOps.relay",
 })
 
-_PREFIXES = {"tirx.transform.": "tirx.", "s_tir.transform.": "s_tir."}
-
-
-def _pass_name(global_func: str) -> str | None:
-    for prefix, pass_prefix in _PREFIXES.items():
-        if global_func.startswith(prefix):
-            return pass_prefix + global_func[len(prefix):]
-    if global_func.startswith("relax.") and ".transform." in global_func:
-        return global_func.rsplit(".", 1)[1]
-    return None
-
-
-def pass_names_from_registry(global_func_names) -> set[str]:
-    """Pass names (as ``PassContext`` compares them) from TVM's registered global functions."""
-    return {n for n in map(_pass_name, global_func_names) if n}
-
 
 @functools.lru_cache(maxsize=1)
 def known_pass_names() -> frozenset[str]:

@@ -389,13 +389,13 @@ class _AxisValues:
                                    or f"define it under models: ({', '.join(self.models) or 'none defined'})")
             return value
         if axis == "input_size":
-            return _parse_size(_plain(value), reader, line, where)
+            return _parse_size(_plain_at(value, reader, line, where), reader, line, where)
         if axis == "opt_level":
             return _parse_opt_level(value, reader, line, where)
         if axis == "tuning":
             return _parse_tuning(value, reader, line, where)
         if axis == "target":
-            plain = _plain(value)
+            plain = _plain_at(value, reader, line, where)
             _check_target_types(plain, reader, line, where)
             cache_key = json.dumps(plain, sort_keys=True)
             if cache_key not in self._targets:
@@ -408,7 +408,7 @@ class _AxisValues:
         if axis == "disabled_passes":
             if isinstance(value, str):
                 value = [value]
-            names = _plain(reader.sequence(value, line, where))
+            names = _plain_at(reader.sequence(value, line, where), reader, line, where)
             cache_key = json.dumps(names, sort_keys=True)
             if cache_key not in self._passes:
                 try:

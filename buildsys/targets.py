@@ -177,3 +177,24 @@ def to_tvm(target: Mapping[str, Any]):
         return _tvm_target(tvm_dict)
     except Exception as exc:  # TVM raises its own error types; report the target we tried
         raise TargetError(f"TVM rejected target {json.dumps(tvm_dict)}: {exc}") from None
+
+
+# LLVM feature name -> /proc/cpuinfo flag, for the SIMD families generated code uses.
+LLVM_TO_CPUINFO = {
+    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
+    "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512cd": "avx512cd",
+    "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16", "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2",
+    "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq", "avx512ifma": "avx512ifma",
+    "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+}
+
+
+def required_features(target: Mapping) -> list[str]:
+    """cpuinfo flags the code compiled for ``target`` (normalized dict) may use. Build side (needs TVM)."""
+    if "mcpu" not in target and "mattr" not in target:
+        return []  # generic x86-64: baseline instructions only
+    from tvm.target import codegen
+
+    enabled = {str(f) for f in codegen.llvm_get_cpu_features(to_tvm(target))}
+    return sorted(LLVM_TO_CPUINFO[f] for f in enabled if f in LLVM_TO_CPUINFO)

@@ -35,6 +35,22 @@ ARCH_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "i686": "i386", "i586": "
                 "arm64": "aarch64", "armv7": "arm", "armv7a": "arm", "armv8": "aarch64", "ppc64le": "powerpc64le",
                 "ppc64": "powerpc64"}
 GENERATE_TIMEOUT_S = 300
+# TVM registers each pass's constructor as a global function; these give the names PassContext compares.
+_PREFIXES = {"tirx.transform.": "tirx.", "s_tir.transform.": "s_tir."}
+
+
+def _pass_name(global_func: str) -> str | None:
+    for prefix, pass_prefix in _PREFIXES.items():
+        if global_func.startswith(prefix):
+            return pass_prefix + global_func[len(prefix):]
+    if global_func.startswith("relax.") and ".transform." in global_func:
+        return global_func.rsplit(".", 1)[1]
+    return None
+
+
+def pass_names_from_registry(global_func_names) -> set[str]:
+    """Pass names (as ``PassContext`` compares them) from TVM's registered global functions."""
+    return {n for n in map(_pass_name, global_func_names) if n}
 
 
 def cache_dir() -> Path:
@@ -143,8 +159,6 @@ def _emit(triples: list[str]) -> dict:  # runs in the child process: the only pl
     import tvm
     import tvm_ffi
     from tvm.target import codegen
-
-    from .passes import pass_names_from_registry
 
     system_triple = str(codegen.llvm_get_system_triple())
     archs = sorted(str(a) for a in codegen.llvm_get_targets())

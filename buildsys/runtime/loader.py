@@ -211,7 +211,7 @@ def _from_bundle(directory: Path):
     if data is None:
         raise CompatibilityError(f"{directory} is not an artifact bundle: it has no {MANIFEST_NAME}")
     if os.environ.get("BUILDSYS_PUBLIC_KEY"):  # a deployment that only trusts signed bundles
-        from ..release import SIGNATURE_NAME, load_public_key, verify_signature
+        from ..signing import SIGNATURE_NAME, load_public_key, verify_signature
 
         signature = _read_bundle_file(directory / SIGNATURE_NAME, 4096)
         verify_signature(load_public_key(), data, signature, f"bundle {directory}")

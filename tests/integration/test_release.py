@@ -8,7 +8,8 @@ import pytest
 
 from buildsys.errors import TrustError
 from buildsys.registry import Registry
-from buildsys.release import export_release, generate_keypair, import_release, load_private_key, load_public_key
+from buildsys.release import export_release, import_release
+from buildsys.signing import generate_keypair, load_private_key, load_public_key
 from buildsys.store import Store
 
 pytestmark = pytest.mark.model

@@ -1,4 +1,5 @@
-from buildsys.cpu import host_flags, missing_features, required_features
+from buildsys.cpu import host_flags, missing_features
+from buildsys.targets import required_features
 
 
 def test_generic_target_needs_no_features():
