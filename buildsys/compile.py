@@ -68,20 +68,36 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True):
 def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     """``relax.build`` under the entry's PassContext; with a tuning database, its best
     records are applied first (then the target is the database's, num-cores included)."""
+    if tuning_db is None:
+        return compile_for_target(mod, spec.target, spec.opt_level, spec.disabled_passes)
+
+    def tuned(mod):
+        from .tuning import apply
+
+        return apply(mod, spec, tuning_db)
+
+    return _compile(mod, tuning_db.target, spec.opt_level, spec.disabled_passes, tuned)
+
+
+def compile_for_target(mod, target: dict, opt_level: int = 3, disabled_passes=()) -> CompiledModel:
+    """An untuned build of ``mod`` for a normalized ``target`` (what ``compile_model`` does for an
+    entry without tuning; the kernel benchmark builds its one-kernel modules this way)."""
+    return _compile(mod, target, opt_level, tuple(disabled_passes), None)
+
+
+def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tuned) -> CompiledModel:
     import tvm
     from tvm import relax
 
-    target = to_tvm(spec.target if tuning_db is None else tuning_db.target)
+    target = to_tvm(target_dict)
     recorder = _pass_recorder()
     start = time.perf_counter()
     scheduled = prepack_note = schedules_note = None
     try:
-        with tvm.transform.PassContext(opt_level=spec.opt_level, disabled_pass=list(spec.disabled_passes),
+        with tvm.transform.PassContext(opt_level=opt_level, disabled_pass=list(disabled_passes),
                                        instruments=[recorder]):
-            if tuning_db is not None:
-                from .tuning import apply
-
-                mod, scheduled, prepack_note = apply(mod, spec, tuning_db)
+            if tuned is not None:
+                mod, scheduled, prepack_note = tuned(mod)
             default_scheduled: list[str] = []
             try:
                 executable = relax.build(mod, target=target, relax_pipeline=_pipeline(target, default_scheduled))
@@ -103,9 +119,9 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     seconds = time.perf_counter() - start
     trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
     ran = set(recorder.counts)
-    leaked = [p for p in spec.disabled_passes if p in ran]
+    leaked = [p for p in disabled_passes if p in ran]
     if leaked:  # would mean PassContext ignored our request: never publish that silently
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
-                         transforms_params=tuning_db is not None, prepack_note=prepack_note,
+                         transforms_params=tuned is not None, prepack_note=prepack_note,
                          default_scheduled=default_scheduled, schedules_note=schedules_note)
