@@ -39,10 +39,10 @@ def known_pass_names() -> frozenset[str]:
     import tvm  # noqa: F401 - loading TVM's library registers its passes
     import tvm_ffi
 
-    from .schedules import PASS_NAME
+    from .schedules import PACK_PASS_NAME, PASS_NAME
 
     names = {_pass_name(n) for n in tvm_ffi.registry.list_global_func_names()}
-    return frozenset(n for n in names if n) | {PASS_NAME}
+    return frozenset(n for n in names if n) | {PASS_NAME, PACK_PASS_NAME}
 
 
 def validate_disabled_passes(names, field: str = "disabled_passes") -> tuple[str, ...]:
