@@ -208,7 +208,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
            if exported.detection is not None else {}),
         "pass_trace": compiled.pass_trace,
         "default_schedules": {"rule": RULE_NAME, "functions": compiled.default_scheduled,
-                              "packed_matmuls": compiled.packed_matmuls, "note": compiled.schedules_note},
+                              "packed_weights": compiled.packed_weights, "note": compiled.schedules_note},
         "tuning": None if tuning is None else {
             "settings": spec.tuning.to_dict(), "scope": tuning[0].scope, "target": tuning[0].target,
             "records_digest": tuning[1]["digest"], "workloads": tuning[1]["workloads"],

@@ -22,7 +22,7 @@ class CompiledModel:
     prepack_note: str | None = None  # why weights could not be prepacked, when they could not
     default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
     schedules_note: str | None = None  # why the default schedules were turned off, when they were
-    packed_matmuls: int = 0  # matmuls whose weight is packed into panels at build time (schedules.py)
+    packed_weights: int = 0  # matmuls and convolutions whose weights are packed at build time (schedules.py)
 
 
 def _pass_recorder():
@@ -44,12 +44,12 @@ def _pass_recorder():
 def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None):
     """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
     to the fused kernels that tuning records did not schedule (unless ``default_schedules`` is off).
-    With a ``packed`` list, dense weights are first packed into panels by a transform lifted into
-    ``main_transform_params`` (the list gets the number of matmuls rewritten)."""
+    With a ``packed`` list, dense and convolution weights are first packed by a transform lifted
+    into ``main_transform_params`` (the list gets the number of ops rewritten)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from .schedules import PACK_PASS_NAME, PASS_NAME, apply_default_schedules, pack_matmul_weights, vector_lanes
+    from .schedules import PACK_PASS_NAME, PASS_NAME, apply_default_schedules, pack_weights, vector_lanes
 
     @tvm.transform.module_pass(opt_level=0, name=PASS_NAME)
     def schedule_pass(mod, _ctx):
@@ -59,7 +59,7 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
 
     @tvm.transform.module_pass(opt_level=0, name=PACK_PASS_NAME)
     def pack_pass(mod, _ctx):
-        mod, count = pack_matmul_weights(mod, vector_lanes(target))
+        mod, count = pack_weights(mod, vector_lanes(target))
         packed.append(count)
         return mod
 
@@ -137,5 +137,5 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
                          transforms_params=tuned is not None or bool(sum(packed or [])),
-                         packed_matmuls=sum(packed or []), prepack_note=prepack_note,
+                         packed_weights=sum(packed or []), prepack_note=prepack_note,
                          default_scheduled=default_scheduled, schedules_note=schedules_note)
