@@ -361,9 +361,10 @@ def pack_weights(mod, lanes: int):
             _, x_channels, height, width = (_static(d) for d in x_ty.shape.values)
             if None in (filters, channels, height, width) or x_channels != channels:
                 return None
-            # Whole vectors of output channels only: a 24- or 30-wide block (mobilenet's 72 and 120
-            # filters with AVX-512) ran 2-4x slower than the unpacked schedule.
-            block = next((b for b in (2 * lanes, lanes) if filters % b == 0), None)
+            # Whole vectors of output channels (or half a vector: 8 with AVX-512) only: a 24- or
+            # 30-wide block (mobilenet's 72 and 120 filters with AVX-512) ran 2-4x slower than the
+            # unpacked schedule; 8-wide blocks ran about as fast as it.
+            block = next((b for b in (2 * lanes, lanes, lanes // 2) if filters % b == 0 and b >= 4), None)
             if block is None:
                 return None
             packed = self.builder_.emit(self.builder_.call_te(_pack_conv_weight, w, block,
