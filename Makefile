@@ -4,13 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUILD_ARGS ?=
+KERNEL_ARGS ?=
 PYTEST_ARGS ?=
 
 RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all tune bench detector-report test test-all runtime-venv runtime-smoke bench-loader bench-plan stress clean-artifacts
+.PHONY: venv build-all tune bench detector-report test test-all runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,10 @@ tune: $(STAMP)
 ## Built artifacts against PyTorch eager, torch.compile and onnxruntime (prints a table).
 bench: $(STAMP)
 	$(BIN)/buildsys bench $(BENCH_ARGS)
+
+## Generated matmul and convolution kernels on hot model shapes vs numpy and torch (GFLOP/s table).
+bench-kernels: $(STAMP)
+	$(BIN)/python benchmarks/kernels.py $(KERNEL_ARGS)
 
 ## The eight torchvision detectors: build figures, and a run on a real photo in the runtime venv.
 detector-report: $(STAMP) $(RUNTIME_STAMP)

@@ -169,7 +169,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         raise BuildError(f"export_library failed: {type(exc).__name__}: {exc}", key=key, stage="serialize") from None
     vm = load_executable(library, key)
     params = exported.params
-    if compiled.transforms_params:  # weights prepacked into the layouts the tuned kernels read, once, here
+    if compiled.transforms_params:  # weights prepacked into the layouts the kernels read, once, here
         params = outputs_to_numpy(vm["main_transform_params"]([to_device(p) for p in params]))
     manifest_format.write_params(staging_dir / PARAMS_NAME, params)
     timings["serialize_s"] = time.perf_counter() - start
@@ -220,7 +220,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         "exported": exported_digests(exported),
         "pass_trace": compiled.pass_trace,
         "default_schedules": {"rule": RULE_NAME, "functions": compiled.default_scheduled,
-                              "note": compiled.schedules_note},
+                              "packed_weights": compiled.packed_weights, "note": compiled.schedules_note},
         "tuning": None if tuning is None else {
             "settings": spec.tuning.to_dict(), "scope": tuning[0].scope, "target": tuning[0].target,
             "records_digest": tuning[1]["digest"], "workloads": tuning[1]["workloads"],

@@ -25,10 +25,10 @@ RELAY_ONLY_PASSES = frozenset({
 @functools.lru_cache(maxsize=1)
 def known_pass_names() -> frozenset[str]:
     """Names of the passes this TVM registers, from the cached TVM facts (no TVM import here)."""
-    from .schedules import PASS_NAME
+    from .schedules import PACK_PASS_NAME, PASS_NAME
     from .tvmfacts import facts
 
-    return frozenset(facts()["passes"]) | {PASS_NAME}
+    return frozenset(facts()["passes"]) | {PASS_NAME, PACK_PASS_NAME}
 
 
 def validate_disabled_passes(names, field: str = "disabled_passes") -> tuple[str, ...]:

@@ -213,3 +213,122 @@ def test_tiles_follow_the_targets_vector_width():
     # a row of the convolution tile: one vector if a divisor of the width fills half of one, else two
     assert [_pixels(w, 8) for w in (14, 75, 200, 38, 19)] == [7, 5, 8, 2, 1]
     assert [_pixels(w, 4) for w in (14, 75, 200)] == [7, 3, 4]
+
+
+def _weight_module(k: int, n: int, transposed: bool, epilogue: bool, lead: tuple = ()):
+    """main(x: [*lead, rows, k] with rows known at run time; weights w, b) as an imported model has it:
+    ``num_input`` 1, so w and b are parameters the build may transform."""
+    bb = relax.BlockBuilder()
+    rows = tvm.tirx.Var("rows", "int64")
+    x = relax.Var("x", relax.TensorType([*lead, rows, k], "float32"))
+    w = relax.Var("w", relax.TensorType([n, k] if transposed else [k, n], "float32"))
+    b = relax.Var("b", relax.TensorType([n], "float32"))
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.op.permute_dims(w) if transposed else w))
+            if epilogue:
+                y = bb.emit(relax.op.nn.relu(relax.op.add(y, b)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("mcpu, k, n, transposed, epilogue, lead", [
+    (None, 33, 91, True, True, ()),  # SSE: 4 lanes; 91: a 13-wide panel; k odd
+    ("x86-64-v3", 257, 91, True, False, ()),  # AVX2
+    ("x86-64-v3", 64, 48, False, True, (3,)),  # w stored [k, n]; a batch dimension before the rows
+    ("skylake-avx512", 96, 1024, True, True, ()),  # AVX-512: 32-wide panels
+])
+def test_dense_weights_are_packed_at_build_time_and_the_matmul_computes_the_same(mcpu, k, n, transposed,
+                                                                                epilogue, lead):
+    from buildsys.compile import compile_for_target
+
+    target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
+    compiled = compile_for_target(_weight_module(k, n, transposed, epilogue, lead), target)
+    assert compiled.packed_weights == 1 and compiled.transforms_params
+    assert any("matmul_packed" in name for name in compiled.default_scheduled)
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((n, k) if transposed else (k, n), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    params = list(vm["main_transform_params"]([tvm.runtime.tensor(w), tvm.runtime.tensor(b)]))
+    panels = [p.shape for p in params if len(p.shape) == 3]
+    assert len(panels) == 1 and panels[0][0] * panels[0][2] == n and panels[0][1] == k
+    for rows in (0, 1, 7, 130):  # a detector's proposal count: any, none included
+        x = rng.standard_normal((*lead, rows, k), dtype=np.float32)
+        out = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+        expected = x @ (w.T if transposed else w)
+        if epilogue:
+            expected = np.maximum(expected + b, 0)
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_packing_can_be_turned_off_and_leaves_modules_without_weights_alone():
+    from buildsys.compile import compile_for_target
+    from buildsys.passes import known_pass_names
+    from buildsys.schedules import PACK_PASS_NAME
+
+    assert PACK_PASS_NAME in known_pass_names()
+    off = compile_for_target(_weight_module(64, 32, True, True), {"kind": "llvm"}, disabled_passes=[PACK_PASS_NAME])
+    assert off.packed_weights == 0 and not off.transforms_params and off.default_scheduled
+    no_weights = compile_for_target(_module(64, 32, epilogue=True), {"kind": "llvm"})  # no num_input
+    assert no_weights.packed_weights == 0 and not no_weights.transforms_params
+
+
+def _weight_conv_module(channels: int, filters: int, size: int, kernel: int, stride: int, padding, dilation=1):
+    """main(x: [batch known at run time, C, H, W]; weights w, b) -> relu(conv2d(x, w) + b), ``num_input`` 1."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([batch, channels, size, size + 3], "float32"))  # not square
+    w = relax.Var("w", relax.TensorType([filters, channels, kernel, kernel], "float32"))
+    b = relax.Var("b", relax.TensorType([1, filters, 1, 1], "float32"))
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding, dilation=dilation))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(relax.op.add(y, b))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("mcpu, channels, filters, size, kernel, stride, padding, dilation", [
+    (None, 5, 12, 9, 3, 1, 1, 1),  # SSE: 4 lanes, 12 filters -> 4-wide blocks
+    ("x86-64-v3", 8, 16, 15, 3, 2, 1, 1),  # AVX2, stride 2, odd size
+    ("x86-64-v3", 7, 24, 11, 1, 1, 0, 1),  # 1x1, 24 filters -> one-vector blocks
+    ("x86-64-v3", 3, 8, 20, 7, 2, 3, 1),  # the stem's shape, small
+    ("skylake-avx512", 16, 32, 10, 3, 1, (2, 1, 0, 2), 2),  # AVX-512, uneven padding, dilation 2
+    ("skylake-avx512", 6, 72, 9, 1, 1, 0, 1),  # 72 filters: half-vector (8-wide) blocks
+])
+def test_convolution_weights_are_channel_blocked_at_build_time_and_compute_the_same(
+        mcpu, channels, filters, size, kernel, stride, padding, dilation):
+    torch = pytest.importorskip("torch")
+    from buildsys.compile import compile_for_target
+
+    target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
+    compiled = compile_for_target(_weight_conv_module(channels, filters, size, kernel, stride, padding, dilation),
+                                  target)
+    assert compiled.packed_weights == 1 and compiled.transforms_params
+    assert any("conv2d_packed" in name for name in compiled.default_scheduled)
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    rng = np.random.default_rng(channels)
+    w = rng.standard_normal((filters, channels, kernel, kernel), dtype=np.float32)
+    b = rng.standard_normal((1, filters, 1, 1), dtype=np.float32)
+    params = list(vm["main_transform_params"]([tvm.runtime.tensor(w), tvm.runtime.tensor(b)]))
+    assert [p.shape[1:4] for p in params if len(p.shape) == 5] == [(channels, kernel, kernel)]
+    top, left, bottom, right = (padding,) * 4 if isinstance(padding, int) else padding
+    for batch in (0, 1, 3):  # the mask head's batch is the detection count
+        x = rng.standard_normal((batch, channels, size, size + 3), dtype=np.float32)
+        out = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        expected = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(padded), torch.from_numpy(w), stride=stride,
+                                                         dilation=dilation) + torch.from_numpy(b)).numpy()
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_convolution_with_a_partial_channel_vector_keeps_its_weights_as_they_are():
+    from buildsys.compile import compile_for_target
+
+    # 36 filters: no whole number of 32-, 16- or 8-wide blocks
+    compiled = compile_for_target(_weight_conv_module(4, 36, 8, 1, 1, 0), {"kind": "llvm", "mcpu": "skylake-avx512"})
+    assert compiled.packed_weights == 0 and compiled.default_scheduled  # the unpacked schedule takes it
