@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from ..errors import RegistryError, UsageError, did_you_mean
-from .db import ensure_schema, make_engine, session_scope
+from .db import ensure_schema, make_engine, retrying, session_scope
 from .lookup import is_key_prefix, pick_prefix_match, refuse_reference
 from .models import Alias, Artifact, ArtifactFile, Benchmark, BuildRun, Metric, TuningDatabaseRow
 
@@ -115,6 +115,17 @@ def _artifact_record(row: Artifact) -> ArtifactRecord:
         aliases=tuple(a.name for a in row.aliases))
 
 
+def _waits_when_busy(method):
+    """A write that waits (with backoff, saying so) while another process holds the lock."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        return retrying(lambda: method(self, *args, **kwargs), method.__name__.replace("_", " "))
+
+    return wrapper
+
+
 _IN_CHUNK = 500  # keys per IN (...) query: well under every database's bound parameter limit
 
 
@@ -149,6 +160,7 @@ class Registry:
 
     # ------------------------------------------------------------ artifacts
 
+    @_waits_when_busy
     def publish(self, new: NewArtifact) -> ArtifactRecord:
         """Insert (or, on a forced rebuild, replace) one artifact with its files and metrics, atomically."""
         with self._scope() as s:
@@ -216,6 +228,7 @@ class Registry:
                              .order_by(Artifact.model, Artifact.input_size, Artifact.created_at))
             return [_artifact_record(r) for r in rows]
 
+    @_waits_when_busy
     def add_metrics(self, key: str, metrics: Mapping[str, tuple[float, str]]) -> None:
         with self._scope() as s:
             for name, (value, unit) in metrics.items():
@@ -244,6 +257,7 @@ class Registry:
             raise UsageError(none_found.format(ref=ref))
         return pick_prefix_match(ref, keys)
 
+    @_waits_when_busy
     def delete(self, key: str) -> None:
         with self._scope() as s:
             row = s.get(Artifact, key)
@@ -256,6 +270,7 @@ class Registry:
 
     # ------------------------------------------------------------ aliases
 
+    @_waits_when_busy
     def set_alias(self, name: str, ref: str) -> AliasRecord:
         if not name or any(c.isspace() for c in name):
             raise UsageError(f"alias names have no spaces and are not empty: {name!r}")
@@ -269,6 +284,7 @@ class Registry:
             s.flush()
             return AliasRecord(row.name, row.artifact_key, row.updated_at)
 
+    @_waits_when_busy
     def remove_alias(self, name: str) -> None:
         with self._scope() as s:
             row = s.get(Alias, name)
@@ -285,6 +301,7 @@ class Registry:
 
     # ------------------------------------------------------------ build runs
 
+    @_waits_when_busy
     def start_run(self, key: str, label: str, log_path: str | None = None) -> int:
         with self._scope() as s:
             row = BuildRun(key=key, label=label[:400], status=RUN_RUNNING, host=socket.gethostname()[:200],
@@ -293,6 +310,7 @@ class Registry:
             s.flush()
             return row.id
 
+    @_waits_when_busy
     def finish_run(self, run_id: int, status: str, error: str | None = None,
                    key: str | None = None) -> BuildRunRecord:
         """``key``: the artifact's key when the build found it differs from the planned one."""
@@ -324,6 +342,7 @@ class Registry:
                 raise UsageError(f"artifact {key[:12]} has no build run here (imported from a release?)")
             return _run_record(row)
 
+    @_waits_when_busy
     def mark_crashed_runs(self, alive) -> int:
         """Runs still 'running' on this host whose process is gone become 'crashed'."""
         host = socket.gethostname()[:200]
@@ -343,6 +362,7 @@ class Registry:
                     for f in s.scalars(select(ArtifactFile).order_by(ArtifactFile.artifact_key, ArtifactFile.name))]
 
     # ------------------------------------------------------------ tuning databases
+    @_waits_when_busy
     def record_tuning_database(self, stats: Mapping[str, Any]) -> TuningDatabaseRecord:
         """Insert or update a scope's tuning database (digest, counts) after a tuning run."""
         with self._scope() as s:
@@ -361,6 +381,7 @@ class Registry:
             return [_tuning_record(r) for r in s.scalars(select(TuningDatabaseRow).order_by(TuningDatabaseRow.scope))]
 
     # ------------------------------------------------------------ benchmarks
+    @_waits_when_busy
     def add_benchmark(self, key: str, *, cpu_model: str, threads: int, rounds: int,
                       results: Mapping[str, Any]) -> BenchmarkRecord:
         with self._scope() as s:

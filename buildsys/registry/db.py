@@ -18,7 +18,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration. Checked against the migration scripts by a test; knowing it here lets an
 # up-to-date registry open without importing Alembic (a deployment's loader starts faster).
 HEAD_REVISION = "0003"
-BUSY_TIMEOUT_MS = 30_000
+# SQLite waits this long for a lock inside one statement; past it, writes are retried with backoff
+# (``retrying``), so a long-held lock is waited for with a message instead of failing a build.
+BUSY_TIMEOUT_MS = 5_000
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -190,6 +192,47 @@ def ensure_schema(engine: Engine) -> None:
         raise RegistryError(f"registry {engine.url!r}: {exc}") from None
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """Another process holds the database's write lock (SQLite), or a lock wait timed out."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(m in text for m in ("database is locked", "database is busy", "lock timeout", "could not obtain lock",
+                                   "deadlock detected"))
+
+
+def retrying(operation, what: str, wait_s: float | None = None):
+    """Run ``operation()``; while the registry is busy (another writer holds its lock), try again
+    with backoff, saying so on stderr, for at most ``wait_s`` seconds (``BUILDSYS_REGISTRY_WAIT``,
+    default 600) before the RegistryError goes to the caller."""
+    import logging
+    import os
+    import time
+
+    if wait_s is None:
+        try:
+            wait_s = float(os.environ.get("BUILDSYS_REGISTRY_WAIT", "600"))
+        except ValueError:
+            wait_s = 600.0
+    start, delay, told = time.monotonic(), 0.5, False
+    while True:
+        try:
+            return operation()
+        except RegistryError as exc:
+            waited = time.monotonic() - start
+            if not getattr(exc, "busy", False) or waited >= wait_s:
+                if getattr(exc, "busy", False):
+                    raise RegistryError(f"the registry stayed busy (locked by another process) for {waited:.0f} s "
+                                        f"while trying to {what}; try again later, or raise BUILDSYS_REGISTRY_WAIT "
+                                        f"(now {wait_s:g} s)") from None
+                raise
+            if not told:
+                logging.getLogger("buildsys.registry").warning(
+                    "the registry is busy (another process holds its write lock); waiting to %s "
+                    "(up to %g s, BUILDSYS_REGISTRY_WAIT)", what, wait_s)
+                told = True
+            time.sleep(min(delay, max(0.0, wait_s - waited)))
+            delay = min(delay * 2, 10.0)
+
+
 @contextlib.contextmanager
 def session_scope(factory: sessionmaker) -> Iterator[Session]:
     """Commit on success, roll back on error; database errors become RegistryError."""
@@ -199,7 +242,9 @@ def session_scope(factory: sessionmaker) -> Iterator[Session]:
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        raise RegistryError(f"registry error: {exc.__class__.__name__}: {exc}") from None
+        error = RegistryError(f"registry error: {exc.__class__.__name__}: {exc}")
+        error.busy = _is_busy(exc)
+        raise error from None
     except BaseException:
         session.rollback()
         raise

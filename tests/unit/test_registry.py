@@ -3,7 +3,7 @@ from sqlalchemy import text
 
 from buildsys.errors import RegistryError, UsageError
 from buildsys.registry import FileRecord, NewArtifact, Registry
-from buildsys.registry.db import HEAD_REVISION, head_revision, make_engine, upgrade
+from buildsys.registry.db import BUSY_TIMEOUT_MS, HEAD_REVISION, head_revision, make_engine, upgrade
 from buildsys.registry.models import Base
 
 
@@ -114,7 +114,7 @@ def test_sqlite_pragmas(sqlite_registry):
     with sqlite_registry._engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == BUSY_TIMEOUT_MS == 5000
 
 
 def test_database_errors_become_registry_errors(registry):
@@ -288,3 +288,55 @@ def test_a_registry_path_that_is_a_directory(tmp_path, capsys):
         Registry(f"sqlite:///{tmp_path / 'r.db'}")
     assert _cli("--registry", f"sqlite:///{tmp_path / 'r.db'}", "--store", str(tmp_path / "s"), "ls") == 6
     assert "Traceback" not in capsys.readouterr().err
+
+
+def _hold_write_lock(path, seconds):
+    """Another process takes SQLite's write lock and keeps it (as a stuck builder or a backup would)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sqlite3, sys, time
+        db = sqlite3.connect({str(path)!r}, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        print("locked", flush=True)
+        time.sleep({seconds})
+        db.execute("ROLLBACK")
+        """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_write_waits_for_a_busy_registry_and_says_so(tmp_path, caplog):
+    """Past SQLite's own busy timeout (5 s) a write retries with backoff instead of failing."""
+    import time
+
+    path = tmp_path / "busy.db"
+    reg = Registry(f"sqlite:///{path}")
+    holder = _hold_write_lock(path, 8)
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="buildsys.registry"):
+        run_id = reg.start_run("a" * 64, "entry")
+    waited = time.monotonic() - start
+    holder.wait(10)
+    assert 6 <= waited < 30 and run_id >= 1
+    assert "the registry is busy" in caplog.text and "BUILDSYS_REGISTRY_WAIT" in caplog.text
+    assert [r.id for r in reg.runs()] == [run_id]
+    reg.close()
+
+
+def test_a_registry_busy_past_the_bound_fails_with_what_to_do(tmp_path, monkeypatch):
+    path = tmp_path / "busy.db"
+    reg = Registry(f"sqlite:///{path}")
+    monkeypatch.setenv("BUILDSYS_REGISTRY_WAIT", "1")
+    holder = _hold_write_lock(path, 12)
+    try:
+        with pytest.raises(RegistryError, match="stayed busy .* BUILDSYS_REGISTRY_WAIT"):
+            reg.start_run("a" * 64, "entry")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert reg.runs() == []
+    reg.close()
