@@ -55,7 +55,10 @@ from .keys import canonical_json, digest_bytes, digest_file
 
 DEPS_FORMAT = 1
 MODEL_ZOO = "buildsys.models"
-_SKIP_PREFIXES = ("/proc/", "/sys/", "/dev/")
+# The operating system's files (kernel interfaces, /etc/os-release that platform.* reads during an
+# export, shared data under /usr): not the model's, and not what an artifact's bytes depend on.
+_SKIP_PREFIXES = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/", "/var/", "/lib/", "/lib64/", "/bin/",
+                  "/sbin/")
 
 
 @dataclass(frozen=True)

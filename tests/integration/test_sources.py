@@ -191,3 +191,14 @@ def test_plan_imports_neither_torch_nor_tvm(built):
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert "HEAVY [] EXIT 0" in done.stdout, done.stdout + done.stderr
     assert "3 cached" in done.stdout
+
+
+def test_a_torchvision_detector_records_no_sources_so_its_planned_key_holds(built_detectors):
+    """Nothing outside the toolchain belongs to a torchvision-style model: what the export reads
+    from the system (/etc/os-release, /proc) must not enter its key, or every first build would
+    publish under another key than the plan showed."""
+    import glob
+
+    for path in glob.glob(str(built_detectors.store / "deps" / "*.json")):
+        deps = json.loads(open(path).read())["dependencies"]
+        assert all(d["kind"] == "module" and d["name"].startswith("buildsys.models.") for d in deps), deps
