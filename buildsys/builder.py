@@ -608,7 +608,8 @@ def find_drift(entries: list[PlanEntry], store: Store, registry,
 def _remember_sources(store: Store, entry: PlanEntry, outcome: BuildOutcome, logs: "_RunLogs") -> None:
     """The entry's depfile, which the next plan re-checks (a lost one costs a re-export, nothing more)."""
     try:
-        sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies)
+        sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies,
+                              entry.spec.model.config_dir)
     except OSError as exc:
         logs.note(entry, f"could not write its depfile: {exc}")
 

@@ -125,7 +125,7 @@ def _with_sources(spec: BuildSpec, store: Store, entry_key: str, material: Mappi
     depfile (never built here) the key is a prediction (the source module and its packages when
     they are model code; nothing for torchvision's models); the builder records the truth and
     keys the artifact by it."""
-    deps = sources.read_depfile(store.root, entry_key)
+    deps = sources.read_depfile(store.root, entry_key, spec.model.config_dir)
     if deps is None:
         predicted = sources.predict_dependencies(spec.model.source, [spec.model.config_dir])
         digest, changed = sources.sources_digest(predicted), ""

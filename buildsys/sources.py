@@ -53,12 +53,11 @@ from typing import Iterable, Iterator, Mapping
 from .errors import ConfigError, did_you_mean
 from .keys import canonical_json, digest_bytes, digest_file
 
-DEPS_FORMAT = 1
+DEPS_FORMAT = 2
 MODEL_ZOO = "buildsys.models"
 # The operating system's files (kernel interfaces, /etc/os-release that platform.* reads during an
 # export, shared data under /usr): not the model's, and not what an artifact's bytes depend on.
-_SKIP_PREFIXES = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/", "/var/", "/lib/", "/lib64/", "/bin/",
-                  "/sbin/")
+_SKIP_PREFIXES = ("/proc/", "/sys/", "/etc/", "/usr/", "/run/", "/var/", "/lib/", "/lib64/", "/bin/", "/sbin/")
 
 
 @dataclass(frozen=True)
@@ -70,13 +69,16 @@ class Dependency:
     path: str | None = None  # where it was read: for re-hashing, never in the key
     size: int | None = None
     mtime_ns: int | None = None
+    ctime_ns: int | None = None  # changes on every write, and `touch -r` cannot set it back
 
     def key_part(self) -> list:
-        return [self.kind, self.name, self.digest if self.kind != "package" else self.version]
+        return [self.kind, self.name, self.version if self.kind == "package" else self.digest]
 
     def label(self) -> str:
         if self.kind == "package":
             return f"package {self.name} {self.version}"
+        if self.kind == "absent":
+            return f"absent module {self.name}"
         return f"{self.kind} {self.name} ({self.path})" if self.path else f"{self.kind} {self.name}"
 
 
@@ -143,83 +145,135 @@ def _editable(dist: str) -> bool:
         return False
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _file_dependency(kind: str, name: str, path: str) -> Dependency | None:
+    """By the path as the model named it (a re-pointed symlink is a change), its content's digest."""
     try:
         st = os.stat(path)
         digest = digest_file(path)
     except OSError:
         return None
-    return Dependency(kind, name, digest=digest, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    _check_unchanged_since_read(path, st)
+    return Dependency(kind, name, digest=digest, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                      ctime_ns=st.st_ctime_ns)
+
+
+def _check_unchanged_since_read(path: str, st: os.stat_result) -> None:
+    """A file edited while the build read it would be recorded with content the build never saw."""
+    with _OPENED.lock:
+        first = _OPENED.first_stat.get(path)
+    if first is not None and first != _stat_key(st):
+        from .errors import BuildError
+
+        raise BuildError(f"{path} changed while the model was being built (the artifact would be keyed by "
+                         "content it did not use); build again", stage="model")
 
 
 def _module_dependency(name: str, module) -> Dependency | None:
-    """A loaded module as a dependency, or None when the toolchain (or nothing on disk) covers it."""
+    """A loaded module as a dependency, or None when the toolchain (or nothing on disk) covers it.
+    Where its file lives decides, not its name: a user's regex.py beside builds.yaml is model code
+    even though a pip package of that name is part of the toolchain."""
     path = getattr(module, "__file__", None)
-    if not path or name in ("__main__", "__mp_main__") or not os.path.isfile(path):
+    if not isinstance(path, str) or name in ("__main__", "__mp_main__") or not os.path.isfile(path):
         return None
+    path = os.path.abspath(path)
     real = os.path.realpath(path)
     stdlib, site = _system_dirs()
     in_site = real.startswith(site)
-    if real.startswith(stdlib) and not in_site:
-        return None
     top = name.partition(".")[0]
-    if top == "buildsys":
-        return _file_dependency("module", name, real) if name.startswith(MODEL_ZOO + ".") else None
-    dists = _top_level_distributions_cached().get(top, [])
-    toolchain = toolchain_distributions()
-    if dists:
-        if any(d in toolchain for d in dists):
+    if top == "buildsys" and not in_site and real.startswith(_BUILDSYS_DIR):
+        return _file_dependency("module", name, path) if name.startswith(MODEL_ZOO + ".") else None
+    if not in_site:
+        if real.startswith(stdlib) or real.startswith(_SKIP_PREFIXES):
             return None
-        dist = dists[0]
-        if _editable(dist):
-            return _file_dependency("module", name, real)
-        try:
-            version = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            version = None
-        return Dependency("package", dist, version=version)
-    if in_site:
-        return None  # loose files of the environment (.pth hooks, editable finders)
-    return _file_dependency("module", name, real)
+        return _file_dependency("module", name, path)  # user code, or an editable install
+    dists = _top_level_distributions_cached().get(top, [])
+    if not dists or any(d in toolchain_distributions() for d in dists):
+        return None  # the toolchain's, or loose files of the environment (.pth hooks, editable finders)
+    try:
+        version = metadata.version(dists[0])
+    except metadata.PackageNotFoundError:
+        version = None
+    return Dependency("package", dists[0], version=version)
+
+
+_BUILDSYS_DIR = os.path.realpath(os.path.dirname(__file__)) + os.sep
 
 
 # ---------------------------------------------------------------- recording
 
 
 class _OpenedFiles:
-    """Data files opened for reading while a recording is on (one audit hook per process)."""
+    """Files opened while a recording is on (one audit hook per process): read ones are inputs,
+    ones the build created or truncated are its own output; each with its stat when first opened."""
 
     def __init__(self):
         self.active = 0
         self.paths: set[str] = set()
-        self.written: set[str] = set()  # made by the build itself (exports, caches): not inputs
+        self.written: set[str] = set()
+        self.first_stat: dict[str, tuple[int, int, int]] = {}
+        self.imports: set[str] = set()  # modules model code tried to import (found or not)
         self.lock = threading.Lock()
         self.installed = False
 
     def hook(self, event: str, args) -> None:
-        if event != "open" or not self.active:
+        if not self.active:
+            return
+        if event == "import":
+            self._import(args)
+            return
+        if event != "open":
             return
         path, mode, flags = (tuple(args) + (None, None, None))[:3]
         if not isinstance(path, (str, bytes, os.PathLike)) or isinstance(path, int):
             return
         if isinstance(mode, str):
-            writes = any(c in mode for c in "wax+")
+            creates = any(c in mode for c in "wxa")  # "r+" reads (and may write) a file that exists
         else:
-            writes = isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            creates = isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
         try:
             text = os.path.abspath(os.fsdecode(path))
         except (TypeError, ValueError):
             return
+        try:
+            stat_key = None if creates else _stat_key(os.stat(text))
+        except OSError:
+            stat_key = None
         with self.lock:
-            (self.written if writes else self.paths).add(text)
+            (self.written if creates else self.paths).add(text)
+            if stat_key is not None:
+                self.first_stat.setdefault(text, stat_key)
+
+    def _import(self, args) -> None:
+        """Remember imports that model code (not the toolchain) asked for: one that fails now (an
+        optional import) changes the model once the module appears."""
+        name = args[0] if args else None
+        if not isinstance(name, str) or name.startswith(("buildsys", "_")):
+            return
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            frame = frame.f_back
+        caller = frame.f_code.co_filename if frame is not None else ""
+        stdlib, site = _system_dirs()
+        if not caller or caller.startswith("<") or os.path.realpath(caller).startswith(stdlib + site + (_BUILDSYS_DIR,)):
+            return
+        with self.lock:
+            self.imports.add(name)
 
 
 _OPENED = _OpenedFiles()
 
 
 def _is_data_file(path: str, skip_dirs: tuple[str, ...]) -> bool:
-    if path.startswith(_SKIP_PREFIXES) or path.endswith((".py", ".pyc", ".so", ".pth")):
+    """Any regular file the model read, whatever its name (weights in .pth, code run with exec),
+    except Python's own caches, package metadata and the files of the system and environment."""
+    if path.startswith(_SKIP_PREFIXES) or (path.endswith(".pyc") and "__pycache__" in path):
         return False
+    if os.path.realpath(path).startswith(_BUILDSYS_DIR):
+        return False  # buildsys' own code, read for tracebacks (its model zoo is recorded as modules)
     if any(part.endswith((".dist-info", ".egg-info")) for part in Path(path).parts):
         return False  # package metadata (entry points, versions): the package's version covers it
     real = os.path.realpath(path)
@@ -256,7 +310,7 @@ def forget_stale_modules() -> list[str]:
 
 # source -> (module names, data file paths) recorded for it so far in this process: a module or
 # file that an earlier build of the same source loaded is not loaded again, yet still belongs to it.
-_BY_SOURCE: dict[str, tuple[set[str], set[str]]] = {}
+_BY_SOURCE: dict[str, tuple[set[str], set[str], set[str]]] = {}
 
 
 def _referenced_modules(root_names: Iterable[str]) -> set[str]:
@@ -297,12 +351,15 @@ class Recorder:
         _editable.cache_clear()  # and the config's directory now on the path
         module_name = self.source.partition(":")[0]
         parents = [".".join(module_name.split(".")[: i + 1]) for i in range(module_name.count(".") + 1)]
-        remembered_modules, remembered_files = _BY_SOURCE.setdefault(self.source, (set(), set()))
+        remembered_modules, remembered_files, remembered_imports = _BY_SOURCE.setdefault(
+            self.source, (set(), set(), set()))
         with _OPENED.lock:
             opened = _OPENED.paths - _OPENED.written
+            imports = set(_OPENED.imports)
         names = (set(sys.modules) - self.modules_before) | remembered_modules | _referenced_modules(parents)
         remembered_modules |= names
         remembered_files |= opened
+        remembered_imports |= imports
         deps: dict[tuple, Dependency] = {}
         for name in sorted(names):
             module = sys.modules.get(name)
@@ -315,9 +372,13 @@ class Recorder:
         for path in sorted(remembered_files):
             if path in module_paths or not _is_data_file(path, self.skip_dirs):
                 continue
-            dep = _file_dependency("data", os.path.basename(path), os.path.realpath(path))
+            dep = _file_dependency("data", os.path.basename(path), path)
             if dep is not None:
                 deps[("data", dep.path)] = dep
+        for name in sorted(remembered_imports):  # optional imports of model code that found nothing
+            top = name.partition(".")[0]
+            if top not in sys.modules and name not in sys.modules:
+                deps[("absent", top)] = Dependency("absent", top)
         return sorted(deps.values(), key=lambda d: (d.kind, d.name, d.path or ""))
 
 
@@ -329,7 +390,7 @@ def recording(source: str, skip_dirs: Iterable[str] = ()) -> Iterator[Recorder]:
         sys.addaudithook(_OPENED.hook)  # cannot be removed; inactive outside recordings
         _OPENED.installed = True
     with _OPENED.lock:
-        _OPENED.paths, _OPENED.written = set(), set()
+        _OPENED.paths, _OPENED.written, _OPENED.imports, _OPENED.first_stat = set(), set(), set(), {}
     _OPENED.active += 1
     try:
         yield Recorder(source, skip_dirs)
@@ -344,21 +405,29 @@ def deps_dir(store_root: str | os.PathLike) -> Path:
     return Path(store_root) / "deps"
 
 
-def write_depfile(store_root: str | os.PathLike, entry_key: str, deps: Iterable[Dependency]) -> None:
-    """``<store>/deps/<entry key>.json``, atomically; the next plan reads it."""
-    directory = deps_dir(store_root)
-    directory.mkdir(parents=True, exist_ok=True)
-    data = {"deps_format": DEPS_FORMAT, "entry_key": entry_key, "dependencies": [asdict(d) for d in deps]}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{entry_key[:12]}.")
+def depfile_path(store_root: str | os.PathLike, entry_key: str, config_dir: str) -> Path:
+    """One depfile per entry and checkout: two checkouts sharing a store record their own files."""
+    place = digest_bytes(os.path.abspath(config_dir or ".").encode()).partition(":")[2][:12]
+    return deps_dir(store_root) / f"{entry_key}-{place}.json"
+
+
+def write_depfile(store_root: str | os.PathLike, entry_key: str, deps: Iterable[Dependency],
+                  config_dir: str = "") -> None:
+    """The entry's depfile, atomically; the next plan reads it."""
+    path = depfile_path(store_root, entry_key, config_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"deps_format": DEPS_FORMAT, "entry_key": entry_key, "config_dir": config_dir,
+            "dependencies": [asdict(d) for d in deps]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{entry_key[:12]}.")
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, directory / f"{entry_key}.json")
+    os.replace(tmp, path)
 
 
-def read_depfile(store_root: str | os.PathLike, entry_key: str) -> list[Dependency] | None:
+def read_depfile(store_root: str | os.PathLike, entry_key: str, config_dir: str = "") -> list[Dependency] | None:
     """The recorded dependencies, or None when there is no readable depfile."""
     try:
-        data = json.loads((deps_dir(store_root) / f"{entry_key}.json").read_text())
+        data = json.loads(depfile_path(store_root, entry_key, config_dir).read_text())
         if data.get("deps_format") != DEPS_FORMAT or data.get("entry_key") != entry_key:
             return None
         return [Dependency(**d) for d in data["dependencies"]]
@@ -377,6 +446,15 @@ def check_dependencies(deps: Iterable[Dependency], search_path: Iterable[str] = 
     """Re-check recorded dependencies, cheapest first: size and mtime, then content."""
     fresh, changes, missing = [], [], False
     for dep in deps:
+        if dep.kind == "absent":
+            found = find_module_file(dep.name, search_path)
+            if found is not None:
+                changes.append(f"module {dep.name} now exists ({found or 'a namespace package'}; an import of it "
+                               "had failed)")
+                fresh.append(Dependency("present", dep.name, digest=found))
+            else:
+                fresh.append(dep)
+            continue
         if dep.kind == "package":
             version = _installed_version(dep.name, tuple(search_path))
             if version != dep.version:
@@ -391,7 +469,7 @@ def check_dependencies(deps: Iterable[Dependency], search_path: Iterable[str] = 
             changes.append(f"{dep.name} removed ({dep.path})")
             missing = True
             continue
-        if st.st_size == dep.size and st.st_mtime_ns == dep.mtime_ns:
+        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (dep.size, dep.mtime_ns, dep.ctime_ns):
             fresh.append(dep)
             continue
         try:
@@ -403,7 +481,7 @@ def check_dependencies(deps: Iterable[Dependency], search_path: Iterable[str] = 
         if digest != dep.digest:
             changes.append(f"{dep.name} changed ({dep.path})")
         fresh.append(Dependency(dep.kind, dep.name, digest=digest, path=dep.path, size=st.st_size,
-                                mtime_ns=st.st_mtime_ns))
+                                mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns))
     return SourcesCheck(None if missing else sources_digest(fresh), tuple(changes), tuple(fresh))
 
 

@@ -107,17 +107,22 @@ def test_a_data_file_the_model_reads_is_part_of_the_key(tmp_path, capsys):
     assert "scale.txt" in reason
 
 
-def test_upgrading_the_package_that_defines_the_model_rebuilds_it(tmp_path, capsys):
+def test_upgrading_the_package_that_defines_the_model_rebuilds_it(tmp_path, capsys, monkeypatch):
+    """A pip package (in a site-packages folder, with its dist-info) is recorded by name and version."""
+    import sys
+
+    site = tmp_path / "env" / "site-packages"
     package = f"userpkg_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text(MODEL.format(imports="", scale="1.0"))
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text(MODEL.format(imports="", scale="1.0"))
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
 
     def install(version):
-        for old in tmp_path.glob(f"{package}-*.dist-info"):
+        for old in site.glob(f"{package}-*.dist-info"):
             for f in old.iterdir():
                 f.unlink()
             old.rmdir()
-        info = tmp_path / f"{package}-{version}.dist-info"
+        info = site / f"{package}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
         (info / "top_level.txt").write_text(f"{package}\n")
@@ -202,3 +207,80 @@ def test_a_torchvision_detector_records_no_sources_so_its_planned_key_holds(buil
     for path in glob.glob(str(built_detectors.store / "deps" / "*.json")):
         deps = json.loads(open(path).read())["dependencies"]
         assert all(d["kind"] == "module" and d["name"].startswith("buildsys.models.") for d in deps), deps
+
+
+def _weights_pth(tmp_path):
+    import torch
+
+    torch.save(torch.tensor([1.5]), tmp_path / "scale.pth")
+    imports = "import pathlib"
+    scale = "float(torch.load(pathlib.Path(__file__).with_name('scale.pth'))[0])"
+    return imports, scale, lambda: torch.save(torch.tensor([2.5]), tmp_path / "scale.pth"), "scale.pth"
+
+
+def _same_size_and_mtime(tmp_path):
+    helper = tmp_path / f"same_{uuid.uuid4().hex[:8]}.py"
+    helper.write_text("S = 1.0\n")
+
+    def change():
+        st = os.stat(helper)
+        helper.write_text("S = 3.0\n")  # same length
+        os.utime(helper, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime (touch -r)
+    return f"import {helper.stem}", f"{helper.stem}.S", change, helper.name
+
+
+def _repointed_symlink(tmp_path):
+    name = f"linked_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "v1.py").write_text("S = 1.0\n")
+    (tmp_path / "v2.py").write_text("S = 2.0\n")
+    (tmp_path / f"{name}.py").symlink_to("v1.py")
+
+    def change():
+        (tmp_path / f"{name}.py").unlink()
+        (tmp_path / f"{name}.py").symlink_to("v2.py")
+    return f"import {name}", f"{name}.S", change, f"{name}.py"
+
+
+def _optional_import(tmp_path):
+    name = f"override_{uuid.uuid4().hex[:8]}"
+    imports = f"try:\n    from {name} import S\nexcept ImportError:\n    S = 1.0"
+    return imports, "S", lambda: (tmp_path / f"{name}.py").write_text("S = 4.0\n"), name
+
+
+def _read_write_open(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "s.npy", np.array([1.0], np.float32))
+    imports = "import pathlib\nimport numpy as np"
+    scale = "float(np.load(pathlib.Path(__file__).with_name('s.npy'), mmap_mode='r+')[0])"
+    return imports, scale, lambda: np.save(tmp_path / "s.npy", np.array([5.0], np.float32)), "s.npy"
+
+
+@pytest.mark.parametrize("setup", [_weights_pth, _same_size_and_mtime, _repointed_symlink, _optional_import,
+                                   _read_write_open], ids=lambda f: f.__name__.strip("_"))
+def test_changes_that_once_went_unseen_rebuild(tmp_path, capsys, setup):
+    """Classes an outside attack found stale: weights in a .pth file, an edit that keeps size and
+    mtime, a re-pointed symlink, an optional import that starts to succeed, a file opened r+."""
+    imports, scale, change, named = setup(tmp_path)
+    ws, _ = _workspace(tmp_path, imports=imports, scale=scale)
+    reason = _build_then_change(ws, capsys, change)
+    assert named in reason
+
+
+def test_a_second_checkout_sharing_the_store_records_its_own_sources(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    first = tmp_path / "first"
+    first.mkdir()
+    ws, module = _workspace(first)
+    assert ws.cli("build") == 0
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copy(ws.config, second / "builds.yaml")
+    shutil.copy(module, second / module.name)
+    (second / module.name).write_text(module.read_text().replace("return Net(1.0)", "return Net(7.0)"))
+    copy = Workspace.__new__(Workspace)
+    copy.root, copy.config, copy.store = second, second / "builds.yaml", ws.store
+    capsys.readouterr()
+    assert copy.cli("plan") == 0
+    assert "1 to build" in capsys.readouterr().out  # not the first checkout's artifact
