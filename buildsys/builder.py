@@ -8,10 +8,12 @@ last, so a crash leaves either nothing or a whole artifact.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 import statistics
+import sys
 import threading
 import time
 import traceback
@@ -407,6 +409,8 @@ def tune_entries(entries: list[PlanEntry], store: Store, registry,
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, BuildsysError):
         return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
     return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
 
 
@@ -532,25 +536,29 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
     # A builder holds at most one key lock while it waits for another, so builders with
     # overlapping matrices cannot deadlock: busy keys are deferred, then waited for one by one.
     deferred = todo
+    pool, queued = None, {}
+    if isolate:
+        isolation.reset()
+        isolation.start_server()  # from this thread: the server lives as long as the builder does
     try:
         if jobs > 1 and len(todo) > 1:
             deferred = []
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="buildsys-build") as pool:
-                futures = []
-                for entry in todo:
-                    stack = ExitStack()
-                    if not stack.enter_context(store.lock(entry.key, blocking=False)):
-                        stack.close()
-                        deferred.append(entry)
-                        continue
-                    with guard:
-                        begun = begin(entry, stack)
-                    if begun is None:
-                        stack.close()
-                        continue
-                    futures.append(pool.submit(build_one, entry, stack, *begun))
-                for future in futures:
-                    future.result()
+            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="buildsys-build")
+            for entry in todo:
+                stack = ExitStack()
+                if not stack.enter_context(store.lock(entry.key, blocking=False)):
+                    stack.close()
+                    deferred.append(entry)
+                    continue
+                with guard:
+                    begun = begin(entry, stack)
+                if begun is None:
+                    stack.close()
+                    continue
+                queued[pool.submit(build_one, entry, stack, *begun)] = (entry, stack, begun[0])
+            for future in list(queued):
+                future.result()
+            pool.shutdown()
         for entry in deferred:
             stack = ExitStack()
             stack.enter_context(store.lock(entry.key))
@@ -560,7 +568,14 @@ def run_builds(entries: list[PlanEntry], store: Store, registry, *, jobs: int = 
                 continue
             build_one(entry, stack, *begun)
     except BaseException:
-        isolation.kill_all()  # Ctrl-C: no build outlives the builder
+        isolation.kill_all()  # Ctrl-C: no build outlives the builder, and no queued one starts
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, (entry, stack, run_id) in queued.items():
+                if future.cancelled():  # never started: its lock and staging go, its run says why
+                    stack.close()
+                    with guard:
+                        registry.finish_run(run_id, RUN_FAILED, "interrupted (Ctrl-C) before it started")
         raise
     return report
 
@@ -571,9 +586,6 @@ def find_drift(entries: list[PlanEntry], store: Store, registry,
     with what its artifact was built from. Catches what the recorded sources missed (a model that
     reads an environment variable, a file it opened through native code...). Drifted entries come
     back as ``build`` (forced: their key is unchanged) with the reason; others as they were."""
-    from .export import export_model
-    from .models import instantiate
-
     checked = []
     for entry in entries:
         if entry.action != CACHED:
@@ -589,11 +601,15 @@ def find_drift(entries: list[PlanEntry], store: Store, registry,
             checked.append(replace(entry, reason=entry.reason + "; not checked deeply (built before buildsys 0.4)"))
             continue
         try:
-            exported = export_model(instantiate(entry.spec.model), example_input(entry.spec), entry.spec.model.task)
+            if isolation.in_process():
+                now = _current_digests(entry.spec)
+            else:  # model code runs in a process of its own here too (it may crash, exit, print)
+                isolation.start_server()
+                now = isolation.run_isolated(_current_digests, (entry.spec,), key=entry.key,
+                                             timeout_s=isolation.DEFAULT_TIMEOUT_S)
         except BuildsysError as exc:
             checked.append(replace(entry, action=BUILD, forced=True, reason=f"drifted: it no longer exports: {exc}"))
             continue
-        now = exported_digests(exported)
         differs = [what for what in ("graph", "weights") if now.get(what) != recorded.get(what)]
         if differs:
             what = " and ".join({"graph": "exported graph", "weights": "weights"}[d] for d in differs)
@@ -603,6 +619,24 @@ def find_drift(entries: list[PlanEntry], store: Store, registry,
         else:
             checked.append(replace(entry, reason=entry.reason + "; exported graph and weights unchanged (--deep)"))
     return checked
+
+
+def _current_digests(spec: BuildSpec) -> dict:
+    """The entry's model exported now, as ``exported_digests`` (what the model prints goes to
+    stderr: stdout may be carrying a JSON document)."""
+    from .export import export_model
+    from .models import instantiate
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return exported_digests(export_model(instantiate(spec.model), example_input(spec), spec.model.task))
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _remember_sources(store: Store, entry: PlanEntry, outcome: BuildOutcome, logs: "_RunLogs") -> None:

@@ -28,11 +28,12 @@ import os
 import signal
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any, Callable
 
-from .errors import BuildError
+from .errors import BuildError, BuildsysError
 
 _LIVE: set = set()  # build processes running now, for kill_all
 DEFAULT_TIMEOUT_S = 2 * 3600  # a full-size detector builds in minutes; an untuned hang never ends
@@ -78,10 +79,16 @@ def _child(connection, environment: dict, cwd: str, path: list, function: Callab
     for arg in args:
         if getattr(arg, "queue", None) == PARENT_QUEUE:
             arg.queue = _PipeQueue(connection)
+    os.setpgrp()  # a group of its own: the model's os.kill(0, ...) or stray children stay in it
     try:
         result = ("ok", function(*args))
-    except BaseException as exc:  # noqa: BLE001 - every way out is reported to the parent
+    except BuildsysError as exc:
         result = ("error", exc)
+    except BaseException as exc:  # noqa: BLE001 - every way out is reported to the parent
+        # As text: the parent must not import the model's module to unpickle its exception class,
+        # and a KeyboardInterrupt or SystemExit raised by model code ends this entry, not the builder.
+        result = ("error", BuildError(f"unexpected {type(exc).__name__}: {exc}\n"
+                                      + "".join(traceback.format_exception(exc, limit=8))))
     try:
         connection.send(result)
     except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
@@ -124,7 +131,7 @@ def _describe_exit(code: int | None) -> str:
 
 # What every build imports first (seconds): the fork server imports it once, and each build
 # process is forked from it, starting with torch and TVM loaded but nothing of the model.
-PRELOAD = ["buildsys.builder", "torch", "torchvision", "tvm", "tvm.relax", "onnx"]
+PRELOAD = ["buildsys._forkserver", "buildsys.builder", "torch", "torchvision", "tvm", "tvm.relax", "onnx"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,10 +143,21 @@ def _context():
     return context
 
 
+def start_server() -> None:
+    """Start the fork server now, from the calling thread (it dies with the thread that started it)."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        with _main_module_hidden():
+            forkserver.ensure_running()
+
+
 def run_isolated(function: Callable, args: tuple, *, key: str, timeout_s: float | None = None,
                  on_message: Callable[[Any], None] | None = None, poll_s: float = 0.2) -> Any:
     """``function(*args)`` in a fresh process; its result, or its exception re-raised here.
     A crash, an exit without a result or the deadline raise BuildError naming the cause."""
+    if _stopping:
+        raise BuildError("not started: the build was interrupted", key=key, stage="worker")
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(sender, dict(os.environ), os.getcwd(), list(sys.path),
@@ -176,6 +194,7 @@ def run_isolated(function: Callable, args: tuple, *, key: str, timeout_s: float 
                 raise BuildError(f"the build took longer than {timeout_s:g} s and was stopped "
                                  "(buildsys build --timeout SECONDS sets the limit)", key=key, stage="timeout")
     finally:
+        _kill_group(process)
         if process.is_alive():
             process.kill()
             process.join(10)
@@ -183,8 +202,34 @@ def run_isolated(function: Callable, args: tuple, *, key: str, timeout_s: float 
         receiver.close()
 
 
+def _kill_group(process) -> None:
+    """The build's process group: whatever its model forked and left running goes with it."""
+    if process.pid is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def kill_all() -> None:
-    """Stop every build process this builder started (on Ctrl-C or an unexpected error)."""
+    """Stop every build process this builder started, and their groups (Ctrl-C, an error)."""
+    global _stopping
+    _stopping = True
     for process in list(_LIVE):
+        _kill_group(process)
         if process.is_alive():
             process.kill()
+
+
+_stopping = False
+
+
+def stopping() -> bool:
+    """True once kill_all ran: builds queued behind the interrupted ones must not start."""
+    return _stopping
+
+
+def reset() -> None:
+    global _stopping
+    _stopping = False

@@ -35,9 +35,20 @@ def append_line(path: str | Path, text: str) -> None:
     """One timestamped line, appended whole (O_APPEND), so writers in other processes interleave by line."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     data = "".join(f"{stamp} {line}\n" for line in (text.rstrip("\n").splitlines() or [""])).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # its folder was removed (by a model, by hand): make it again
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            return  # a log line is never worth a build
+    except OSError:
+        return
     try:
         os.write(fd, data)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

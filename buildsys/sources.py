@@ -548,6 +548,14 @@ def check_source(source: str, search_path: Iterable[str], *, file: str | None, l
     """Refuse a ``source`` whose module cannot be found, or whose module visibly lacks the
     function, before any build starts (ConfigError with file, line and field)."""
     module_name, _, function = source.partition(":")
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names:
+        shadow = next((os.path.join(d, p) for d in search_path if d for p in (f"{top}.py", top)
+                       if os.path.exists(os.path.join(d, p))), None)
+        if shadow is not None:
+            raise ConfigError(f"{shadow} has the name of the standard-library module {top!r}, which Python (or "
+                              "torch) has imported before any model: the build would use that one", file=file,
+                              line=line, field=field, hint=f"rename {os.path.basename(shadow)} and the source")
     found = find_module_file(module_name, search_path)
     if found is None:
         top = module_name.partition(".")[0]

@@ -1,6 +1,7 @@
 """End-to-end builds of small real models (torch.export -> Relax -> VM -> store -> registry)."""
 
 import os
+import time
 from unittest import mock
 
 import numpy as np
@@ -432,3 +433,45 @@ matrix: {{model: [bad, fine], input_size: [32]}}
     assert "done: 1 built, 0 cached, 0 skipped, 1 failed" in out
     assert cause in err and "models.bad.source" in err or cause in err
     assert [r.model for r in ws.registry.list()] == ["fine"]
+
+
+@pytest.mark.parametrize("source, cause", [
+    ("interrupts_on_build", "unexpected KeyboardInterrupt"),
+    ("kills_its_process_group", "was killed by SIGKILL"),
+    ("raises_base_exception", "unexpected _Boom: a BaseException of the model's own"),
+    ("forks_and_leaves_a_child", "failed after forking"),
+    ("deletes_the_logs_folder", "removed the logs"),
+])
+def test_model_code_that_attacks_the_builder_fails_its_entry_only(fresh, capsys, monkeypatch, tmp_path, source,
+                                                                   cause):
+    """What an outside attack did from model code: raise KeyboardInterrupt, kill its process group,
+    raise an exception class only its module has, fork a child that stays, remove the logs folder.
+    Each fails its own entry; the next entry builds, and nothing the model started outlives it."""
+    ws = fresh(f"""
+models:
+  bad: {{source: "tests.fixtures.models:{source}"}}
+  fine: {{source: "tests.fixtures.models:tiny_cnn"}}
+matrix: {{model: [bad, fine], input_size: [32]}}
+""")
+    pidfile = tmp_path / "child.pid"
+    monkeypatch.setenv("BUILDSYS_TEST_PIDFILE", str(pidfile))
+    monkeypatch.setenv("BUILDSYS_TEST_STORE", str(ws.store))
+    assert ws.cli("build", "--jobs", "1") == 3
+    out, err = capsys.readouterr()
+    assert "done: 1 built, 0 cached, 0 skipped, 1 failed" in out
+    assert cause in err
+    assert [r.model for r in ws.registry.list()] == ["fine"]
+    if pidfile.exists():  # the forked grandchild went with its build's process group
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

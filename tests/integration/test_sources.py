@@ -284,3 +284,26 @@ def test_a_second_checkout_sharing_the_store_records_its_own_sources(tmp_path, c
     capsys.readouterr()
     assert copy.cli("plan") == 0
     assert "1 to build" in capsys.readouterr().out  # not the first checkout's artifact
+
+
+def test_plan_deep_keeps_model_output_off_its_json_and_survives_a_crashing_model(tmp_path, capfd, monkeypatch):
+    crash = "import ctypes, os\nif os.environ.get('BUILDSYS_TEST_CRASH'):\n    ctypes.string_at(0)"
+    ws, _ = _workspace(tmp_path, imports="print('GARBAGE-ON-STDOUT')\n" + crash)
+    assert ws.cli("build") == 0
+    capfd.readouterr()
+    assert ws.cli("plan", "--deep", "--json") == 0
+    out = capfd.readouterr().out
+    assert json.loads(out)["entries"][0]["action"] == "cached"  # the print went to stderr
+    # the model now dies in native code when exported again: that entry drifted, the plan goes on
+    monkeypatch.setenv("BUILDSYS_TEST_CRASH", "1")
+    assert ws.cli("plan", "--deep") == 0
+    out = capfd.readouterr().out
+    assert "drifted: it no longer exports" in out and "SIGSEGV" in out
+
+
+def test_a_model_module_named_like_the_standard_library_is_refused_at_plan(tmp_path, capsys):
+    (tmp_path / "random.py").write_text(MODEL.format(imports="", scale="1.0"))
+    ws = _one_model(tmp_path, "random:net")
+    assert ws.cli("plan") == 2
+    err = capsys.readouterr().err
+    assert "standard-library module 'random'" in err and "models.usernet.source" in err
