@@ -332,3 +332,47 @@ def test_a_convolution_with_a_partial_channel_vector_keeps_its_weights_as_they_a
     # 36 filters: no whole number of 32-, 16- or 8-wide blocks
     compiled = compile_for_target(_weight_conv_module(4, 36, 8, 1, 1, 0), {"kind": "llvm", "mcpu": "skylake-avx512"})
     assert compiled.packed_weights == 0 and compiled.default_scheduled  # the unpacked schedule takes it
+
+
+def _transposed_conv_module(channels: int, filters: int, size: int, kernel: int, stride: int):
+    """main(x: [batch known at run time, C, H, W]; weights w, b) -> relu(conv2d_transpose(x, w) + b)."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([batch, channels, size, size + 1], "float32"))
+    w = relax.Var("w", relax.TensorType([channels, filters, kernel, kernel], "float32"))
+    b = relax.Var("b", relax.TensorType([1, filters, 1, 1], "float32"))
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d_transpose(x, w, strides=stride))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(relax.op.add(y, b))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("mcpu, channels, filters, size, kernel, stride, packed", [
+    ("x86-64-v3", 5, 6, 7, 2, 2, 1),  # Mask R-CNN's mask predictor, small: a matmul + depth-to-space
+    ("skylake-avx512", 8, 16, 4, 3, 3, 1),  # kernel == stride 3
+    ("x86-64-v3", 4, 8, 5, 3, 2, 0),  # overlapping taps: left to TVM's own lowering
+])
+def test_a_transposed_convolution_whose_kernel_is_its_stride_becomes_a_packed_matmul(
+        mcpu, channels, filters, size, kernel, stride, packed):
+    torch = pytest.importorskip("torch")
+    from buildsys.compile import compile_for_target
+
+    compiled = compile_for_target(_transposed_conv_module(channels, filters, size, kernel, stride),
+                                  {"kind": "llvm", "mcpu": mcpu})
+    assert compiled.packed_weights == packed
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    rng = np.random.default_rng(filters)
+    w = rng.standard_normal((channels, filters, kernel, kernel), dtype=np.float32)
+    b = rng.standard_normal((1, filters, 1, 1), dtype=np.float32)
+    params = [tvm.runtime.tensor(w), tvm.runtime.tensor(b)]
+    if compiled.transforms_params:
+        params = list(vm["main_transform_params"](params))
+    for batch in (0, 1, 3):
+        x = rng.standard_normal((batch, channels, size, size + 1), dtype=np.float32)
+        out = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+        expected = torch.relu(torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                                   stride=stride) + torch.from_numpy(b)).numpy()
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
