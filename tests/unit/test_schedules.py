@@ -376,3 +376,20 @@ def test_a_transposed_convolution_whose_kernel_is_its_stride_becomes_a_packed_ma
                                                                    stride=stride) + torch.from_numpy(b)).numpy()
         assert out.shape == expected.shape
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_rewrite_that_fails_costs_speed_not_the_build(monkeypatch):
+    from buildsys import schedules
+    from buildsys.compile import compile_for_target
+
+    def broken(mod, lanes):
+        raise RuntimeError("a model this rewrite does not expect")
+
+    monkeypatch.setattr(schedules, "pack_weights", broken)
+    compiled = compile_for_target(_weight_module(64, 32, True, True), {"kind": "llvm"})
+    assert compiled.packed_weights == 0 and not compiled.transforms_params and compiled.default_scheduled == []
+    assert compiled.schedules_note.startswith("default schedules off: relax.build failed with them (RuntimeError")
+    rng = np.random.default_rng(1)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((5, 64), (32, 64), (32,)))
+    out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, w, b)))
+    np.testing.assert_allclose(out.numpy(), np.maximum(x @ w.T + b, 0), rtol=1e-4, atol=1e-4)
