@@ -86,6 +86,7 @@ CASES = (
     MatmulCase("maskrcnn box fc7", 1000, 1024, 1024),
     ConvCase("maskrcnn mask 3x3", 100, 256, 256, 14, 3, 1, 1, dynamic=True),
     ConvCase("maskrcnn mask upsample", 100, 256, 256, 14, 2, 2, dynamic=True, transposed=True),
+    ConvCase("maskrcnn mask logits 1x1", 100, 256, 91, 28, 1, dynamic=True),
 )
 
 

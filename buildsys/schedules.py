@@ -258,11 +258,17 @@ def _packed_matmul(x, packed, rows: int):
 
 
 def _pack_conv_weight(w, block: int):
-    """``w[f, c, r, q]`` as [f / block, c, r, q, block]: ``block`` output channels side by side."""
-    from tvm import te
+    """``w[f, c, r, q]`` as [ceil(f / block), c, r, q, block]: ``block`` output channels side by
+    side, the last block padded with zero filters."""
+    from tvm import te, tirx
 
-    return te.compute((int(w.shape[0]) // block, *w.shape[1:], block),
-                      lambda fo, c, r, q, fi: w[fo * block + fi, c, r, q], name="pack_conv_weight")
+    filters = int(w.shape[0])
+    return te.compute(
+        (-(-filters // block), *w.shape[1:], block),
+        lambda fo, c, r, q, fi: tirx.if_then_else(fo * block + fi < filters,
+                                                  w[tirx.min(fo * block + fi, filters - 1), c, r, q],
+                                                  tirx.const(0.0, "float32")),
+        name="pack_conv_weight")
 
 
 def conv_pixels(width: int, lanes: int) -> int:
@@ -272,7 +278,7 @@ def conv_pixels(width: int, lanes: int) -> int:
     return min(range(largest, 3, -1), key=lambda p: -(-width // p) * p - width)
 
 
-def _packed_conv2d(data, packed, strides, padding, dilation, pixels: int):
+def _packed_conv2d(data, packed, filters: int, strides, padding, dilation, pixels: int):
     """NCHW ``conv2d`` reading channel-blocked weights (``_pack_conv_weight``). Output tiles are
     ``pixels`` of a row x ``block`` channels, so each step broadcasts a pixel's input and
     multiplies it into vectors of channels; a row is computed up to a multiple of ``pixels``
@@ -283,7 +289,7 @@ def _packed_conv2d(data, packed, strides, padding, dilation, pixels: int):
     height, width = int(height), int(width)
     blocks, _, kh, kw, block = (int(d) for d in packed.shape)
     (top, left, bottom, right), (sh, sw), (dh, dw) = ([int(v) for v in t] for t in (padding, strides, dilation))
-    pixels = int(pixels)
+    pixels, filters = int(pixels), int(filters)
     out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
     out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
     if top or left or bottom or right:
@@ -301,7 +307,7 @@ def _packed_conv2d(data, packed, strides, padding, dilation, pixels: int):
         lambda n, y, x, f: te.sum(data[n, c, y * sh + r * dh, tirx.min(x, out_w - 1) * sw + q * dw]
                                   * packed[f // block, c, r, q, f % block], axis=[c, r, q]),
         name="conv2d_packed", attrs={PACKED_CONV: block, PACKED_ROWS: pixels})
-    return te.compute((batch, blocks * block, out_h, out_w), lambda n, f, y, x: tiles[n, y, x, f],
+    return te.compute((batch, filters, out_h, out_w), lambda n, f, y, x: tiles[n, y, x, f],
                       name="conv2d_packed_nchw")
 
 
@@ -311,8 +317,8 @@ def pack_weights(mod, lanes: int):
     [n / panel, k, panel] panels, and each NCHW ``conv2d`` (groups 1) on a weight parameter to read
     it channel-blocked, [f / block, c, r, q, block]; the packing is lifted into
     ``main_transform_params`` (run once at build time). A panel is two vectors wide (or the largest
-    divisor of n up to that), a block two, one or half a vector (else the convolution is left
-    as it is), so kernels read weights contiguously. Returns (module, number of ops rewritten)."""
+    divisor of n up to that), a block two, one or half a vector (filters padded to a whole
+    vector if need be), so kernels read weights contiguously. Returns (module, number of ops rewritten)."""
     import tvm
     from tvm import relax, tirx
 
@@ -362,19 +368,18 @@ def pack_weights(mod, lanes: int):
             _, x_channels, height, width = (_static(d) for d in x_ty.shape.values)
             if None in (filters, channels, height, width) or x_channels != channels:
                 return None
-            # Whole vectors of output channels (or half a vector: 8 with AVX-512) only: a 24- or
-            # 30-wide block (mobilenet's 72 and 120 filters with AVX-512) ran 2-4x slower than the
-            # unpacked schedule; 8-wide blocks ran about as fast as it.
-            block = next((b for b in (2 * lanes, lanes, lanes // 2) if filters % b == 0 and b >= 4), None)
-            if block is None:
-                return None
+            # Whole vectors of output channels (or half a vector: 8 with AVX-512): a 24- or 30-wide
+            # block (mobilenet's 72 and 120 filters with AVX-512) ran 2-4x slower than the unpacked
+            # schedule, 8-wide blocks about as fast. Other counts (Mask R-CNN's 91 classes) are
+            # padded with zero filters up to a whole vector.
+            block = next((b for b in (2 * lanes, lanes, lanes // 2) if filters % b == 0 and b >= 4), lanes)
             packed = self.builder_.emit(self.builder_.call_te(_pack_conv_weight, w, block,
                                                              primfunc_name_hint="pack_conv_weight"))
             padding, strides, dilation = ([int(v) for v in t] for t in (a.padding, a.strides, a.dilation))
             out_w = (width + padding[1] + padding[3] - (int(w_ty.shape.values[3]) - 1) * dilation[1] - 1) \
                 // strides[1] + 1
             rewritten.append(w)
-            return self.builder_.call_te(_packed_conv2d, data, packed, strides, padding, dilation,
+            return self.builder_.call_te(_packed_conv2d, data, packed, filters, strides, padding, dilation,
                                          conv_pixels(out_w, lanes), primfunc_name_hint="conv2d_packed")
 
         def upsampling_conv(self, call):
