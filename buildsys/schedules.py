@@ -322,10 +322,12 @@ def pack_weights(mod, lanes: int):
     import tvm
     from tvm import relax, tirx
 
-    main = mod.functions.get(mod.get_global_var("main")) if "main" in [g.name_hint for g in mod.get_global_vars()] \
-        else None
-    if not isinstance(main, relax.Function) or not main.attrs or "num_input" not in main.attrs \
-            or "main_transform_params" in [g.name_hint for g in mod.get_global_vars()]:
+    names = {g.name_hint for g in mod.get_global_vars()}
+    main = mod["main"] if "main" in names else None
+    # Without num_input every parameter may change from run to run; a module already lifted
+    # (tuning records applied) keeps the layouts its kernels were tuned for.
+    if (not isinstance(main, relax.Function) or not main.attrs or "num_input" not in main.attrs
+            or "main_transform_params" in names):
         return mod, 0
     weights = set(main.params[int(main.attrs["num_input"]):])
     matmul, permute = tvm.ir.Op.get("relax.matmul"), tvm.ir.Op.get("relax.permute_dims")
