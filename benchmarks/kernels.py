@@ -52,20 +52,26 @@ class ConvCase:
     padding: int = 0
     groups: int = 1
     dynamic: bool = False
+    transposed: bool = False  # conv2d_transpose (no padding), w[c, f, kernel, kernel]
 
     @property
     def out_size(self) -> int:
+        if self.transposed:
+            return (self.size - 1) * self.stride + self.kernel
         return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
 
     @property
     def flops(self) -> float:
+        if self.transposed:  # the useful work: each input pixel times each kernel tap
+            return 2.0 * self.batch * self.channels * self.size ** 2 * self.filters * self.kernel ** 2
         return 2.0 * self.batch * self.filters * self.out_size ** 2 * self.channels // self.groups * self.kernel ** 2
 
     @property
     def shape(self) -> str:
         group = f" g{self.groups}" if self.groups > 1 else ""
+        kind = " transposed" if self.transposed else ""
         return (f"{self.batch}x{self.channels}x{self.size}x{self.size} -> {self.filters} "
-                f"k{self.kernel} s{self.stride}{group}")
+                f"k{self.kernel} s{self.stride}{group}{kind}")
 
 
 CASES = (
@@ -79,6 +85,8 @@ CASES = (
     MatmulCase("maskrcnn box fc6", 1000, 12544, 1024),
     MatmulCase("maskrcnn box fc7", 1000, 1024, 1024),
     ConvCase("maskrcnn mask 3x3", 100, 256, 256, 14, 3, 1, 1, dynamic=True),
+    ConvCase("maskrcnn mask upsample", 100, 256, 256, 14, 2, 2, dynamic=True, transposed=True),
+    ConvCase("maskrcnn mask logits 1x1", 100, 256, 91, 28, 1, dynamic=True),
 )
 
 
@@ -96,17 +104,24 @@ def relax_module(case):
     else:
         batch = tvm.tirx.Var("batch", "int64") if case.dynamic else case.batch
         x = relax.Var("x", relax.TensorType([batch, case.channels, case.size, case.size], "float32"))
-        w = relax.Var("w", relax.TensorType([case.filters, case.channels // case.groups, case.kernel, case.kernel],
-                                            "float32"))
+        w = relax.Var("w", relax.TensorType(_conv_weight_shape(case), "float32"))
     with bb.function("main", [x, w], attrs={"num_input": 1}):
         with bb.dataflow():
             if isinstance(case, MatmulCase):
                 y = relax.op.matmul(x, relax.op.permute_dims(w) if case.transposed else w)
+            elif case.transposed:
+                y = relax.op.nn.conv2d_transpose(x, w, strides=case.stride)
             else:
                 y = relax.op.nn.conv2d(x, w, strides=case.stride, padding=case.padding, groups=case.groups)
             out = bb.emit_output(bb.emit(y))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def _conv_weight_shape(case: ConvCase) -> tuple:
+    if case.transposed:
+        return (case.channels, case.filters, case.kernel, case.kernel)
+    return (case.filters, case.channels // case.groups, case.kernel, case.kernel)
 
 
 def inputs(case, seed: int = 0):
@@ -116,8 +131,7 @@ def inputs(case, seed: int = 0):
     if isinstance(case, MatmulCase):
         shapes = [(case.rows, case.k), (case.n, case.k) if case.transposed else (case.k, case.n)]
     else:
-        shapes = [(case.batch, case.channels, case.size, case.size),
-                  (case.filters, case.channels // case.groups, case.kernel, case.kernel)]
+        shapes = [(case.batch, case.channels, case.size, case.size), _conv_weight_shape(case)]
     return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
 
 
@@ -128,6 +142,17 @@ def numpy_kernel(case):
 
     if isinstance(case, MatmulCase):
         return lambda x, w: x @ (w.T if case.transposed else w)
+
+    def transposed(x, w):  # kernel == stride: each input pixel spreads over its own output block
+        if case.kernel != case.stride or case.padding:
+            raise ValueError("only transposed convolutions with kernel == stride are benchmarked")
+        n, c, h, wd = x.shape
+        taps = x.transpose(0, 2, 3, 1).reshape(-1, c) @ w.reshape(c, -1)
+        blocks = taps.reshape(n, h, wd, case.filters, case.kernel, case.kernel).transpose(0, 3, 1, 4, 2, 5)
+        return blocks.reshape(n, case.filters, h * case.kernel, wd * case.kernel)
+
+    if case.transposed:
+        return transposed
 
     def conv(x, w):
         p, s, kk, out = case.padding, case.stride, case.kernel, case.out_size
@@ -155,6 +180,8 @@ def torch_kernel(case):
         return None
     if isinstance(case, MatmulCase):
         return lambda x, w: torch.nn.functional.linear(x, w) if case.transposed else x @ w
+    if case.transposed:
+        return lambda x, w: torch.nn.functional.conv_transpose2d(x, w, stride=case.stride)
     return lambda x, w: torch.nn.functional.conv2d(x, w, stride=case.stride, padding=case.padding,
                                                    groups=case.groups)
 

@@ -59,8 +59,8 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
 
     @tvm.transform.module_pass(opt_level=0, name=PACK_PASS_NAME)
     def pack_pass(mod, _ctx):
-        mod, count = pack_weights(mod, vector_lanes(target))
-        packed.append(count)
+        packed.append(0)  # it ran: should the build fail from here on, it is retried without it
+        mod, packed[-1] = pack_weights(mod, vector_lanes(target))
         return mod
 
     @tvm.transform.module_pass(opt_level=0, name="buildsys.CPUPipeline")
@@ -115,10 +115,11 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
                 executable = relax.build(mod, target=target,
                                          relax_pipeline=_pipeline(target, default_scheduled, packed=packed))
             except Exception as exc:  # noqa: BLE001 - retried without them below, or raised
-                if not default_scheduled and not sum(packed or []):
+                if not default_scheduled and not packed:
                     raise
-                # A default schedule TVM cannot lower must not cost the build: the kernels stay
-                # unscheduled (slow, correct), and the manifest and the run's log say why.
+                # A default schedule TVM cannot lower (or a weight rewrite it cannot build) must not
+                # cost the build: the kernels stay unscheduled and the weights as they were (slow,
+                # correct), and the manifest and the run's log say why.
                 schedules_note = (f"default schedules off: relax.build failed with them "
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
                 logging.getLogger(__name__).warning("%s; building again without them", schedules_note)

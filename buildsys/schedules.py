@@ -258,11 +258,17 @@ def _packed_matmul(x, packed, rows: int):
 
 
 def _pack_conv_weight(w, block: int):
-    """``w[f, c, r, q]`` as [f / block, c, r, q, block]: ``block`` output channels side by side."""
-    from tvm import te
+    """``w[f, c, r, q]`` as [ceil(f / block), c, r, q, block]: ``block`` output channels side by
+    side, the last block padded with zero filters."""
+    from tvm import te, tirx
 
-    return te.compute((int(w.shape[0]) // block, *w.shape[1:], block),
-                      lambda fo, c, r, q, fi: w[fo * block + fi, c, r, q], name="pack_conv_weight")
+    filters = int(w.shape[0])
+    return te.compute(
+        (-(-filters // block), *w.shape[1:], block),
+        lambda fo, c, r, q, fi: tirx.if_then_else(fo * block + fi < filters,
+                                                  w[tirx.min(fo * block + fi, filters - 1), c, r, q],
+                                                  tirx.const(0.0, "float32")),
+        name="pack_conv_weight")
 
 
 def conv_pixels(width: int, lanes: int) -> int:
@@ -272,7 +278,7 @@ def conv_pixels(width: int, lanes: int) -> int:
     return min(range(largest, 3, -1), key=lambda p: -(-width // p) * p - width)
 
 
-def _packed_conv2d(data, packed, strides, padding, dilation, pixels: int):
+def _packed_conv2d(data, packed, filters: int, strides, padding, dilation, pixels: int):
     """NCHW ``conv2d`` reading channel-blocked weights (``_pack_conv_weight``). Output tiles are
     ``pixels`` of a row x ``block`` channels, so each step broadcasts a pixel's input and
     multiplies it into vectors of channels; a row is computed up to a multiple of ``pixels``
@@ -283,7 +289,7 @@ def _packed_conv2d(data, packed, strides, padding, dilation, pixels: int):
     height, width = int(height), int(width)
     blocks, _, kh, kw, block = (int(d) for d in packed.shape)
     (top, left, bottom, right), (sh, sw), (dh, dw) = ([int(v) for v in t] for t in (padding, strides, dilation))
-    pixels = int(pixels)
+    pixels, filters = int(pixels), int(filters)
     out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
     out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
     if top or left or bottom or right:
@@ -301,7 +307,7 @@ def _packed_conv2d(data, packed, strides, padding, dilation, pixels: int):
         lambda n, y, x, f: te.sum(data[n, c, y * sh + r * dh, tirx.min(x, out_w - 1) * sw + q * dw]
                                   * packed[f // block, c, r, q, f % block], axis=[c, r, q]),
         name="conv2d_packed", attrs={PACKED_CONV: block, PACKED_ROWS: pixels})
-    return te.compute((batch, blocks * block, out_h, out_w), lambda n, f, y, x: tiles[n, y, x, f],
+    return te.compute((batch, filters, out_h, out_w), lambda n, f, y, x: tiles[n, y, x, f],
                       name="conv2d_packed_nchw")
 
 
@@ -311,19 +317,22 @@ def pack_weights(mod, lanes: int):
     [n / panel, k, panel] panels, and each NCHW ``conv2d`` (groups 1) on a weight parameter to read
     it channel-blocked, [f / block, c, r, q, block]; the packing is lifted into
     ``main_transform_params`` (run once at build time). A panel is two vectors wide (or the largest
-    divisor of n up to that), a block one or two whole vectors (else the convolution is left as
-    it is), so kernels read weights contiguously. Returns (module, number of ops rewritten)."""
+    divisor of n up to that), a block two, one or half a vector (filters padded to a whole
+    vector if need be), so kernels read weights contiguously. Returns (module, number of ops rewritten)."""
     import tvm
-    from tvm import relax
+    from tvm import relax, tirx
 
-    main = mod.functions.get(mod.get_global_var("main")) if "main" in [g.name_hint for g in mod.get_global_vars()] \
-        else None
-    if not isinstance(main, relax.Function) or not main.attrs or "num_input" not in main.attrs \
-            or "main_transform_params" in [g.name_hint for g in mod.get_global_vars()]:
+    names = {g.name_hint for g in mod.get_global_vars()}
+    main = mod["main"] if "main" in names else None
+    # Without num_input every parameter may change from run to run; a module already lifted
+    # (tuning records applied) keeps the layouts its kernels were tuned for.
+    if (not isinstance(main, relax.Function) or not main.attrs or "num_input" not in main.attrs
+            or "main_transform_params" in names):
         return mod, 0
     weights = set(main.params[int(main.attrs["num_input"]):])
     matmul, permute = tvm.ir.Op.get("relax.matmul"), tvm.ir.Op.get("relax.permute_dims")
     conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    conv2d_transpose = tvm.ir.Op.get("relax.nn.conv2d_transpose")
 
     def static_2d(var):
         ty = var.ty
@@ -361,28 +370,67 @@ def pack_weights(mod, lanes: int):
             _, x_channels, height, width = (_static(d) for d in x_ty.shape.values)
             if None in (filters, channels, height, width) or x_channels != channels:
                 return None
-            # Whole vectors of output channels (or half a vector: 8 with AVX-512) only: a 24- or
-            # 30-wide block (mobilenet's 72 and 120 filters with AVX-512) ran 2-4x slower than the
-            # unpacked schedule; 8-wide blocks ran about as fast as it.
-            block = next((b for b in (2 * lanes, lanes, lanes // 2) if filters % b == 0 and b >= 4), None)
-            if block is None:
-                return None
+            # Whole vectors of output channels (or half a vector: 8 with AVX-512): a 24- or 30-wide
+            # block (mobilenet's 72 and 120 filters with AVX-512) ran 2-4x slower than the unpacked
+            # schedule, 8-wide blocks about as fast. Other counts (Mask R-CNN's 91 classes) are
+            # padded with zero filters up to a whole vector.
+            block = next((b for b in (2 * lanes, lanes, lanes // 2) if filters % b == 0 and b >= 4), lanes)
             packed = self.builder_.emit(self.builder_.call_te(_pack_conv_weight, w, block,
                                                              primfunc_name_hint="pack_conv_weight"))
             padding, strides, dilation = ([int(v) for v in t] for t in (a.padding, a.strides, a.dilation))
             out_w = (width + padding[1] + padding[3] - (int(w_ty.shape.values[3]) - 1) * dilation[1] - 1) \
                 // strides[1] + 1
             rewritten.append(w)
-            return self.builder_.call_te(_packed_conv2d, data, packed, strides, padding, dilation,
+            return self.builder_.call_te(_packed_conv2d, data, packed, filters, strides, padding, dilation,
                                          conv_pixels(out_w, lanes), primfunc_name_hint="conv2d_packed")
+
+        def upsampling_conv(self, call):
+            """``call`` (a conv2d_transpose whose kernel equals its stride, no padding: every
+            output pixel gets exactly one kernel tap) as a packed matmul of the input's pixels by
+            the [c, f * kh * kw] weight, then depth-to-space; or None. TVM computes such a
+            transposed convolution as a convolution of the zero-stuffed input: 4x the work at
+            stride 2 (Mask R-CNN's mask predictor spent 19% of its run there)."""
+            data, w = call.args
+            a = call.attrs
+            if (w not in weights or int(a.groups) != 1 or (a.data_layout, a.kernel_layout) != ("NCHW", "IOHW")
+                    or (a.out_layout or "NCHW") != "NCHW" or any(int(v) for v in a.padding)
+                    or any(int(v) for v in a.output_padding) or any(int(v) != 1 for v in a.dilation)):
+                return None
+            w_ty, x_ty = w.ty, data.ty
+            if not (isinstance(w_ty, relax.TensorType) and w_ty.dtype == "float32" and w_ty.ndim == 4
+                    and w_ty.shape is not None and isinstance(x_ty, relax.TensorType)
+                    and x_ty.dtype == "float32" and x_ty.ndim == 4 and x_ty.shape is not None):
+                return None
+            channels, filters, kh, kw = (_static(d) for d in w_ty.shape.values)
+            batch, x_channels, height, width = x_ty.shape.values
+            height, width = _static(height), _static(width)
+            if (None in (channels, filters, kh, kw, height, width) or _static(x_channels) != channels
+                    or [int(v) for v in a.strides] != [kh, kw]):
+                return None
+            op, bb = relax.op, self.builder_
+            pixels = bb.emit(op.reshape(op.permute_dims(data, [0, 2, 3, 1]), [batch * (height * width), channels]))
+            if not isinstance(batch, tirx.IntImm):
+                # The row count as a variable of its own: with batch * h * w the kernel's write-back
+                # could not be scheduled ("not a stage pipeline": TVM's arithmetic could not show
+                # that the padded tiles cover every row).
+                rows = tirx.Var("pixels", "int64")
+                pixels = bb.match_cast(pixels, relax.TensorType([rows, channels], "float32"))
+            matrix = bb.emit(op.reshape(w, [channels, filters * kh * kw]))
+            panel = _largest_divisor(filters * kh * kw, 2 * lanes)
+            packed = bb.emit(bb.call_te(_pack_weight, matrix, panel, False, primfunc_name_hint="pack_weight"))
+            taps = bb.emit(bb.call_te(_packed_matmul, pixels, packed, packed_rows(lanes),
+                                      primfunc_name_hint="matmul_packed"))
+            rewritten.append(w)
+            spread = op.permute_dims(op.reshape(taps, [batch, height, width, filters, kh, kw]), [0, 3, 1, 4, 2, 5])
+            return op.reshape(bb.emit(spread), [batch, filters, height * kh, width * kw])
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
             if str(call.attrs.out_dtype if call.attrs is not None and hasattr(call.attrs, "out_dtype")
                    else "None") not in ("None", "", "void", "float32"):
                 return call
-            if call.op.same_as(conv2d):
-                packed_conv = self.conv(call)
+            if call.op.same_as(conv2d) or call.op.same_as(conv2d_transpose):
+                packed_conv = (self.conv if call.op.same_as(conv2d) else self.upsampling_conv)(call)
                 return call if packed_conv is None else packed_conv
             if not call.op.same_as(matmul):
                 return call

@@ -30,6 +30,8 @@ def kernels():
     lambda k: k.MatmulCase("tiny matmul, w as is", rows=5, k=20, n=24, transposed=False),
     lambda k: k.ConvCase("tiny conv", 2, 5, 12, 9, 3, stride=2, padding=1, dynamic=True),
     lambda k: k.ConvCase("tiny depthwise", 1, 6, 6, 8, 3, padding=1, groups=6),
+    lambda k: k.ConvCase("tiny upsample", 3, 5, 8, 6, 2, stride=2, dynamic=True, transposed=True),
+    lambda k: k.ConvCase("tiny upsample, static batch", 2, 4, 8, 5, 3, stride=3, transposed=True),
 ])
 def test_the_benchmarks_kernels_match_numpy(kernels, make):
     case = make(kernels)

@@ -298,6 +298,8 @@ def _weight_conv_module(channels: int, filters: int, size: int, kernel: int, str
     ("x86-64-v3", 3, 8, 20, 7, 2, 3, 1),  # the stem's shape, small
     ("skylake-avx512", 16, 32, 10, 3, 1, (2, 1, 0, 2), 2),  # AVX-512, uneven padding, dilation 2
     ("skylake-avx512", 6, 72, 9, 1, 1, 0, 1),  # 72 filters: half-vector (8-wide) blocks
+    ("skylake-avx512", 9, 91, 6, 1, 1, 0, 1),  # 91 (Mask R-CNN's classes): padded to 6 x 16 filters
+    ("x86-64-v3", 3, 3, 7, 3, 1, 1, 1),  # 3 filters (an RPN's objectness): one padded 8-wide block
 ])
 def test_convolution_weights_are_channel_blocked_at_build_time_and_compute_the_same(
         mcpu, channels, filters, size, kernel, stride, padding, dilation):
@@ -326,9 +328,62 @@ def test_convolution_weights_are_channel_blocked_at_build_time_and_compute_the_s
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_convolution_with_a_partial_channel_vector_keeps_its_weights_as_they_are():
+def _transposed_conv_module(channels: int, filters: int, size: int, kernel: int, stride: int):
+    """main(x: [batch known at run time, C, H, W]; weights w, b) -> relu(conv2d_transpose(x, w) + b)."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([batch, channels, size, size + 1], "float32"))
+    w = relax.Var("w", relax.TensorType([channels, filters, kernel, kernel], "float32"))
+    b = relax.Var("b", relax.TensorType([1, filters, 1, 1], "float32"))
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d_transpose(x, w, strides=stride))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(relax.op.add(y, b))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("mcpu, channels, filters, size, kernel, stride, packed", [
+    ("x86-64-v3", 5, 6, 7, 2, 2, 1),  # Mask R-CNN's mask predictor, small: a matmul + depth-to-space
+    ("skylake-avx512", 8, 16, 4, 3, 3, 1),  # kernel == stride 3
+    ("x86-64-v3", 4, 8, 5, 3, 2, 0),  # overlapping taps: left to TVM's own lowering
+])
+def test_a_transposed_convolution_whose_kernel_is_its_stride_becomes_a_packed_matmul(
+        mcpu, channels, filters, size, kernel, stride, packed):
+    torch = pytest.importorskip("torch")
     from buildsys.compile import compile_for_target
 
-    # 36 filters: no whole number of 32-, 16- or 8-wide blocks
-    compiled = compile_for_target(_weight_conv_module(4, 36, 8, 1, 1, 0), {"kind": "llvm", "mcpu": "skylake-avx512"})
-    assert compiled.packed_weights == 0 and compiled.default_scheduled  # the unpacked schedule takes it
+    compiled = compile_for_target(_transposed_conv_module(channels, filters, size, kernel, stride),
+                                  {"kind": "llvm", "mcpu": mcpu})
+    assert compiled.packed_weights == packed
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    rng = np.random.default_rng(filters)
+    w = rng.standard_normal((channels, filters, kernel, kernel), dtype=np.float32)
+    b = rng.standard_normal((1, filters, 1, 1), dtype=np.float32)
+    params = [tvm.runtime.tensor(w), tvm.runtime.tensor(b)]
+    if compiled.transforms_params:
+        params = list(vm["main_transform_params"](params))
+    for batch in (0, 1, 3):
+        x = rng.standard_normal((batch, channels, size, size + 1), dtype=np.float32)
+        out = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+        expected = torch.relu(torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                                   stride=stride) + torch.from_numpy(b)).numpy()
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_rewrite_that_fails_costs_speed_not_the_build(monkeypatch):
+    from buildsys import schedules
+    from buildsys.compile import compile_for_target
+
+    def broken(mod, lanes):
+        raise RuntimeError("a model this rewrite does not expect")
+
+    monkeypatch.setattr(schedules, "pack_weights", broken)
+    compiled = compile_for_target(_weight_module(64, 32, True, True), {"kind": "llvm"})
+    assert compiled.packed_weights == 0 and not compiled.transforms_params and compiled.default_scheduled == []
+    assert compiled.schedules_note.startswith("default schedules off: relax.build failed with them (RuntimeError")
+    rng = np.random.default_rng(1)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((5, 64), (32, 64), (32,)))
+    out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, w, b)))
+    np.testing.assert_allclose(out.numpy(), np.maximum(x @ w.T + b, 0), rtol=1e-4, atol=1e-4)
