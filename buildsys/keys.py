@@ -10,8 +10,10 @@ UTF-8) of this "key material":
   shape, the normalized target dict, opt level, disabled passes (sorted).
 - ``weights``: digest of the weights file (``sha256:...``), or
   ``seeded:<seed>`` for random weights (then torch's version pins the values).
-- ``toolchain``: torch, torchvision, TVM, tvm-ffi and buildsys versions; a
-  compiler upgrade must never be answered from an old cache entry.
+- ``toolchain``: torch, torchvision, TVM, tvm-ffi, onnx, onnxsim and buildsys
+  versions, plus ``buildsys_tree`` (the digest of buildsys' own code) when it runs
+  from a checkout; a compiler upgrade, or an edit of the compiler in a checkout,
+  must never be answered from an old cache entry.
 - ``tuning``: ``null`` for an untuned entry; for a tuned one (its settings are in
   ``spec.tuning``): the tuning database's scope (target + TVM version) and the
   digest of the records applied to it, one best record per workload of the model
