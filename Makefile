@@ -46,9 +46,11 @@ runtime-smoke: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/buildsys -c tests/smoke/builds.yaml --store $(SMOKE_DIR)/artifacts build
 	$(RUNTIME_VENV)/bin/python tests/smoke/runtime_smoke.py $(SMOKE_DIR)
 
-## MetaSchedule tuning for the entries of builds.yaml that set `tuning` (resumable).
+## MetaSchedule tuning (resumable) and the tuned builds of builds.tune.yaml (kept out of build-all).
+TUNE_CONFIG ?= builds.tune.yaml
 tune: $(STAMP)
-	$(BIN)/buildsys tune $(TUNE_ARGS)
+	$(BIN)/buildsys -c $(TUNE_CONFIG) tune $(TUNE_ARGS)
+	$(BIN)/buildsys -c $(TUNE_CONFIG) build $(BUILD_ARGS)
 
 ## Built artifacts against PyTorch eager, torch.compile and onnxruntime (prints a table).
 bench: $(STAMP)
