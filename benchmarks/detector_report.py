@@ -29,10 +29,10 @@ def main() -> int:
     parser.add_argument("--score-threshold", default="0.0", help="random weights score low; 0 shows the top ones")
     args = parser.parse_args()
 
-    from buildsys import manifest as manifest_format
-    from buildsys.locations import resolve_locations
-    from buildsys.registry import Registry
-    from buildsys.store import Store
+    from buildsys.artifacts import manifest as manifest_format
+    from buildsys.artifacts.locations import resolve_locations
+    from buildsys.artifacts.registry import Registry
+    from buildsys.artifacts.store import Store
 
     locations = resolve_locations(None, None)
     registry, store = Registry(locations.registry_url), Store(locations.store_root)

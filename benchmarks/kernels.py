@@ -200,7 +200,7 @@ def build(case, target: dict, x, w) -> BuiltKernel:
     import tvm
     from tvm import relax
 
-    from buildsys.compile import compile_for_target
+    from buildsys.compiler.compile import compile_for_target
 
     compiled = compile_for_target(relax_module(case), target)
     vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     # timed on next; waking them costs microseconds against kernels of milliseconds.
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
-    from buildsys.targets import format_cli_target, normalize_target
+    from buildsys.config.targets import format_cli_target, normalize_target
 
     target = normalize_target(args.target, where="--target")
     cases = [c for c in CASES if args.only.lower() in c.label.lower()]

@@ -46,7 +46,7 @@ print(json.dumps({"ready_s": ready, "first_s": first, "rss_ready_mb": rss_ready,
 TORCH = _PROLOGUE + """
 import torch, torchvision
 from buildsys.models import instantiate
-from buildsys.spec import ModelSpec, WeightsSpec
+from buildsys.config.spec import ModelSpec, WeightsSpec
 spec = json.loads(sys.argv[2])
 w = spec["weights"]
 # Seeded weights whatever the artifact used: the manifest does not carry a weights path, and the
@@ -85,10 +85,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from buildsys.bundle import export_bundle
-    from buildsys.locations import resolve_locations
-    from buildsys.registry import Registry
-    from buildsys.store import Store
+    from buildsys.distribution.bundle import export_bundle
+    from buildsys.artifacts.locations import resolve_locations
+    from buildsys.artifacts.registry import Registry
+    from buildsys.artifacts.store import Store
 
     locations = resolve_locations()
     registry, store = Registry(locations.registry_url), Store(locations.store_root)

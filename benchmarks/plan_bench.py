@@ -40,10 +40,10 @@ def write_matrix(root: Path, models: int, sizes: int, targets: int, opt_levels: 
 
 def register_stand_ins(config: Path, store_root: Path) -> int:
     """A registry row and three tiny store objects per planned entry (what a built matrix has)."""
-    from buildsys.plan import plan_builds
-    from buildsys.registry import FileRecord, NewArtifact, Registry
-    from buildsys.spec import load_specs
-    from buildsys.store import Store
+    from buildsys.pipeline.plan import plan_builds
+    from buildsys.artifacts.registry import FileRecord, NewArtifact, Registry
+    from buildsys.config.spec import load_specs
+    from buildsys.artifacts.store import Store
 
     store = Store(store_root)
     registry = Registry(f"sqlite:///{store_root / 'registry.db'}")

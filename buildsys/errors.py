@@ -88,6 +88,12 @@ class IntegrityError(StoreError):
         )
 
 
+class DamagedStoreError(StoreError):
+    """``buildsys verify`` found stored files missing or changed (each is listed before this)."""
+
+    exit_code = 5
+
+
 class RegistryError(BuildsysError):
     """The registry database failed or holds no such record."""
 
@@ -104,6 +110,12 @@ class CompatibilityError(BuildsysError):
     """An artifact was built for another runtime, manifest format or CPU."""
 
     exit_code = 7
+
+
+class Interrupted(BuildsysError):
+    """Ctrl-C (SIGINT): what was done so far is kept; nothing half-written is published."""
+
+    exit_code = 130
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

@@ -11,14 +11,14 @@ import importlib
 import inspect
 from pathlib import Path
 
-from ..errors import BuildError
-from ..keys import digest_file
-from ..spec import ModelSpec, WeightsSpec
+from buildsys.errors import BuildError
+from buildsys.artifacts.digests import digest_file
+from buildsys.config.spec import ModelSpec, WeightsSpec
 
 
 def load_function(source: str, search_path: tuple[str, ...] = ()):
     """``module:function`` -> the function; modules resolve beside the config file first."""
-    from ..sources import ensure_on_path
+    from buildsys.pipeline.sources import ensure_on_path
 
     ensure_on_path(search_path)
     module_name, _, attr = source.partition(":")
@@ -39,7 +39,7 @@ def load_function(source: str, search_path: tuple[str, ...] = ()):
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        from ..errors import did_you_mean
+        from buildsys.errors import did_you_mean
         names = [n for n in dir(module) if not n.startswith("_")]
         hint = did_you_mean(attr, names)
         raise BuildError(f"module {module_name!r} has no {attr!r}" + (f"; {hint}" if hint else ""),

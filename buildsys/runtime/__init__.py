@@ -3,6 +3,6 @@
 Never imports torch, the exporter, the compiler pipeline or ``tvm.relax``.
 """
 
-from .loader import Predictor, load_artifact
+from buildsys.runtime.loader import Predictor, load_artifact
 
 __all__ = ["Predictor", "load_artifact"]

@@ -43,7 +43,7 @@ def _import_tvm_ffi():
 def _tvm_lib_dir() -> Path:
     spec = importlib.util.find_spec("tvm")
     if spec is None or not spec.submodule_search_locations:
-        from ..errors import CompatibilityError
+        from buildsys.errors import CompatibilityError
         raise CompatibilityError("apache-tvm is not installed; `pip install 'buildsys[runtime]'`")
     return Path(list(spec.submodule_search_locations)[0]) / "lib"
 

@@ -16,17 +16,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import manifest as manifest_format
-from ..cpu import host_flags, missing_features
-from ..errors import CompatibilityError, IntegrityError, TrustError
-from ..locations import resolve_locations
-from ..manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
-from ..registry.lookup import resolve as resolve_sqlite
-from ..registry.lookup import sqlite_path
-from ..store import Store, copy_verified, read_verified
-from ..toolchain import runtime_versions
-from .detections import image_to_input, to_detections
-from .ffi import outputs_to_numpy, runtime_ffi, to_device
+from buildsys.artifacts import manifest as manifest_format
+from buildsys.runtime.cpu import host_flags, missing_features
+from buildsys.errors import CompatibilityError, IntegrityError, TrustError
+from buildsys.artifacts.locations import resolve_locations
+from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
+from buildsys.artifacts.registry.lookup import resolve as resolve_sqlite
+from buildsys.artifacts.registry.lookup import sqlite_path
+from buildsys.artifacts.store import Store, copy_verified, read_verified
+from buildsys.runtime.versions import runtime_versions
+from buildsys.runtime.detections import image_to_input, to_detections
+from buildsys.runtime.ffi import outputs_to_numpy, runtime_ffi, to_device
 
 def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
@@ -164,12 +164,12 @@ def _from_registry(ref: str, registry, store: Store | None):
         found = resolve_sqlite(db, ref)
         key, manifest_digest, digests = found.key, found.manifest_digest, dict(found.digests)
     else:
-        from ..registry import Registry
+        from buildsys.artifacts.registry import Registry
         registry = registry or Registry(locations.registry_url)
         record = registry.resolve(ref)
         key, manifest_digest = record.key, record.manifest_digest
         digests = {f.name: f.digest for f in record.files}
-    manifest = manifest_format.loads(store.read_verified(manifest_digest, key=key, name=MANIFEST_NAME), key=key)
+    manifest = manifest_format.read_stored(store, digest=manifest_digest, key=key)
     manifest_format.check_loadable(manifest, f"artifact {key[:12]}")
     for name, entry in manifest["files"].items():
         if digests.get(name) != entry["digest"]:
@@ -211,7 +211,7 @@ def _from_bundle(directory: Path):
     if data is None:
         raise CompatibilityError(f"{directory} is not an artifact bundle: it has no {MANIFEST_NAME}")
     if os.environ.get("BUILDSYS_PUBLIC_KEY"):  # a deployment that only trusts signed bundles
-        from ..signing import SIGNATURE_NAME, load_public_key, verify_signature
+        from buildsys.distribution.signing import SIGNATURE_NAME, load_public_key, verify_signature
 
         signature = _read_bundle_file(directory / SIGNATURE_NAME, 4096)
         verify_signature(load_public_key(), data, signature, f"bundle {directory}")

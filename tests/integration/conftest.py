@@ -31,7 +31,7 @@ class Workspace:
 
     @property
     def registry(self):
-        from buildsys.registry import Registry
+        from buildsys.artifacts.registry import Registry
         return Registry(f"sqlite:///{self.store / 'registry.db'}")
 
 

@@ -8,7 +8,7 @@ import sys
 import jsonschema
 import pytest
 
-from buildsys.jsonout import load_schema
+from buildsys.ui.jsonout import load_schema
 
 from .conftest import Workspace
 

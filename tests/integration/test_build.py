@@ -7,9 +7,9 @@ from unittest import mock
 import numpy as np
 import pytest
 
-import buildsys.compile
-from buildsys import manifest as manifest_format
-from buildsys.store import Store
+import buildsys.compiler.compile
+from buildsys.artifacts import manifest as manifest_format
+from buildsys.artifacts.store import Store
 
 pytestmark = pytest.mark.model
 
@@ -33,7 +33,7 @@ def test_build_publishes_every_entry_with_measured_parity(built):
 
 
 def test_second_build_compiles_nothing(built, capsys):
-    with mock.patch.object(buildsys.compile, "compile_model") as compile_model:
+    with mock.patch.object(buildsys.compiler.compile, "compile_model") as compile_model:
         assert built.cli("build") == 0
     compile_model.assert_not_called()
     out = capsys.readouterr().out
@@ -49,11 +49,11 @@ def test_changing_one_axis_value_rebuilds_only_that_entry(fresh, capsys, monkeyp
     assert ws.cli("plan", "--only", "model=tiny_cnn") == 0
     plan_out = capsys.readouterr().out
     assert "build   " in plan_out and "tiny_cnn 40x40" in plan_out and "1 to build, 1 cached" in plan_out
-    with mock.patch.object(buildsys.compile, "compile_model", wraps=buildsys.compile.compile_model) as compile_model:
+    with mock.patch.object(buildsys.compiler.compile, "compile_model", wraps=buildsys.compiler.compile.compile_model) as compile_model:
         assert ws.cli("build", "--only", "model=tiny_cnn") == 0
     assert compile_model.call_count == 1
     assert compile_model.call_args.args[1].input_size == (40, 40)
-    with mock.patch.object(buildsys.compile, "compile_model", wraps=buildsys.compile.compile_model) as compile_model:
+    with mock.patch.object(buildsys.compiler.compile, "compile_model", wraps=buildsys.compiler.compile.compile_model) as compile_model:
         assert ws.cli("build", "--force", "--only", "model=tiny_cnn") == 0
     assert compile_model.call_count == 2
 
@@ -62,7 +62,7 @@ def test_parity_gates_publishing(fresh, capsys, monkeypatch):
     """Without the nearest-resize importer fix the upsampling model is wrong, and must not be published."""
     monkeypatch.setenv("BUILDSYS_BUILD_IN_PROCESS", "1")  # the patch applies to this process
     ws = fresh()
-    with mock.patch("buildsys.export.fixes.apply_torch_importer_fixes", side_effect=lambda mod: mod):
+    with mock.patch("buildsys.pipeline.importers.fixes.apply_torch_importer_fixes", side_effect=lambda mod: mod):
         assert ws.cli("build", "--only", "model=upsample") == 3
     err = capsys.readouterr().err
     assert "exceeds tolerance" in err
@@ -147,7 +147,7 @@ def test_run_output_matches_pytorch(built):
 
     from buildsys.models import instantiate
     from buildsys.runtime import load_artifact
-    from buildsys.spec import load_specs
+    from buildsys.config.spec import load_specs
 
     spec = next(s for s in load_specs(built.config) if s.input_size == (48, 48))
     record = next(r for r in built.registry.list() if r.input_size == "48x48")
@@ -185,7 +185,7 @@ def test_gc_removes_leftovers_of_a_crashed_build(fresh, capsys):
     old = 10**9
     os.utime(store.object_path(orphan), (old, old))
     run_id = ws.registry.start_run("f" * 64, "crashed entry")
-    with mock.patch("buildsys.store.pid_alive", return_value=False):
+    with mock.patch("buildsys.artifacts.store.pid_alive", return_value=False):
         assert ws.cli("gc", "--dry-run") == 0
         assert dead.exists() and store.has(orphan)
         assert ws.cli("gc") == 0
@@ -202,7 +202,7 @@ def test_disk_full_while_publishing_leaves_no_partial_object_or_row(fresh, capsy
     def no_space(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    with mock.patch("buildsys.store.os.replace", side_effect=no_space):
+    with mock.patch("buildsys.artifacts.store.os.replace", side_effect=no_space):
         assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 3
     assert "disk full" in capsys.readouterr().err
     store = Store(ws.store)
@@ -213,7 +213,7 @@ def test_disk_full_while_publishing_leaves_no_partial_object_or_row(fresh, capsy
 
 def test_registry_failure_after_objects_leaves_no_row(fresh, capsys):
     from buildsys.errors import RegistryError
-    from buildsys.registry import Registry
+    from buildsys.artifacts.registry import Registry
 
     ws = fresh()
     with mock.patch.object(Registry, "publish", side_effect=RegistryError("registry error: disk I/O error")):
@@ -292,8 +292,8 @@ matrix:
 def test_gc_retention_removes_old_and_out_of_matrix_artifacts_but_never_aliased_ones(fresh, capsys):
     from datetime import datetime, timedelta
 
-    from buildsys.retention import parse_age, select_expired
-    from buildsys.store import Store
+    from buildsys.ops.retention import parse_age, select_expired
+    from buildsys.artifacts.store import Store
 
     ws = fresh("""
 models:
@@ -361,7 +361,7 @@ matrix: {model: [a], input_size: [32]}
     assert {name: f["identical"] for name, f in report["files"].items()} == {"lib.so": True, "params.npz": True}
     # what differs is only what must (created_at has one-second resolution: a rebuild within the
     # same second does not differ in it, so it is not required to)
-    from buildsys.repro import VOLATILE_FIELDS
+    from buildsys.ops.repro import VOLATILE_FIELDS
     assert report["manifest"]["differing"] == []
     assert "timings" in report["manifest"]["volatile"] and set(report["manifest"]["volatile"]) <= set(VOLATILE_FIELDS)
     assert len(ws.registry.list()) == 1 and ws.registry.runs(record.key, limit=5)[0].status == "built"
@@ -372,8 +372,8 @@ def test_check_repro_explains_a_params_file_written_the_old_way(tmp_path):
 
     import numpy as np
 
-    from buildsys.manifest import write_params
-    from buildsys.repro import _explain_params
+    from buildsys.artifacts.manifest import write_params
+    from buildsys.ops.repro import _explain_params
 
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3)]
     old = io.BytesIO()

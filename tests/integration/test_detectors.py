@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from buildsys import manifest as manifest_format
-from buildsys.store import Store
+from buildsys.artifacts import manifest as manifest_format
+from buildsys.artifacts.store import Store
 
 pytestmark = pytest.mark.model
 
@@ -67,7 +67,7 @@ def test_detector_runs_in_the_thin_loader_without_torch(built_detectors):
 def _astronaut():
     from importlib import resources
 
-    from buildsys.annotate import read_image
+    from buildsys.ui.annotate import read_image
     return read_image(resources.files("skimage") / "data" / "astronaut.png")
 
 
@@ -78,8 +78,8 @@ def test_post_processing_matches_torchvision_end_to_end(built_detectors):
     from buildsys.models import instantiate
     from buildsys.runtime import load_artifact
     from buildsys.runtime.detections import image_to_input, to_detections
-    from buildsys.spec import load_specs
-    from buildsys.verify import match_detections
+    from buildsys.config.spec import load_specs
+    from buildsys.pipeline.parity import match_detections
 
     spec = next(s for s in load_specs(built_detectors.config) if s.model.name == "tiny_maskrcnn")
     record = next(r for r in built_detectors.registry.list() if r.model == "tiny_maskrcnn")
@@ -103,8 +103,8 @@ def test_keypoints_decoded_in_numpy_match_torchvision_end_to_end(built_detectors
     from buildsys.models import instantiate
     from buildsys.runtime import load_artifact
     from buildsys.runtime.detections import image_to_input, to_detections
-    from buildsys.spec import load_specs
-    from buildsys.verify import match_detections
+    from buildsys.config.spec import load_specs
+    from buildsys.pipeline.parity import match_detections
 
     spec = next(s for s in load_specs(built_detectors.config) if s.model.name == "tiny_keypointrcnn")
     record = next(r for r in built_detectors.registry.list() if r.model == "tiny_keypointrcnn")

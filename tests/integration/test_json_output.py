@@ -5,7 +5,7 @@ import json
 import jsonschema
 import pytest
 
-from buildsys.jsonout import COMMANDS, load_schema
+from buildsys.ui.jsonout import COMMANDS, load_schema
 
 from .conftest import Workspace
 
@@ -68,7 +68,7 @@ matrix: {model: [tiny_cnn], input_size: [32]}
 """)
     assert ws.cli("build") == 0
     record = ws.registry.list()[0]
-    from buildsys.store import Store
+    from buildsys.artifacts.store import Store
     params = Store(ws.store).object_path(record.file("params.npz").digest)
     params.chmod(0o644)
     params.write_bytes(b"not the weights")

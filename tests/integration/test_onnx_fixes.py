@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.export import onnx_fixes
+from buildsys.pipeline.importers import onnx_fixes
 
 pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from buildsys.errors import TrustError
-from buildsys.registry import Registry
-from buildsys.release import export_release, import_release
-from buildsys.signing import generate_keypair, load_private_key, load_public_key
-from buildsys.store import Store
+from buildsys.artifacts.registry import Registry
+from buildsys.distribution.release import export_release, import_release
+from buildsys.distribution.signing import generate_keypair, load_private_key, load_public_key
+from buildsys.artifacts.store import Store
 
 pytestmark = pytest.mark.model
 
@@ -124,7 +124,7 @@ def test_hostile_archives_are_refused_before_anything_is_written(release, tmp_pa
 
 
 def test_signed_bundle_directories_verify_on_load(built, keys, tmp_path, monkeypatch):
-    from buildsys.bundle import export_bundle
+    from buildsys.distribution.bundle import export_bundle
     from buildsys.errors import BuildsysError
     from buildsys.runtime import load_artifact
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from buildsys.errors import IntegrityError
-from buildsys.registry import Registry
-from buildsys.remote import RemoteStore
-from buildsys.store import Store
+from buildsys.artifacts.registry import Registry
+from buildsys.artifacts.remote import RemoteStore
+from buildsys.artifacts.store import Store
 
 from .conftest import Workspace
 

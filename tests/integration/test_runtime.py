@@ -12,11 +12,11 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from buildsys import manifest as manifest_format
+from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import CompatibilityError, IntegrityError
-from buildsys.registry import FileRecord, NewArtifact
+from buildsys.artifacts.registry import FileRecord, NewArtifact
 from buildsys.runtime import load_artifact, loader
-from buildsys.store import Store
+from buildsys.artifacts.store import Store
 
 pytestmark = pytest.mark.model
 
@@ -121,7 +121,7 @@ def test_wrong_input_shape_is_a_clear_error(built):
 
 
 def test_bundle_loads_without_the_registry_and_is_verified(built, tmp_path, monkeypatch):
-    from buildsys.bundle import export_bundle
+    from buildsys.distribution.bundle import export_bundle
 
     record = _record(built)
     bundle = export_bundle(record, Store(built.store), tmp_path / "bundles")

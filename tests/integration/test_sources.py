@@ -137,11 +137,11 @@ def test_upgrading_the_package_that_defines_the_model_rebuilds_it(tmp_path, caps
 def test_an_untouched_matrix_stays_cached_and_compiles_nothing(tmp_path, capsys):
     from unittest import mock
 
-    import buildsys.compile
+    import buildsys.compiler.compile
 
     ws, _ = _workspace(tmp_path)
     assert ws.cli("build") == 0
-    with mock.patch.object(buildsys.compile, "compile_model") as compile_model:
+    with mock.patch.object(buildsys.compiler.compile, "compile_model") as compile_model:
         assert ws.cli("build") == 0
     compile_model.assert_not_called()
     assert "done: 0 built, 1 cached" in capsys.readouterr().out

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from buildsys.plan import plan_builds
-from buildsys.spec import load_specs
-from buildsys.tuning import RECORD_FILE, WORKLOAD_FILE, TuningDatabase
+from buildsys.pipeline.plan import plan_builds
+from buildsys.config.spec import load_specs
+from buildsys.compiler.tuning_db import RECORD_FILE, WORKLOAD_FILE, TuningDatabase
 
 from .conftest import Workspace
 
@@ -33,7 +33,7 @@ OTHER_TARGET = """
 
 def _manifest(ws, key):
     record = ws.registry.get(key)
-    from buildsys.store import Store
+    from buildsys.artifacts.store import Store
     return json.loads(Store(ws.store).read_verified(record.manifest_digest))
 
 
@@ -51,7 +51,7 @@ def tuned(tmp_path_factory):
 
 
 def _database(ws, target):
-    from buildsys.toolchain import toolchain_versions
+    from buildsys.config.toolchain import toolchain_versions
     return TuningDatabase(ws.store, target, toolchain_versions()["tvm"])
 
 
@@ -75,7 +75,7 @@ def test_tuning_produces_records_and_registers_the_database(tuned):
 
 
 def test_second_build_applies_records_without_tuning(tuned, monkeypatch):
-    import buildsys.tuning as tuning
+    import buildsys.compiler.tuning as tuning
 
     def no_tuning(*_args, **_kwargs):
         raise AssertionError("the tuner ran although the records were there")
@@ -93,7 +93,7 @@ def test_second_build_applies_records_without_tuning(tuned, monkeypatch):
 
 
 def _store(ws):
-    from buildsys.store import Store
+    from buildsys.artifacts.store import Store
     return Store(ws.store)
 
 
@@ -149,12 +149,13 @@ def test_detectors_tune_their_static_shape_tasks_only():
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from buildsys.builder import example_input
-    from buildsys.export import export_model
+    from buildsys.pipeline.build import example_input
+    from buildsys.pipeline.importers import export_model
     from buildsys.models import instantiate
-    from buildsys.spec import parse_specs
-    from buildsys.targets import to_tvm
-    from buildsys.tuning import prepare_for_tuning, tunable, tuning_target
+    from buildsys.config.spec import parse_specs
+    from buildsys.config.targets import to_tvm
+    from buildsys.compiler.tuning import prepare_for_tuning, tunable
+    from buildsys.compiler.tuning_db import tuning_target
 
     (spec,) = parse_specs("""
 models:
@@ -181,7 +182,7 @@ def test_ctrl_c_during_tuning_stops_the_whole_build(tmp_path, monkeypatch, capsy
     import os
     import signal
 
-    import buildsys.tuning as tuning
+    import buildsys.compiler.tuning as tuning
 
     def interrupted_tuner(*_args, **_kwargs):
         try:

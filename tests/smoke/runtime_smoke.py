@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 start = time.perf_counter()
-from buildsys.bundle import export_bundle  # noqa: E402
-from buildsys.registry import Registry  # noqa: E402
+from buildsys.distribution.bundle import export_bundle  # noqa: E402
+from buildsys.artifacts.registry import Registry  # noqa: E402
 from buildsys.runtime import load_artifact  # noqa: E402
-from buildsys.store import Store  # noqa: E402
+from buildsys.artifacts.store import Store  # noqa: E402
 
 root = Path(sys.argv[1])
 assert importlib.util.find_spec("torch") is None, "torch is installed in the runtime venv"

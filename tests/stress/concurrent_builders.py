@@ -20,8 +20,8 @@ SIZES = [32, 40, 48, 56]
 
 
 def run(procs: int, root: Path, registry_url: str | None = None) -> dict:
-    from buildsys.registry import Registry
-    from buildsys.store import Store
+    from buildsys.artifacts.registry import Registry
+    from buildsys.artifacts.store import Store
 
     write_config(root, SIZES)
     url = registry_url or f"sqlite:///{root / 'artifacts' / 'registry.db'}"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from buildsys.cli import main
 from buildsys.errors import ConfigError
-from buildsys.spec import BuildSpec, parse_specs
+from buildsys.config.spec import BuildSpec, parse_specs
 
 BASE = {
     "version": 1,

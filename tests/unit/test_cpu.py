@@ -1,5 +1,5 @@
-from buildsys.cpu import host_flags, missing_features
-from buildsys.targets import required_features
+from buildsys.runtime.cpu import host_flags, missing_features
+from buildsys.config.targets import required_features
 
 
 def test_generic_target_needs_no_features():

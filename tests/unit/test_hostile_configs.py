@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from buildsys.cli import main
 from buildsys.errors import ConfigError
-from buildsys.spec import BuildSpec, load_specs, parse_specs
-from buildsys.yamlsource import MAX_DEPTH, MAX_VALUES
+from buildsys.config.spec import BuildSpec, load_specs, parse_specs
+from buildsys.config.yamlsource import MAX_DEPTH, MAX_VALUES
 
 TIME_BOUND_S = 5
 NOWHERE = Path("/nonexistent-config-dir")  # weights paths resolve against it and find nothing

@@ -17,12 +17,12 @@ from pathlib import Path
 import buildsys
 
 ROOT = Path(buildsys.__file__).parent
-BUILD_SIDE = ("buildsys.builder", "buildsys.export", "buildsys.compile", "buildsys.tuning", "buildsys.schedules",
-              "buildsys.plan", "buildsys.models", "buildsys.verify", "buildsys.bench", "buildsys.release",
-              "buildsys.sources", "buildsys.isolation", "buildsys.repro")
+BUILD_SIDE = ("buildsys.config", "buildsys.pipeline", "buildsys.compiler", "buildsys.models", "buildsys.ops",
+              "buildsys.ui", "buildsys.cli", "buildsys.workspace", "buildsys.distribution.release",
+              "buildsys.distribution.bundle", "buildsys.distribution.outbound")
 HEAVY = ("torch", "torchvision", "tvm.relax", "tvm.s_tir", "onnx", "onnxsim", "sqlalchemy", "alembic")
 # The loader's lazy doors, each for a case the default deployment does not take.
-RUNTIME_LAZY_ALLOWED = {"buildsys.registry", "buildsys.registry.api", "buildsys.signing"}
+RUNTIME_LAZY_ALLOWED = {"buildsys.artifacts.registry", "buildsys.artifacts.registry.api", "buildsys.distribution.signing"}
 
 
 def _module_name(path: Path) -> str:
@@ -142,4 +142,48 @@ def test_the_runtime_reaches_nothing_from_the_build_side():
                 continue  # a lazy door the default path does not open; its own imports are not the runtime's
             todo.append(internal)
     assert problems == [], "\n".join(problems)
-    assert "buildsys.runtime.loader" in seen and "buildsys.store" in seen
+    assert "buildsys.runtime.loader" in seen and "buildsys.artifacts.store" in seen
+
+
+def _package_edges(graph) -> set[tuple[str, str, str]]:
+    """(importing module, imported module, ...) between top-level buildsys packages, lazy included."""
+    edges = set()
+    for module, imports in graph.items():
+        for target, _top in imports:
+            internal = _internal(target, graph) if target.startswith("buildsys") else None
+            if internal and internal != module and not module.startswith(internal + "."):
+                edges.add((module, internal))
+    return edges
+
+
+def _within(module: str, packages) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+# (importer packages, packages they must never import): the flow only points downstream.
+DOWNSTREAM_ONLY = [
+    (("buildsys.artifacts",), ("buildsys.config", "buildsys.pipeline", "buildsys.compiler", "buildsys.models",
+                               "buildsys.ops", "buildsys.ui", "buildsys.cli", "buildsys.distribution",
+                               "buildsys.runtime", "buildsys.workspace")),
+    (("buildsys.config",), ("buildsys.pipeline", "buildsys.ops", "buildsys.ui", "buildsys.cli",
+                            "buildsys.workspace", "buildsys.distribution")),
+    (("buildsys.pipeline", "buildsys.compiler"), ("buildsys.ops", "buildsys.ui", "buildsys.cli",
+                                                   "buildsys.distribution", "buildsys.workspace")),
+    (tuple(f"buildsys.{p}" for p in ("artifacts", "config", "pipeline", "compiler", "models", "ops", "ui",
+                                     "distribution", "runtime", "workspace", "errors")), ("buildsys.cli",)),
+]
+
+
+def test_the_flow_only_points_downstream():
+    problems = [f"{a} imports {b}" for a, b in sorted(_package_edges(_graph()))
+                for importers, forbidden in DOWNSTREAM_ONLY
+                if _within(a, importers) and _within(b, forbidden)]
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_rules_bite():
+    """The checks above see a forbidden edge when there is one (a test that cannot fail is a defect)."""
+    graph = _graph()
+    graph["buildsys.artifacts.store"] = [*graph["buildsys.artifacts.store"], ("buildsys.pipeline.build", False)]
+    assert ("buildsys.artifacts.store", "buildsys.pipeline.build") in _package_edges(graph)
+    assert _within("buildsys.pipeline.build", DOWNSTREAM_ONLY[0][1])

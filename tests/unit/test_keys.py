@@ -2,9 +2,11 @@ import dataclasses
 
 import pytest
 
-from buildsys.keys import build_key, canonical_json, digest_bytes, digest_file, key_material, split_digest
-from buildsys.plan import spec_key
-from buildsys.spec import parse_specs
+from buildsys.artifacts.digests import canonical_json, digest_bytes, digest_file, split_digest
+
+from buildsys.pipeline.keys import build_key, key_material
+from buildsys.pipeline.plan import spec_key
+from buildsys.config.spec import parse_specs
 
 TOOLCHAIN = {"torch": "2.14.1", "torchvision": "0.29.1", "tvm": "0.27.0.post1", "tvm_ffi": "0.1.14.post1",
              "buildsys": "0.1.0"}

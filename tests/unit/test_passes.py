@@ -1,7 +1,7 @@
 import pytest
 
 from buildsys.errors import PassError
-from buildsys.passes import known_pass_names, validate_disabled_passes
+from buildsys.config.passes import known_pass_names, validate_disabled_passes
 
 
 def test_known_names_include_relax_and_tir_passes():

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from buildsys.progress import PlainDisplay, RichDisplay, choose_mode
+from buildsys.pipeline.jobs import Event, EventKind
+from buildsys.ui.progress import PlainDisplay, RichDisplay, choose_mode
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,16 @@ def _plain(text: str) -> str:
 
 def _events(display):
     cached, built, failed = ENTRIES
-    display("cached", cached, {"reason": "built already"})
-    display("start", built, {"log_path": "/store/logs/b.log"})
+    display(Event(EventKind("cached"), cached, reason="built already"))
+    display(Event(EventKind("start"), built, log_path="/store/logs/b.log"))
     for stage in ("export", "import", "build", "verify"):
-        display("stage", built, {"stage": stage})
-    display("start", failed, {"log_path": "/store/logs/c.log"})
-    display("stage", failed, {"stage": "export"})
-    display("stage", built, {"stage": "publish"})
-    display("built", built, {"seconds": 3.8, "manifest": MANIFEST})
-    display("failed", failed, {"seconds": 1.2, "error": "[ccc] export: torch.export failed: boom\ntraceback",
-                               "log_path": "/store/logs/c.log"})
+        display(Event(EventKind("stage"), built, stage=stage))
+    display(Event(EventKind("start"), failed, log_path="/store/logs/c.log"))
+    display(Event(EventKind("stage"), failed, stage="export"))
+    display(Event(EventKind("stage"), built, stage="publish"))
+    display(Event(EventKind("built"), built, seconds=3.8, manifest=MANIFEST))
+    display(Event(EventKind("failed"), failed, seconds=1.2, error="[ccc] export: torch.export failed: boom\ntraceback",
+                               log_path="/store/logs/c.log"))
 
 
 def test_rich_view_shows_running_stages_then_one_line_per_finished_entry():
@@ -73,16 +74,16 @@ def test_rich_view_shows_running_stages_then_one_line_per_finished_entry():
     display.console.width = 200
     with display:
         cached, built, failed = ENTRIES
-        display("cached", cached, {"reason": "built already"})
-        display("start", built, {})
-        display("stage", built, {"stage": "verify"})
+        display(Event(EventKind("cached"), cached, reason="built already"))
+        display(Event(EventKind("start"), built))
+        display(Event(EventKind("stage"), built, stage="verify"))
         display.live.refresh()
         live = _plain(out.getvalue())
         assert "verify" in live and "[2/3] model2 32x32 [llvm -mcpu=znver3] O3" in live  # brackets are not markup
         assert "1/3" in live and "1 cached" in live
-        display("built", built, {"seconds": 3.8, "manifest": MANIFEST})
-        display("start", failed, {})
-        display("failed", failed, {"seconds": 1.2, "error": "boom", "log_path": "/store/logs/c.log"})
+        display(Event(EventKind("built"), built, seconds=3.8, manifest=MANIFEST))
+        display(Event(EventKind("start"), failed))
+        display(Event(EventKind("failed"), failed, seconds=1.2, error="boom", log_path="/store/logs/c.log"))
     text = _plain(out.getvalue())
     assert "\x1b[" in out.getvalue()  # a terminal gets colour
     assert "cached  [1/3]" in text and "cache hit, nothing to do (built already)" in text

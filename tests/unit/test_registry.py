@@ -2,9 +2,9 @@ import pytest
 from sqlalchemy import text
 
 from buildsys.errors import RegistryError, UsageError
-from buildsys.registry import FileRecord, NewArtifact, Registry
-from buildsys.registry.db import BUSY_TIMEOUT_MS, HEAD_REVISION, head_revision, make_engine, upgrade
-from buildsys.registry.models import Base
+from buildsys.artifacts.registry import FileRecord, NewArtifact, Registry
+from buildsys.artifacts.registry.db import BUSY_TIMEOUT_MS, HEAD_REVISION, head_revision, make_engine, upgrade
+from buildsys.artifacts.registry.tables import Base
 
 
 def new_artifact(key, model="m", **over):
@@ -151,7 +151,7 @@ def test_head_revision_constant_matches_the_migration_scripts(tmp_path):
 
 def test_sqlite_lookup_agrees_with_the_registry(sqlite_registry, tmp_path):
     registry = sqlite_registry
-    from buildsys.registry.lookup import resolve, sqlite_path
+    from buildsys.artifacts.registry.lookup import resolve, sqlite_path
 
     one, two = "abcd1" + "0" * 59, "abcd2" + "0" * 59
     registry.publish(new_artifact(one))
@@ -201,13 +201,13 @@ def test_concurrent_first_use_migrates_once(tmp_path, request, dialect):
     for reg in opened:
         assert reg.keys() == set()
         reg.close()
-    from buildsys.registry.db import current_revision
+    from buildsys.artifacts.registry.db import current_revision
     assert current_revision(make_engine(url)) == HEAD_REVISION
 
 
 def test_db_upgrade_command_on_postgresql(postgres_server, capsys):
     from buildsys.cli import main
-    from buildsys.registry.db import current_revision
+    from buildsys.artifacts.registry.db import current_revision
 
     url = postgres_server.create_database()
     assert main(["--registry", url, "db", "current"]) == 0
@@ -251,7 +251,7 @@ def test_a_registry_folder_that_cannot_be_created(capsys, tmp_path):
 
 
 def test_an_empty_registry_file_is_not_taken_for_a_new_registry(tmp_path, capsys):
-    from buildsys.registry.lookup import resolve
+    from buildsys.artifacts.registry.lookup import resolve
 
     db = tmp_path / "r.db"
     db.write_bytes(b"")
@@ -317,7 +317,7 @@ def test_a_write_waits_for_a_busy_registry_and_says_so(tmp_path, caplog):
     reg = Registry(f"sqlite:///{path}")
     holder = _hold_write_lock(path, 8)
     start = time.monotonic()
-    with caplog.at_level("WARNING", logger="buildsys.registry"):
+    with caplog.at_level("WARNING", logger="buildsys.artifacts.registry"):
         run_id = reg.start_run("a" * 64, "entry")
     waited = time.monotonic() - start
     holder.wait(10)

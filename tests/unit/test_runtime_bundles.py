@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buildsys import manifest as manifest_format
+from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, TrustError
 from buildsys.runtime import load_artifact, loader
-from buildsys.toolchain import runtime_versions
+from buildsys.runtime.versions import runtime_versions
 
 KEY = "ab" * 32
 LIB = b"\x7fELF not really a library" * 40

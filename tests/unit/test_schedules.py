@@ -7,8 +7,8 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import relax  # noqa: E402
 
-from buildsys.compile import _pipeline  # noqa: E402
-from buildsys.schedules import apply_default_schedules, schedule_matmul  # noqa: E402
+from buildsys.compiler.compile import _pipeline  # noqa: E402
+from buildsys.compiler.schedules import apply_default_schedules, schedule_matmul  # noqa: E402
 
 
 def _module(k: int, n: int, epilogue: bool, transpose_b: bool = False):
@@ -158,9 +158,9 @@ def test_a_schedule_tvm_cannot_lower_costs_speed_not_the_build(monkeypatch):
     each consumer of a multiply-read intermediate folded into the write-back in turn."""
     from tvm import s_tir
 
-    from buildsys import compile as compile_module
-    from buildsys import schedules
-    from buildsys.spec import parse_specs
+    from buildsys.compiler import compile as compile_module
+    from buildsys.compiler import schedules
+    from buildsys.config.spec import parse_specs
 
     def broken(mod):
         for gv, func in list(mod.functions_items()):
@@ -191,9 +191,9 @@ def test_a_schedule_tvm_cannot_lower_costs_speed_not_the_build(monkeypatch):
 
 
 def test_disabled_passes_can_turn_the_default_schedules_off():
-    from buildsys.compile import compile_model
-    from buildsys.schedules import PASS_NAME
-    from buildsys.spec import parse_specs
+    from buildsys.compiler.compile import compile_model
+    from buildsys.compiler.schedules import PASS_NAME
+    from buildsys.config.spec import parse_specs
 
     text = ("models: {a: {source: 'tests.fixtures.models:tiny_cnn'}}\n"
             "matrix: {model: [a], input_size: [16], disabled_passes: [[], [%s]]}\n" % PASS_NAME)
@@ -205,7 +205,7 @@ def test_disabled_passes_can_turn_the_default_schedules_off():
 
 
 def test_tiles_follow_the_targets_vector_width():
-    from buildsys.schedules import _pixels, vector_lanes
+    from buildsys.compiler.schedules import _pixels, vector_lanes
 
     lanes = {mcpu: vector_lanes(tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}))
              for mcpu in (None, "znver3", "skylake-avx512")}
@@ -241,7 +241,7 @@ def _weight_module(k: int, n: int, transposed: bool, epilogue: bool, lead: tuple
 ])
 def test_dense_weights_are_packed_at_build_time_and_the_matmul_computes_the_same(mcpu, k, n, transposed,
                                                                                 epilogue, lead):
-    from buildsys.compile import compile_for_target
+    from buildsys.compiler.compile import compile_for_target
 
     target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
     compiled = compile_for_target(_weight_module(k, n, transposed, epilogue, lead), target)
@@ -265,9 +265,9 @@ def test_dense_weights_are_packed_at_build_time_and_the_matmul_computes_the_same
 
 
 def test_packing_can_be_turned_off_and_leaves_modules_without_weights_alone():
-    from buildsys.compile import compile_for_target
-    from buildsys.passes import known_pass_names
-    from buildsys.schedules import PACK_PASS_NAME
+    from buildsys.compiler.compile import compile_for_target
+    from buildsys.config.passes import known_pass_names
+    from buildsys.compiler.schedules import PACK_PASS_NAME
 
     assert PACK_PASS_NAME in known_pass_names()
     off = compile_for_target(_weight_module(64, 32, True, True), {"kind": "llvm"}, disabled_passes=[PACK_PASS_NAME])
@@ -304,7 +304,7 @@ def _weight_conv_module(channels: int, filters: int, size: int, kernel: int, str
 def test_convolution_weights_are_channel_blocked_at_build_time_and_compute_the_same(
         mcpu, channels, filters, size, kernel, stride, padding, dilation):
     torch = pytest.importorskip("torch")
-    from buildsys.compile import compile_for_target
+    from buildsys.compiler.compile import compile_for_target
 
     target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
     compiled = compile_for_target(_weight_conv_module(channels, filters, size, kernel, stride, padding, dilation),
@@ -351,7 +351,7 @@ def _transposed_conv_module(channels: int, filters: int, size: int, kernel: int,
 def test_a_transposed_convolution_whose_kernel_is_its_stride_becomes_a_packed_matmul(
         mcpu, channels, filters, size, kernel, stride, packed):
     torch = pytest.importorskip("torch")
-    from buildsys.compile import compile_for_target
+    from buildsys.compiler.compile import compile_for_target
 
     compiled = compile_for_target(_transposed_conv_module(channels, filters, size, kernel, stride),
                                   {"kind": "llvm", "mcpu": mcpu})
@@ -373,8 +373,8 @@ def test_a_transposed_convolution_whose_kernel_is_its_stride_becomes_a_packed_ma
 
 
 def test_a_weight_rewrite_that_fails_costs_speed_not_the_build(monkeypatch):
-    from buildsys import schedules
-    from buildsys.compile import compile_for_target
+    from buildsys.compiler import schedules
+    from buildsys.compiler.compile import compile_for_target
 
     def broken(mod, lanes):
         raise RuntimeError("a model this rewrite does not expect")

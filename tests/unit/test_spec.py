@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from buildsys.errors import ConfigError
-from buildsys.spec import BuildSpec, load_specs, parse_specs
+from buildsys.config.spec import BuildSpec, load_specs, parse_specs
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
 
@@ -140,7 +140,7 @@ def test_bad_config_fixture(fixture):
 
 
 def test_tuning_axis_off_budget_and_settings():
-    from buildsys.plan import spec_key
+    from buildsys.pipeline.plan import spec_key
 
     specs = parse_specs(BASE + """
 matrix:

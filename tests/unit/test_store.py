@@ -4,8 +4,8 @@ import stat
 import pytest
 
 from buildsys.errors import IntegrityError, StoreError
-from buildsys.keys import digest_bytes
-from buildsys.store import Store
+from buildsys.artifacts.digests import digest_bytes
+from buildsys.artifacts.store import Store
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 
 from buildsys.errors import TargetError
-from buildsys.targets import format_cli_target, normalize_target, parse_cli_target, to_tvm
+from buildsys.config.targets import format_cli_target, normalize_target, parse_cli_target, to_tvm
 
 
 def test_cli_string_translates_to_dict():
@@ -87,8 +87,7 @@ def test_cpus_of_a_foreign_triple_are_validated_too():
 def test_tvm_facts_are_cached_per_tvm_version_and_regenerated_when_stale(tmp_path, monkeypatch):
     import json
 
-    from buildsys import tvmfacts
-
+    from buildsys.config import tvmfacts
     monkeypatch.setenv("BUILDSYS_CACHE_DIR", str(tmp_path))
     tvmfacts.facts.cache_clear()
     try:

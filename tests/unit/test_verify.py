@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from buildsys.errors import ParityError
-from buildsys.verify import compare_detector_outputs, compare_outputs, match_detections
+from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, match_detections
 
 
 def dets(boxes, scores, labels):

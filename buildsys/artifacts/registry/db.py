@@ -1,0 +1,266 @@
+"""Engine, pragmas, migrations and the one session scope."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from buildsys.errors import RegistryError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration. Checked against the migration scripts by a test; knowing it here lets an
+# up-to-date registry open without importing Alembic (a deployment's loader starts faster).
+HEAD_REVISION = "0003"
+# SQLite waits this long for a lock inside one statement; past it, writes are retried with backoff
+# (``retrying``), so a long-held lock is waited for with a message instead of failing a build.
+BUSY_TIMEOUT_MS = 5_000
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA foreign_keys=ON")  # SQLite leaves them off unless asked
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # wait for a lock instead of failing at once
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise RegistryError(f"not a database URL: {url!r} ({exc})") from None
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(f"cannot create the folder {str(folder)!r} for registry {url!r}: "
+                                f"{exc.strerror or exc}; pass a writable --registry (or BUILDSYS_REGISTRY)") from None
+    try:
+        engine = create_engine(parsed)
+    except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+        raise RegistryError(f"cannot open registry {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def alembic_config(engine: Engine, connection=None):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision(engine: Engine) -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (Alembic owns every schema change)."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    _refuse_empty_file(engine)  # before connecting: connecting writes SQLite's first page
+    try:
+        _refuse_unknown_revision(engine)
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(engine, conn), revision)
+    except (SQLAlchemyError, CommandError) as exc:
+        raise RegistryError(f"registry {engine.url!r}: migration failed: {exc}") from None
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _refuse_empty_file(engine: Engine) -> None:
+    if _sqlite_file_size(engine) == 0:
+        raise RegistryError(f"registry file {engine.url.database!r} is empty (0 bytes); restore it from a backup, "
+                            "or remove it to start a new registry")
+
+
+def _refuse_unknown_revision(engine: Engine) -> None:
+    """A registry migrated by a newer buildsys carries a revision our scripts do not have; Alembic
+    would fail with "Can't locate revision", and guessing at its schema could damage it."""
+    from alembic.script import ScriptDirectory
+
+    stored = _stored_revision(engine)
+    if stored is None:
+        return
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()}
+    if stored not in known:
+        raise RegistryError(f"registry {engine.url!r}: this registry was written by a newer buildsys (revision "
+                            f"{stored}); upgrade buildsys (this one reads up to revision {HEAD_REVISION}), or "
+                            "point --registry (BUILDSYS_REGISTRY) at another registry")
+
+
+def _sqlite_file_size(engine: Engine) -> int | None:
+    """Bytes in the registry's SQLite file, -1 when there is none yet; None for other databases."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        return None
+    try:
+        return Path(database).stat().st_size
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        raise RegistryError(f"cannot read registry file {database!r}: {exc.strerror or exc}") from None
+
+
+def _at_head(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return (inspect(conn).has_table("alembic_version")
+                and conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION)
+
+
+MIGRATION_LOCK_ID = 0x6275696C64737973  # "buildsys": PostgreSQL advisory lock for migrations
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Builders starting together on a new database must not both create the tables:
+    a lock file beside a SQLite database, an advisory lock on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    try:
+        handle = open(f"{database}.migrate.lock", "a+")
+    except OSError as exc:
+        raise RegistryError(f"registry {database!r} needs migrating, but its lock file cannot be created: "
+                            f"{exc.strerror or exc}; run `buildsys db upgrade` where the folder is writable") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Upgrade to the newest schema unless the database is already there.
+
+    Refuses a registry of a newer buildsys, and a SQLite file of 0 bytes that this process did not
+    create: a registry that lost its contents must not restart empty without anyone noticing.
+    """
+    try:
+        size = _sqlite_file_size(engine)
+        if size not in (-1, 0) and _at_head(engine):
+            return
+        # A new SQLite file is created under the lock (connecting creates it), so a file that is still
+        # empty once we hold the lock was not being created by another builder
+        with _migration_lock(engine):
+            _refuse_empty_file(engine)
+            if not _at_head(engine):  # another process may have migrated while we waited
+                upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """Another process holds the database's write lock (SQLite), or a lock wait timed out."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(m in text for m in ("database is locked", "database is busy", "lock timeout", "could not obtain lock",
+                                   "deadlock detected"))
+
+
+def retrying(operation, what: str, wait_s: float | None = None):
+    """Run ``operation()``; while the registry is busy (another writer holds its lock), try again
+    with backoff, saying so on stderr, for at most ``wait_s`` seconds (``BUILDSYS_REGISTRY_WAIT``,
+    default 600) before the RegistryError goes to the caller."""
+    import logging
+    import os
+    import time
+
+    if wait_s is None:
+        try:
+            wait_s = float(os.environ.get("BUILDSYS_REGISTRY_WAIT", "600"))
+        except ValueError:
+            wait_s = 600.0
+    start, delay, told = time.monotonic(), 0.5, False
+    while True:
+        try:
+            return operation()
+        except RegistryError as exc:
+            waited = time.monotonic() - start
+            if not getattr(exc, "busy", False) or waited >= wait_s:
+                if getattr(exc, "busy", False):
+                    raise RegistryError(f"the registry stayed busy (locked by another process) for {waited:.0f} s "
+                                        f"while trying to {what}; try again later, or raise BUILDSYS_REGISTRY_WAIT "
+                                        f"(now {wait_s:g} s)") from None
+                raise
+            if not told:
+                logging.getLogger("buildsys.artifacts.registry").warning(
+                    "the registry is busy (another process holds its write lock); waiting to %s "
+                    "(up to %g s, BUILDSYS_REGISTRY_WAIT)", what, wait_s)
+                told = True
+            time.sleep(min(delay, max(0.0, wait_s - waited)))
+            delay = min(delay * 2, 10.0)
+
+
+@contextlib.contextmanager
+def session_scope(factory: sessionmaker) -> Iterator[Session]:
+    """Commit on success, roll back on error; database errors become RegistryError."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        error = RegistryError(f"registry error: {exc.__class__.__name__}: {exc}")
+        error.busy = _is_busy(exc)
+        raise error from None
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def upgrade_url(url: str, revision: str = "head") -> tuple[str, str | None, str | None]:
+    """``buildsys db upgrade``: (the URL without its password, revision before, revision after)."""
+    engine = make_engine(url)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    return engine.url.render_as_string(hide_password=True), before, current_revision(engine)
+
+
+def current_revision_of(url: str) -> tuple[str, str | None]:
+    """``buildsys db current``: (the URL without its password, its schema revision or None)."""
+    engine = make_engine(url)
+    return engine.url.render_as_string(hide_password=True), current_revision(engine)

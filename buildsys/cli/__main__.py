@@ -1,0 +1,7 @@
+"""``python -m buildsys.cli``."""
+
+import sys
+
+from buildsys.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""bench, report, passes: how artifacts perform, on a page, and what TVM offers."""
+
+from __future__ import annotations
+
+import click
+
+from buildsys.cli.app import cli, echo_table, json_option, only_option, pass_ws
+from buildsys.workspace import Workspace
+
+
+@cli.command()
+@click.argument("refs", nargs=-1)
+@only_option
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Threads for every runner (TVM, torch, onnxruntime).")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--number", default=10, show_default=True, type=click.IntRange(1, 100000),
+              help="Runs per round and runner (fewer when the rounds would pass --budget).")
+@click.option("--budget", "budget_s", default=120.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds of timed runs per artifact, judged from the warm-up.")
+@click.option("--compile/--no-compile", "with_compile", default=None,
+              help="torch.compile too [default: classifiers only].")
+@click.option("--ort/--no-ort", "with_ort", default=True, show_default=True, help="onnxruntime too.")
+@json_option
+@pass_ws
+def bench(ws: Workspace, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, as_json):
+    """Time artifacts against PyTorch eager, torch.compile and onnxruntime (interleaved).
+
+    REFS are keys, prefixes or aliases; without them, the built entries of the matrix.
+    Results are recorded in the registry with the CPU model; `buildsys ls` shows the ratio.
+    """
+    from buildsys.ops.bench import bench_refs
+
+    results = bench_refs(ws, refs, filters=filters, threads=threads, rounds=rounds, number=number,
+                         budget_s=budget_s, with_compile=with_compile, with_ort=with_ort,
+                         on_status=None if as_json else click.echo)
+    if as_json:
+        from buildsys.ui import jsonout
+
+        click.echo(jsonout.dumps("bench", {"results": [r.to_dict() for r in results]}))
+        return
+    from buildsys.ui.tables import BENCH_HEADER, bench_row
+
+    click.echo(f"\nCPU: {results[0].cpu_model}; {threads} thread(s) for every runner; medians of {rounds} "
+               f"interleaved rounds; ratios per round, then median")
+    echo_table([BENCH_HEADER, *map(bench_row, results)])
+    for r in results:
+        for name, figures in r.runners.items():
+            if "error" in figures:
+                click.echo(f"{r.label}: {name}: {figures['error']}")
+
+
+@cli.command()
+@click.option("-o", "--out", "out_path", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--photo", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Reference photo for detectors [default: scikit-image's astronaut, when installed].")
+@click.option("--photo-budget", "photo_budget_s", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Skip the photo for detectors whose one inference takes longer (seconds, build-time estimate).")
+@only_option
+@pass_ws
+def report(ws: Workspace, out_path, photo, photo_budget_s, filters):
+    """One static HTML page: the matrix as a table, a latency plot, detectors on a photo."""
+    from buildsys.ui.report import make_report
+
+    path, entries, images = make_report(ws, out_path, photo=photo, photo_budget_s=photo_budget_s, filters=filters)
+    click.echo(f"{path}: {entries} entries, {images} images")
+
+
+@cli.command()
+@click.argument("pattern", required=False)
+def passes(pattern):
+    """List the pass names this TVM has (for disabled_passes)."""
+    from buildsys.config.passes import matching_pass_names
+
+    for name in matching_pass_names(pattern):
+        click.echo(name)

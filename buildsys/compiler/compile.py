@@ -1,0 +1,142 @@
+"""Relax -> VM executable under ``PassContext(opt_level, disabled_pass)``, with a pass trace."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from buildsys.errors import BuildError
+from buildsys.config.spec import BuildSpec
+from buildsys.config.targets import to_tvm
+
+
+@dataclass
+class CompiledModel:
+    executable: object
+    pass_trace: list[dict]  # [{"name": ..., "runs": n}] in first-run order
+    seconds: float
+    scheduled: int | None = None  # functions scheduled by tuning records (None: untuned build)
+    transforms_params: bool = False  # has main_transform_params (weights prepacked at build time)
+    prepack_note: str | None = None  # why weights could not be prepacked, when they could not
+    default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
+    schedules_note: str | None = None  # why the default schedules were turned off, when they were
+    packed_weights: int = 0  # matmuls and convolutions whose weights are packed at build time (schedules.py)
+
+
+def _pass_recorder():
+    import tvm
+
+    @tvm.instrument.pass_instrument
+    class PassRecorder:
+        """Records the name of every pass that runs (disabled ones never do)."""
+
+        def __init__(self):
+            self.counts: Counter = Counter()
+
+        def run_before_pass(self, _mod, info):
+            self.counts[info.name] += 1
+
+    return PassRecorder()
+
+
+def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None):
+    """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
+    to the fused kernels that tuning records did not schedule (unless ``default_schedules`` is off).
+    With a ``packed`` list, dense and convolution weights are first packed by a transform lifted
+    into ``main_transform_params`` (the list gets the number of ops rewritten)."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from buildsys.compiler.schedules import PACK_PASS_NAME, PASS_NAME, apply_default_schedules, pack_weights, vector_lanes
+
+    @tvm.transform.module_pass(opt_level=0, name=PASS_NAME)
+    def schedule_pass(mod, _ctx):
+        mod, names = apply_default_schedules(mod)
+        scheduled.extend(names)
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name=PACK_PASS_NAME)
+    def pack_pass(mod, _ctx):
+        packed.append(0)  # it ran: should the build fail from here on, it is retried without it
+        mod, packed[-1] = pack_weights(mod, vector_lanes(target))
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="buildsys.CPUPipeline")
+    def pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                ([pack_pass] if default_schedules and packed is not None else [])
+                + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                + ([schedule_pass] if default_schedules else [])
+                + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+
+    return pipeline
+
+
+def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
+    """``relax.build`` under the entry's PassContext; with a tuning database, its best
+    records are applied first (then the target is the database's, num-cores included)."""
+    if tuning_db is None:
+        return compile_for_target(mod, spec.target, spec.opt_level, spec.disabled_passes)
+
+    def tuned(mod):
+        from buildsys.compiler.tuning import apply
+
+        return apply(mod, spec, tuning_db)
+
+    return _compile(mod, tuning_db.target, spec.opt_level, spec.disabled_passes, tuned)
+
+
+def compile_for_target(mod, target: dict, opt_level: int = 3, disabled_passes=()) -> CompiledModel:
+    """An untuned build of ``mod`` for a normalized ``target`` (what ``compile_model`` does for an
+    entry without tuning; the kernel benchmark builds its one-kernel modules this way)."""
+    return _compile(mod, target, opt_level, tuple(disabled_passes), None)
+
+
+def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tuned) -> CompiledModel:
+    import tvm
+    from tvm import relax
+
+    target = to_tvm(target_dict)
+    recorder = _pass_recorder()
+    start = time.perf_counter()
+    scheduled = prepack_note = schedules_note = None
+    try:
+        with tvm.transform.PassContext(opt_level=opt_level, disabled_pass=list(disabled_passes),
+                                       instruments=[recorder]):
+            if tuned is not None:
+                mod, scheduled, prepack_note = tuned(mod)
+            default_scheduled: list[str] = []
+            # Tuned builds leave weights as the records expect them (their lifting is tuning.apply's).
+            packed: list[int] | None = [] if tuned is None else None
+            try:
+                executable = relax.build(mod, target=target,
+                                         relax_pipeline=_pipeline(target, default_scheduled, packed=packed))
+            except Exception as exc:  # noqa: BLE001 - retried without them below, or raised
+                if not default_scheduled and not packed:
+                    raise
+                # A default schedule TVM cannot lower (or a weight rewrite it cannot build) must not
+                # cost the build: the kernels stay unscheduled and the weights as they were (slow,
+                # correct), and the manifest and the run's log say why.
+                schedules_note = (f"default schedules off: relax.build failed with them "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+                logging.getLogger(__name__).warning("%s; building again without them", schedules_note)
+                default_scheduled, packed = [], None
+                executable = relax.build(mod, target=target,
+                                         relax_pipeline=_pipeline(target, [], default_schedules=False))
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"relax.build failed: {type(exc).__name__}: {str(exc)[-2000:]}", stage="compile") from None
+    seconds = time.perf_counter() - start
+    trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
+    ran = set(recorder.counts)
+    leaked = [p for p in disabled_passes if p in ran]
+    if leaked:  # would mean PassContext ignored our request: never publish that silently
+        raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
+                         transforms_params=tuned is not None or bool(sum(packed or [])),
+                         packed_weights=sum(packed or []), prepack_note=prepack_note,
+                         default_scheduled=default_scheduled, schedules_note=schedules_note)

@@ -1,0 +1,566 @@
+"""builds.yaml -> validated, frozen ``BuildSpec`` list.
+
+The matrix works the way CI matrices do: the axes under ``matrix`` expand as a
+cartesian product, an axis that is not listed takes its value from
+``defaults``, ``exclude`` removes every combination that matches all the
+fields of an entry, and ``include`` adds whole entries (missing fields from
+``defaults``). Per-model options (source, task, weights, kwargs, tolerance)
+live under ``models``. See README.md for the reference.
+
+Longer than 400 lines on purpose: this is the schema of builds.yaml, every field's parsing and
+error text (file, line, field, hint) in one place, in the order the README documents them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from buildsys.errors import ConfigError, did_you_mean
+from buildsys.config.passes import validate_disabled_passes
+from buildsys.config.targets import format_cli_target, normalize_target
+from buildsys.config.yamlsource import LocatedDict, LocatedList, load_yaml
+
+CONFIG_VERSION = 1
+AXES = ("model", "input_size", "target", "opt_level", "disabled_passes", "tuning")
+TASKS = ("classification", "detection")
+TOP_LEVEL = ("version", "models", "defaults", "matrix")
+MODEL_FIELDS = ("source", "task", "weights", "seed", "kwargs", "tolerance", "skip")
+MIN_SIZE, MAX_SIZE = 16, 4096
+DEFAULT_TOLERANCE = 1e-4
+BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off"}
+TUNING_FIELDS = ("trials", "per_task", "per_iter", "population", "genetic_iters", "seed")
+MAX_WHOLE = 2**63 - 1  # seeds and counts reach torch and TVM as int64; larger ones overflow there
+MAX_CONFIG_BYTES = 4 << 20  # a builds.yaml has a few KiB; /dev/zero has no end
+MAX_ENTRIES = 10_000  # matrix entries before exclude; more is a typo (or hostile), and planning would crawl
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a model's weights come from: ``none`` (random, seeded), ``hub``, or ``file``."""
+
+    source: str
+    seed: int = 0
+    name: str | None = None  # torchvision weights name for "hub", e.g. "DEFAULT"
+    path: str | None = None  # absolute path for "file"
+
+    def to_dict(self) -> dict:
+        # The file path is left out on purpose: the key uses the file's digest,
+        # so moving a weights file does not trigger a rebuild.
+        return {"source": self.source, "seed": self.seed, "name": self.name}
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    """MetaSchedule tuning for one entry. ``trials`` is the model's budget; 0 applies the
+    records already in the target's tuning database and never tunes."""
+
+    trials: int
+    per_task: int | None = None  # cap per task; default none: MetaSchedule's gradient scheduler spreads the budget
+    per_iter: int = 8  # candidates per task per search round: records are saved as each round ends
+    population: int = 128  # evolutionary search (the shipped 512 costs 30-45 s per task first)
+    genetic_iters: int = 2
+    seed: int = 0
+
+    @property
+    def cap(self) -> int:
+        """Most trials for one task."""
+        return self.per_task if self.per_task is not None else self.trials
+
+    def to_dict(self) -> dict:
+        return {"trials": self.trials, "per_task": self.per_task, "per_iter": self.per_iter,
+                "population": self.population, "genetic_iters": self.genetic_iters, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # "module:function" returning a torch.nn.Module
+    task: str
+    weights: WeightsSpec
+    kwargs_json: str = "{}"  # canonical JSON keeps the spec hashable and immutable
+    tolerance: float = DEFAULT_TOLERANCE
+    skip: str | None = None
+    # Where the model was declared: its sources resolve beside the config file first, and
+    # errors about them name this place. Neither is part of the key (a moved checkout keeps its keys).
+    config_dir: str = field(default="", compare=False)
+    source_origin: str = field(default="", compare=False)  # "builds.yaml:7"
+
+    @property
+    def kwargs(self) -> dict:
+        """A fresh dict each time: model builders may change what they are given."""
+        return json.loads(self.kwargs_json)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "task": self.task,
+                "weights": self.weights.to_dict(), "kwargs": self.kwargs}
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One matrix entry, frozen. Only ``load_specs`` makes these."""
+
+    model: ModelSpec
+    input_size: tuple[int, int]
+    target_json: str
+    opt_level: int
+    disabled_passes: tuple[str, ...] = ()
+    tuning_json: str = "null"  # canonical JSON of TuningSettings.to_dict(), "null" when off
+    origin: str = field(default="", compare=False)  # "builds.yaml:12", for messages
+
+    # Parsed once per spec (the JSON strings keep it hashable and immutable); treat them as read-only.
+    @cached_property
+    def target(self) -> dict:
+        return json.loads(self.target_json)
+
+    @cached_property
+    def tuning(self) -> TuningSettings | None:
+        raw = json.loads(self.tuning_json)
+        return None if raw is None else TuningSettings(**raw)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.input_size)
+
+    @property
+    def size_label(self) -> str:
+        return f"{self.input_size[0]}x{self.input_size[1]}"
+
+    @property
+    def target_label(self) -> str:
+        return format_cli_target(self.target)
+
+    def describe(self) -> str:
+        passes = f" -{','.join(self.disabled_passes)}" if self.disabled_passes else ""
+        tuning = self.tuning
+        tuned = "" if tuning is None else f" tuned:{tuning.trials}"
+        return f"{self.model.name} {self.size_label} [{self.target_label}] O{self.opt_level}{passes}{tuned}"
+
+    def to_dict(self) -> dict:
+        """Everything about the entry that shapes the output (the key's ``spec`` field)."""
+        spec = {"model": self.model.to_dict(), "input_shape": list(self.input_shape),
+                "target": self.target, "opt_level": self.opt_level,
+                "disabled_passes": list(self.disabled_passes)}
+        if self.tuning is not None:  # absent when off, so untuned keys stay what they were
+            spec["tuning"] = self.tuning.to_dict()
+        return spec
+
+
+def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpec:
+    """A BuildSpec back from ``BuildSpec.to_dict`` (as the registry keeps it). A weights file
+    comes back without its path (the key keeps its digest, not where it was)."""
+    model = data["model"]
+    weights = WeightsSpec(**model["weights"])
+    tuning = data.get("tuning")
+    return BuildSpec(model=ModelSpec(name=model["name"], source=model["source"], task=model["task"], weights=weights,
+                                     kwargs_json=json.dumps(model["kwargs"], sort_keys=True, separators=(",", ":")),
+                                     tolerance=tolerance),
+                     input_size=tuple(data["input_shape"][2:]),
+                     target_json=json.dumps(data["target"], sort_keys=True, separators=(",", ":")),
+                     opt_level=data["opt_level"], disabled_passes=tuple(data["disabled_passes"]),
+                     tuning_json="null" if tuning is None else json.dumps(tuning, sort_keys=True,
+                                                                           separators=(",", ":")))
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _Reader:
+    """Validation helpers that know the file name, for messages."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+
+    def error(self, message: str, line: int | None, field: str, hint: str | None = None) -> ConfigError:
+        # messages quote the offending value, which may be a 100000-value list: keep them to a screen
+        return ConfigError(_clip(message), file=self.filename, line=line, field=_clip(field),
+                           hint=_clip(hint) if hint else hint)
+
+    def mapping(self, value: Any, line: int | None, field: str) -> LocatedDict:
+        if not isinstance(value, dict):
+            raise self.error(f"expected a mapping, got {_type_name(value)}", line, field)
+        return value
+
+    def sequence(self, value: Any, line: int | None, field: str) -> LocatedList:
+        if not isinstance(value, list):
+            raise self.error(f"expected a list, got {_type_name(value)}", line, field,
+                             hint=f"write {field}: [{value!r}]" if value is not None else None)
+        return value
+
+    def check_keys(self, mapping: LocatedDict, allowed: Iterable[str], field: str) -> None:
+        allowed = tuple(allowed)
+        for key in mapping:
+            if key not in allowed:
+                where = f"{field}.{key}" if field else str(key)
+                raise self.error(f"unknown field {key!r}", mapping.line_of(key), where,
+                                 hint=did_you_mean(str(key), allowed) or f"allowed: {', '.join(allowed)}")
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _type_name(value: Any) -> str:
+    for kind, name in ((bool, "true/false"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
+                       ((int, float), "a number"), (type(None), "nothing")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def _parse_size(value: Any, reader: _Reader, line: int | None, where: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise reader.error(f"an input size is a number, \"HxW\" or [H, W], got {value!r}", line, where)
+    if isinstance(value, int):
+        dims = (value, value)
+    elif isinstance(value, str) and _SIZE_RE.match(value):
+        match = _SIZE_RE.match(value)
+        if max(len(match.group(1)), len(match.group(2))) > 9:  # int() refuses more than 4300 digits
+            raise reader.error(f"input size {_clip(value, 40)!r} is out of range; each side must be "
+                               f"{MIN_SIZE}..{MAX_SIZE} pixels", line, where)
+        dims = (int(match.group(1)), int(match.group(2)))
+    elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                             for v in value):
+        dims = (value[0], value[1])
+    else:
+        raise reader.error(f"an input size is a number, \"HxW\" or [H, W], got {value!r}", line, where)
+    for dim in dims:
+        if not MIN_SIZE <= dim <= MAX_SIZE:
+            raise reader.error(f"input size {dims[0]}x{dims[1]} is out of range; each side must be "
+                               f"{MIN_SIZE}..{MAX_SIZE} pixels", line, where)
+    return dims
+
+
+def _parse_opt_level(value: Any, reader: _Reader, line: int | None, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 4:
+        raise reader.error(f"opt_level must be a whole number 0..4, got {value!r}", line, where)
+    return value
+
+
+def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path) -> ModelSpec:
+    where = f"models.{name}"
+    raw = reader.mapping(raw, line, where)
+    reader.check_keys(raw, MODEL_FIELDS, where)
+    source = raw.get("source")
+    if not isinstance(source, str) or ":" not in source or source.startswith(":") or source.endswith(":"):
+        raise reader.error(f"source must be \"module:function\", got {source!r}", raw.line_of("source"),
+                           f"{where}.source", hint="e.g. torchvision.models:resnet18 or mypkg.models:build")
+    task = raw.get("task", "classification")
+    if task not in TASKS:
+        raise reader.error(f"unknown task {task!r}", raw.line_of("task"), f"{where}.task",
+                           hint=did_you_mean(str(task), TASKS) or f"one of: {', '.join(TASKS)}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_WHOLE:
+        raise reader.error(f"seed must be a whole number >= 0 (at most 2**63-1), got {seed!r}", raw.line_of("seed"),
+                           f"{where}.seed")
+    weights = _parse_weights(raw.get("weights", "none"), seed, reader, raw.line_of("weights"), f"{where}.weights",
+                             base_dir)
+    kwargs = raw.get("kwargs", {})
+    kwargs = reader.mapping(kwargs if kwargs is not None else {}, raw.line_of("kwargs"), f"{where}.kwargs")
+    if any(not isinstance(k, str) for k in kwargs):
+        raise reader.error("kwargs keys must be strings", raw.line_of("kwargs"), f"{where}.kwargs")
+    tolerance = raw.get("tolerance", DEFAULT_TOLERANCE)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise reader.error(f"tolerance is the largest accepted relative error, a number in (0, 1), got "
+                           f"{tolerance!r}", raw.line_of("tolerance"), f"{where}.tolerance")
+    skip = raw.get("skip")
+    if skip is not None and (not isinstance(skip, str) or not skip.strip()):
+        raise reader.error("skip takes the reason as text", raw.line_of("skip"), f"{where}.skip")
+    return ModelSpec(name=name, source=source, task=task, weights=weights,
+                     kwargs_json=json.dumps(_plain_at(kwargs, reader, raw.line_of("kwargs"), f"{where}.kwargs"),
+                                            sort_keys=True, separators=(",", ":")),
+                     tolerance=float(tolerance), skip=skip, config_dir=str(base_dir),
+                     source_origin=f"{reader.filename}:{raw.line_of('source') or line}")
+
+
+def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, base_dir: Path) -> WeightsSpec:
+    if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
+        return WeightsSpec(source="none", seed=seed)
+    if not isinstance(raw, str) or not raw.strip():
+        raise reader.error(f"weights is none, DEFAULT (a torchvision weights name) or a file path, got {raw!r}",
+                           line, where)
+    if raw.isidentifier() and raw.upper() == raw:
+        # DEFAULT, IMAGENET1K_V1, COCO_V1 ...: torchvision weights looked up in the torch hub cache.
+        return WeightsSpec(source="hub", seed=seed, name=raw)
+    try:
+        path = (base_dir / os.path.expanduser(raw)).resolve()
+        is_file = path.is_file()
+    except (ValueError, OSError) as exc:  # NUL bytes, names too long ...
+        raise reader.error(f"weights is not a usable file path: {exc}", line, where) from None
+    if not is_file:
+        raise reader.error(f"weights file {str(path)!r} does not exist", line, where,
+                           hint="give a path relative to builds.yaml, or `none` for seeded random weights")
+    if not os.access(path, os.R_OK):
+        raise reader.error(f"weights file {str(path)!r} is not readable", line, where)
+    return WeightsSpec(source="file", seed=seed, path=str(path))
+
+
+def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> str:
+    """off | a trial budget | {trials, per_task, per_iter, population, genetic_iters, seed} -> canonical JSON."""
+    if value is None or value is False or (isinstance(value, str) and value.lower() == "off"):
+        return "null"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"trials": value}
+    if not isinstance(value, dict):
+        raise reader.error(f"tuning is off, a trial budget, or a mapping with trials, got {value!r}", line, where,
+                           hint="e.g. tuning: 320, or tuning: {trials: 320, per_task: 16}")
+    reader.check_keys(value, TUNING_FIELDS, where)
+    if "trials" not in value:
+        raise reader.error("tuning needs trials (0 applies existing records without tuning)", line, where)
+    settings = {}
+    for name in TUNING_FIELDS:
+        if name not in value:
+            continue
+        number = value[name]
+        low = 0 if name in ("trials", "seed") else 1
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= MAX_WHOLE:
+            raise reader.error(f"tuning {name} must be a whole number >= {low} (at most 2**63-1), got {number!r}",
+                               value.line_of(name) if hasattr(value, "line_of") else line, f"{where}.{name}")
+        settings[name] = number
+    return json.dumps(TuningSettings(**settings).to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _plain_at(value: Any, reader: "_Reader", line: int | None, where: str) -> Any:
+    """``_plain`` with the file, line and field in its error."""
+    try:
+        return _plain(value)
+    except ConfigError as exc:
+        raise reader.error(exc.message, line, where, hint=exc.hint) from None
+
+
+def _plain(value: Any) -> Any:
+    """Located containers -> plain JSON-able values (rejects what JSON cannot hold)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{value!r} cannot be used here: the build key is JSON, which has no NaN or infinity",
+                          hint="write a finite number")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be used here")
+
+
+_INT_TARGET_OPTIONS = ("num-cores", "opt-level")
+_TEXT_TARGET_FIELDS = ("kind", "mcpu", "mtriple", "mabi")
+
+
+def _check_target_types(target: Any, reader: _Reader, line: int | None, where: str) -> None:
+    """Value types of a target mapping, before normalize_target turns them into TVM's (which would
+    iterate an int mattr, or truncate num-cores: 2.7 and read num-cores: true as 1)."""
+    if not isinstance(target, dict):
+        return  # a string is parsed by normalize_target; anything else it refuses
+    for name, value in target.items():  # unknown names are left to normalize_target ("did you mean")
+        if name in _TEXT_TARGET_FIELDS:
+            if not isinstance(value, str):
+                raise reader.error(f"target {name} must be text, got {value!r}", line, where,
+                                   hint="e.g. {kind: llvm, mcpu: znver3}")
+        elif name in _INT_TARGET_OPTIONS:
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole and not (isinstance(value, str) and value.strip().isdigit()):
+                raise reader.error(f"target option {name!r} needs a whole number, got {value!r}", line, where,
+                                   hint=f"e.g. {name}: 4")
+        elif name == "mattr" and not isinstance(value, str) and not (
+                isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            raise reader.error(f"target option 'mattr' is text or a list of texts, got {value!r}", line, where,
+                               hint='e.g. mattr: "+avx2,+fma" or mattr: [+avx2, +fma]')
+
+
+class _AxisValues:
+    """Parses and normalizes axis values, caching the costly ones (targets, passes)."""
+
+    def __init__(self, reader: _Reader, models: Mapping[str, ModelSpec]):
+        self.reader, self.models = reader, models
+        self._targets: dict[str, str] = {}
+        self._passes: dict[str, tuple] = {}
+
+    def parse(self, axis: str, value: Any, line: int | None, where: str) -> Any:
+        reader = self.reader
+        if axis == "model":
+            if not isinstance(value, str) or value not in self.models:
+                raise reader.error(f"unknown model {value!r}", line, where,
+                                   hint=did_you_mean(str(value), self.models)
+                                   or f"define it under models: ({', '.join(self.models) or 'none defined'})")
+            return value
+        if axis == "input_size":
+            return _parse_size(_plain_at(value, reader, line, where), reader, line, where)
+        if axis == "opt_level":
+            return _parse_opt_level(value, reader, line, where)
+        if axis == "tuning":
+            return _parse_tuning(value, reader, line, where)
+        if axis == "target":
+            plain = _plain_at(value, reader, line, where)
+            _check_target_types(plain, reader, line, where)
+            cache_key = json.dumps(plain, sort_keys=True)
+            if cache_key not in self._targets:
+                try:
+                    normalized = normalize_target(plain, where)
+                except ConfigError as exc:
+                    raise reader.error(exc.message, line, where, hint=exc.hint) from None
+                self._targets[cache_key] = json.dumps(normalized, sort_keys=True, separators=(",", ":"))
+            return self._targets[cache_key]
+        if axis == "disabled_passes":
+            if isinstance(value, str):
+                value = [value]
+            names = _plain_at(reader.sequence(value, line, where), reader, line, where)
+            cache_key = json.dumps(names, sort_keys=True)
+            if cache_key not in self._passes:
+                try:
+                    self._passes[cache_key] = validate_disabled_passes(names, where)
+                except ConfigError as exc:
+                    raise reader.error(exc.message, line, where, hint=exc.hint) from None
+            return self._passes[cache_key]
+        raise AssertionError(axis)
+
+
+def load_specs(path: str | os.PathLike) -> list[BuildSpec]:
+    """Read and expand a builds.yaml. Every problem is a ConfigError naming file and line."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            _check_regular(handle.fileno(), path)
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path), hint="run from the project root or pass --config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"byte {data[exc.start]:#04x} is not UTF-8", file=str(path),
+                          line=data.count(b"\n", 0, exc.start) + 1, hint="save the file as UTF-8") from None
+    return parse_specs(text, filename=str(path), base_dir=path.resolve().parent)
+
+
+def _check_regular(fd: int, path: Path) -> None:
+    """A FIFO would block the read, a device (/dev/zero) never end it."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ConfigError(f"cannot read: {kind}", file=str(path), hint="pass the path of a builds.yaml file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read: {info.st_size} bytes; a builds.yaml is at most {MAX_CONFIG_BYTES}",
+                          file=str(path))
+
+
+def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None = None) -> list[BuildSpec]:
+    reader = _Reader(filename)
+    base_dir = base_dir or Path.cwd()
+    doc = load_yaml(text, filename)
+    if doc is None:
+        raise reader.error("the file is empty", None, "", hint="see README.md for a builds.yaml example")
+    doc = reader.mapping(doc, 1, "(top level)")
+    reader.check_keys(doc, TOP_LEVEL, "")
+    version = doc.get("version", CONFIG_VERSION)
+    if type(version) is not int or version != CONFIG_VERSION:  # true == 1 and 1.0 == 1 in Python
+        raise reader.error(f"unsupported version {version!r}; this buildsys reads version {CONFIG_VERSION}",
+                           doc.line_of("version"), "version")
+
+    raw_models = reader.mapping(doc.get("models", LocatedDict()), doc.line_of("models"), "models")
+    models = {}
+    for name, raw in raw_models.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise reader.error(f"model names use letters, digits, '_', '-', '.': {name!r}",
+                               raw_models.line_of(name), "models")
+        models[name] = _parse_model(name, raw, reader, raw_models.line_of(name), base_dir)
+
+    values = _AxisValues(reader, models)
+    defaults_raw = reader.mapping(doc.get("defaults", LocatedDict()), doc.line_of("defaults"), "defaults")
+    reader.check_keys(defaults_raw, AXES, "defaults")
+    defaults: dict[str, tuple[Any, int | None]] = {
+        axis: (defaults_raw[axis], defaults_raw.line_of(axis)) if axis in defaults_raw
+        else (BUILTIN_DEFAULTS[axis], None)
+        for axis in AXES if axis in defaults_raw or axis in BUILTIN_DEFAULTS}
+
+    matrix = reader.mapping(doc.get("matrix"), doc.line_of("matrix"), "matrix")
+    matrix_line = doc.line_of("matrix")
+    reader.check_keys(matrix, AXES + ("include", "exclude"), "matrix")
+
+    # Cartesian product of the listed axes; unlisted axes come from defaults.
+    axis_choices: list[list[tuple[Any, int | None]]] = []
+    for axis in AXES:
+        if axis in matrix:
+            items = reader.sequence(matrix[axis], matrix.line_of(axis), f"matrix.{axis}")
+            if not items:
+                raise reader.error("an axis needs at least one value", matrix.line_of(axis), f"matrix.{axis}")
+            axis_choices.append([(values.parse(axis, v, items.line_of(i), f"matrix.{axis}[{i}]"), items.line_of(i))
+                                 for i, v in enumerate(items)])
+        elif axis in defaults:
+            raw, line = defaults[axis]
+            axis_choices.append([(values.parse(axis, raw, line, f"defaults.{axis}"), line)])
+        else:
+            axis_choices.append([])  # model / input_size with no default: product only if listed
+
+    entries: list[tuple[dict, int | None]] = []
+    if all(axis_choices):
+        count = 1
+        for choices in axis_choices:
+            count *= len(choices)
+        if count > MAX_ENTRIES:
+            raise reader.error(f"the matrix expands to {count} entries before exclude; the most is {MAX_ENTRIES}",
+                               matrix_line, "matrix", hint="split it into several files, or list fewer values "
+                                                           "and add the odd ones with include")
+        for combo in itertools.product(*axis_choices):
+            entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix_line))
+    elif "model" in matrix or "input_size" in matrix:
+        missing = [a for a, c in zip(AXES, axis_choices) if not c]
+        raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix_line, "matrix",
+                           hint=f"add matrix.{missing[0]} or defaults.{missing[0]}")
+
+    # Rules grouped by the axes they name: one set lookup per group and entry, not one test per rule
+    # and entry (thousands of rules times thousands of entries would crawl).
+    excluded: dict[tuple[str, ...], set[tuple]] = {}
+    for i, rule in enumerate(reader.sequence(matrix.get("exclude", []), matrix.line_of("exclude"),
+                                             "matrix.exclude")):
+        where = f"matrix.exclude[{i}]"
+        rule = reader.mapping(rule, matrix["exclude"].line_of(i), where)
+        reader.check_keys(rule, AXES, where)
+        axes = tuple(sorted(rule))
+        excluded.setdefault(axes, set()).add(
+            tuple(values.parse(axis, rule[axis], rule.line_of(axis), f"{where}.{axis}") for axis in axes))
+    entries = [(e, line) for e, line in entries
+               if not any(tuple(e[a] for a in axes) in rows for axes, rows in excluded.items())]
+
+    for i, extra in enumerate(reader.sequence(matrix.get("include", []), matrix.line_of("include"),
+                                              "matrix.include")):
+        where = f"matrix.include[{i}]"
+        extra = reader.mapping(extra, matrix["include"].line_of(i), where)
+        reader.check_keys(extra, AXES, where)
+        entry = {}
+        for axis in AXES:
+            if axis in extra:
+                entry[axis] = values.parse(axis, extra[axis], extra.line_of(axis), f"{where}.{axis}")
+            elif axis in defaults:
+                raw, line = defaults[axis]
+                entry[axis] = values.parse(axis, raw, line, f"defaults.{axis}")
+            else:
+                raise reader.error(f"an include entry needs {axis!r} (no default for it)", extra.line, where)
+        entries.append((entry, extra.line))
+
+    specs: list[BuildSpec] = []
+    seen: set[BuildSpec] = set()
+    for entry, line in entries:
+        spec = BuildSpec(model=models[entry["model"]], input_size=entry["input_size"],
+                         target_json=entry["target"], opt_level=entry["opt_level"],
+                         disabled_passes=entry["disabled_passes"], tuning_json=entry["tuning"],
+                         origin=f"{filename}:{line}")
+        if spec not in seen:
+            seen.add(spec)
+            specs.append(spec)
+    if not specs:
+        raise reader.error("the matrix expands to no entries", matrix_line, "matrix",
+                           hint="list at least one model and input_size, or check that exclude does not remove all")
+    return specs

@@ -1,0 +1,198 @@
+"""Classic TVM target strings <-> the JSON dict form TVM 0.27 accepts.
+
+TVM 0.27 rejects ``"llvm -mcpu=skylake-avx512"`` ("CLI target string form ...
+is no longer supported"), yet every tutorial writes it. We accept both forms,
+validate every option (TVM prints an error line for an unknown ``mcpu`` and
+silently falls back to generic x86-64, which runs tuned code 8x slower), and
+keep one normalized dict that goes into the build key.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any, Mapping
+
+from buildsys.errors import TargetError, did_you_mean
+
+SUPPORTED_KINDS = ("llvm",)
+# option name -> parser of its value
+_OPTIONS = ("mcpu", "mtriple", "mattr", "num-cores", "mabi", "opt-level")
+_UNSUPPORTED = {
+    "libs": "this TVM wheel is built without MKL, BLAS, cuDNN or DNNL, so no -libs value can be honoured; "
+            "drop the option",
+    "device": "device options are for GPU targets; buildsys builds CPU (llvm) targets",
+    "host": "a separate host target is only meaningful for GPU targets",
+}
+_KNOWN_NON_CPU_KINDS = ("cuda", "rocm", "vulkan", "metal", "opencl", "webgpu", "hexagon", "c")
+
+
+def _int_option(name: str, value: Any, where: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise TargetError(f"option {name!r} needs a whole number, got {value!r}", field=where) from None
+    if number < 1 or number > 1024:
+        raise TargetError(f"option {name!r} must be between 1 and 1024, got {number}", field=where)
+    return number
+
+
+def parse_cli_target(text: str, where: str = "target") -> dict:
+    """``"llvm -mcpu=znver3 -num-cores=2"`` -> ``{"kind": "llvm", "mcpu": "znver3", "num-cores": 2}``.
+
+    Syntax only; see ``normalize_target`` for validation against this TVM.
+    """
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise TargetError(f"cannot parse target string {text!r}: {exc}", field=where) from None
+    if not words:
+        raise TargetError("empty target string", field=where, hint='write e.g. "llvm" or "llvm -mcpu=znver3"')
+    result: dict[str, Any] = {"kind": words[0]}
+    for word in words[1:]:
+        if not word.startswith("-"):
+            raise TargetError(f"unexpected word {word!r} in target string {text!r}", field=where,
+                              hint="options look like -name=value, e.g. -mcpu=znver3")
+        name, sep, value = word.lstrip("-").partition("=")
+        if not sep:
+            raise TargetError(f"option {word!r} has no value in target string {text!r}", field=where,
+                              hint=f"write -{name}=VALUE")
+        if name in result:
+            raise TargetError(f"option {name!r} given twice in target string {text!r}", field=where)
+        result[name] = value
+    return result
+
+
+def format_cli_target(target: Mapping[str, Any]) -> str:
+    """The classic string form of a normalized target, for display."""
+    parts = [str(target["kind"])]
+    for name in sorted(k for k in target if k != "kind"):
+        value = target[name]
+        if isinstance(value, (list, tuple)):
+            value = ",".join(value)
+        parts.append(f"-{name}={value}")
+    return " ".join(parts)
+
+
+def normalize_target(raw: Any, where: str = "target") -> dict:
+    """Validate a target (CLI string or dict) and return its normalized dict.
+
+    ``-mcpu=native`` resolves to this host's CPU name, so the key records the
+    CPU that the code was really compiled for.
+    """
+    if isinstance(raw, str):
+        target = parse_cli_target(raw, where)
+    elif isinstance(raw, Mapping):
+        target = dict(raw)
+    else:
+        raise TargetError(f"a target is a string such as \"llvm -mcpu=znver3\" or a mapping, got {type(raw).__name__}",
+                          field=where)
+
+    kind = target.pop("kind", None)
+    if kind is None:
+        raise TargetError("the target has no kind", field=where, hint='add kind: llvm')
+    if kind not in SUPPORTED_KINDS:
+        why = ("GPU and other non-CPU targets are not supported yet" if kind in _KNOWN_NON_CPU_KINDS
+               else f"unknown target kind {kind!r}")
+        raise TargetError(f"{why}; buildsys builds for: {', '.join(SUPPORTED_KINDS)}", field=where,
+                          hint=did_you_mean(str(kind), SUPPORTED_KINDS))
+
+    normalized: dict[str, Any] = {"kind": kind}
+    for name, value in target.items():
+        if name in _UNSUPPORTED:
+            raise TargetError(f"option {name!r} is not supported: {_UNSUPPORTED[name]}", field=where)
+        if name not in _OPTIONS:
+            raise TargetError(f"unknown target option {name!r}", field=where,
+                              hint=did_you_mean(name, _OPTIONS) or f"known options: {', '.join(_OPTIONS)}")
+        if name in ("num-cores", "opt-level"):
+            normalized[name] = _int_option(name, value, where)
+        elif name == "mattr":
+            attrs = value.split(",") if isinstance(value, str) else list(value)
+            bad = [a for a in attrs if not a or a[0] not in "+-"]
+            if bad:
+                raise TargetError(f"mattr entries look like +avx2 or -avx512f, got {bad}", field=where)
+            normalized[name] = sorted(attrs)
+        else:
+            if not isinstance(value, str) or not value:
+                raise TargetError(f"option {name!r} needs a non-empty string", field=where)
+            normalized[name] = value
+
+    if "mtriple" in normalized:
+        normalized["mtriple"] = _validate_mtriple(normalized["mtriple"], where)
+    if "mcpu" in normalized:
+        normalized["mcpu"] = _validate_mcpu(normalized["mcpu"], normalized.get("mtriple"), where)
+    return normalized
+
+
+def _validate_mcpu(mcpu: str, mtriple: str | None, where: str) -> str:
+    """Checked against the CPU names LLVM knows for the triple, from the cached TVM facts
+    (``tvmfacts``): planning never imports TVM, and no LLVM call sees an unchecked triple."""
+    from buildsys.config import tvmfacts
+    data = tvmfacts.facts()
+    triple = mtriple or data["system_triple"]
+    if mcpu == "native":
+        if mtriple is not None and tvmfacts.triple_arch(mtriple) != tvmfacts.triple_arch(data["system_triple"]):
+            raise TargetError(f"-mcpu=native means this host's CPU, which cannot run code for {mtriple}",
+                              field=where, hint="name the CPU of the target machine")
+        return data["system_cpu"]
+    try:
+        choices = tvmfacts.cpus_for_triple(triple)
+    except TargetError as exc:
+        raise TargetError(exc.message, field=where, hint=exc.hint) from None
+    if mcpu not in choices:
+        raise TargetError(
+            f"LLVM does not know CPU {mcpu!r} for triple {triple} (TVM would silently fall back to generic "
+            "x86-64)", field=where,
+            hint=did_you_mean(mcpu, choices) or f"this host is {data['system_cpu']!r}; -mcpu=native picks it")
+    return mcpu
+
+
+def _validate_mtriple(mtriple: str, where: str) -> str:
+    from buildsys.config import tvmfacts
+    if not all(c.isalnum() or c in "-_." for c in mtriple) or mtriple.count("-") < 1:
+        raise TargetError(f"{mtriple!r} is not an LLVM target triple", field=where,
+                          hint="triples look like x86_64-linux-gnu or aarch64-linux-gnu")
+    archs = tvmfacts.facts()["archs"]
+    arch = tvmfacts.triple_arch(mtriple)
+    if arch not in archs:
+        raise TargetError(f"LLVM has no architecture {arch!r} (from triple {mtriple!r})", field=where,
+                          hint=did_you_mean(arch, archs) or "e.g. x86_64-linux-gnu")
+    return mtriple
+
+
+def _tvm_target(target: Mapping[str, Any]):
+    import tvm
+
+    return tvm.target.Target(dict(target))
+
+
+def to_tvm(target: Mapping[str, Any]):
+    """A ``tvm.target.Target`` for a normalized target dict."""
+    tvm_dict = {k: (",".join(v) if isinstance(v, list) else v) for k, v in target.items()}
+    if "mattr" in target:
+        tvm_dict["mattr"] = list(target["mattr"])
+    try:
+        return _tvm_target(tvm_dict)
+    except Exception as exc:  # TVM raises its own error types; report the target we tried
+        raise TargetError(f"TVM rejected target {json.dumps(tvm_dict)}: {exc}") from None
+
+
+# LLVM feature name -> /proc/cpuinfo flag, for the SIMD families generated code uses.
+LLVM_TO_CPUINFO = {
+    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
+    "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512cd": "avx512cd",
+    "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16", "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2",
+    "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq", "avx512ifma": "avx512ifma",
+    "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+}
+
+
+def required_features(target: Mapping) -> list[str]:
+    """cpuinfo flags the code compiled for ``target`` (normalized dict) may use. Build side (needs TVM)."""
+    if "mcpu" not in target and "mattr" not in target:
+        return []  # generic x86-64: baseline instructions only
+    from tvm.target import codegen
+
+    enabled = {str(f) for f in codegen.llvm_get_cpu_features(to_tvm(target))}
+    return sorted(LLVM_TO_CPUINFO[f] for f in enabled if f in LLVM_TO_CPUINFO)

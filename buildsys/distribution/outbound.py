@@ -1,0 +1,25 @@
+"""``buildsys export``: artifacts out of the store, as a release tar or as bundle directories."""
+
+from __future__ import annotations
+
+from buildsys.errors import UsageError
+
+
+def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_key: str | None = None) -> list[str]:
+    """A release tar when ``out_path`` ends in .tar (artifacts + a signed manifest, for ``buildsys
+    import``), else a bundle directory per artifact (loadable directly). Returns a line per result."""
+    from buildsys.distribution.signing import load_private_key
+
+    if not refs and not export_all:
+        raise UsageError("name artifacts to export (KEY, prefix or alias), or pass --all")
+    private_key = load_private_key(sign_key)
+    records = ws.records(() if export_all else refs)
+    if out_path.endswith(".tar"):
+        from buildsys.distribution.release import export_release
+
+        manifest = export_release(records, ws.store, ws.registry, out_path, private_key)
+        return [f"{out_path}: {len(manifest['artifacts'])} artifacts, "
+                f"{'signed' if private_key is not None else 'NOT signed (no --sign-key)'}"]
+    from buildsys.distribution.bundle import export_bundle
+
+    return [f"{record.key[:12]} -> {export_bundle(record, ws.store, out_path, private_key)}" for record in records]

@@ -1,0 +1,276 @@
+"""One entry's build: export -> import -> compile -> serialize -> parity, into a staging directory.
+
+``build_artifact`` does the heavy, torch- and TVM-bound work and runs in a build process of its
+own (``runner`` starts it through ``isolation``); it publishes nothing. ``tune_entry`` exports an
+entry and tunes it. The parent side (locks, the store, the registry) is ``runner``.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+from buildsys.artifacts import manifest as manifest_format
+from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NAME
+from buildsys.artifacts.store import Store
+from buildsys.compiler.schedules import RULE_NAME
+from buildsys.config.spec import BuildSpec
+from buildsys.config.targets import required_features
+from buildsys.errors import BuildError, ParityError
+from buildsys.pipeline import sources
+from buildsys.pipeline.keys import build_key, entry_key
+from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs
+from buildsys.config.toolchain import toolchain_versions
+from buildsys.runtime.versions import runtime_versions
+
+INPUT_SEED = 0
+TIMING_RUNS = 3
+TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken (untuned detectors: minutes)
+
+
+@dataclass
+class BuildOutcome:
+    """What a (possibly remote) build hands back to the publisher."""
+
+    key: str  # the artifact's key: the planned one, unless the model's recorded sources differ
+    staged: dict[str, str]  # file name -> staged path
+    manifest: dict
+    metrics: dict[str, tuple[float, str]]
+    material: dict = field(default_factory=dict)
+    dependencies: list = field(default_factory=list)  # sources.Dependency, for the entry's depfile
+
+
+def example_input(spec: BuildSpec):
+    """The seeded input parity is measured on: uniform [0, 1), like a normalized-to-1 image."""
+    import torch
+
+    generator = torch.Generator().manual_seed(INPUT_SEED)
+    return torch.rand(*spec.input_shape, generator=generator)
+
+
+def _median_ms(fn: Callable[[], object], runs: int = TIMING_RUNS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _output_specs(exported, reference) -> list[dict]:
+    names = exported.output_names or [f"output{i}" for i in range(len(reference))]
+    return [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)} for name, o in zip(names, reference)]
+
+
+def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None, key: str):
+    """The entry's tuning database, checked against the records its key names."""
+    if spec.tuning is None:
+        return None
+    from buildsys.compiler.tuning_db import TuningDatabase
+
+    planned = material.get("tuning")
+    if store_root is None or not planned:
+        raise BuildError("a tuned entry needs its tuning planned first (tune, then build)", key=key, stage="tune")
+    database = TuningDatabase(Path(store_root), spec.target, material["toolchain"]["tvm"])
+    info = database.entry_info(entry_key(material))
+    applied = database.applied(info["workloads"] if info else [])
+    if applied["digest"] != planned["records"]:
+        raise BuildError("the tuning database changed after planning (another tuner added records); "
+                         "run the build again to plan with them", key=key, stage="tune")
+    return database, applied
+
+
+def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
+                   store_root: str | None = None, on_stage: Callable[[str], None] | None = None) -> BuildOutcome:
+    """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM.
+
+    ``on_stage`` is called with each stage's name as the build enters it (runlog.STAGES)."""
+    stage = on_stage or (lambda _name: None)
+    stage("export")  # importing torch and TVM is part of it
+    import torch
+
+    from buildsys.compiler.compile import compile_model
+    from buildsys.pipeline.importers import export_model
+    from buildsys.models import instantiate
+    from buildsys.runtime.ffi import outputs_to_numpy, to_device
+    from buildsys.runtime.loader import load_executable
+
+    staging_dir = Path(staging)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    # Everything the model loads while it is made, exported and run is recorded: its key covers it.
+    with sources.recording(spec.model.source, skip_dirs=[staging, *([store_root] if store_root else [])]) as recorder:
+        try:
+            module = instantiate(spec.model)
+        except BuildError as exc:  # say where the model is defined
+            field_name = "weights" if exc.stage == "weights" else "source"
+            where = spec.model.source_origin or spec.origin
+            raise BuildError(f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin}): "
+                             f"{exc}", key=key, stage=exc.stage) from None
+        x = example_input(spec)
+        timings["model_s"] = time.perf_counter() - start
+
+        exported = export_model(module, x, spec.model.task, on_stage=stage)
+        timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
+        with torch.no_grad():
+            reference = flatten_outputs(exported.reference(x))
+    dependencies = recorder.dependencies()
+    material = {**material, "sources": sources.sources_digest(dependencies)}
+    if build_key(material) != key:  # the plan predicted other sources (first build here, or an edit since)
+        key = build_key(material)
+        print(f"[buildsys] the model's recorded sources give it the key {key}", flush=True)
+    tuning = _tuning_database(spec, material, store_root, key)
+    stage("build")
+    compiled = compile_model(exported.mod, spec, tuning_db=tuning[0] if tuning else None)
+    timings["compile_s"] = compiled.seconds
+
+    start = time.perf_counter()
+    library = staging_dir / LIBRARY_NAME
+    try:
+        compiled.executable.export_library(str(library))
+    except Exception as exc:
+        raise BuildError(f"export_library failed: {type(exc).__name__}: {exc}", key=key, stage="serialize") from None
+    vm = load_executable(library, key)
+    params = exported.params
+    if compiled.transforms_params:  # weights prepacked into the layouts the kernels read, once, here
+        params = outputs_to_numpy(vm["main_transform_params"]([to_device(p) for p in params]))
+    manifest_format.write_params(staging_dir / PARAMS_NAME, params)
+    timings["serialize_s"] = time.perf_counter() - start
+
+    # Verify what will be shipped: the serialized library, reloaded the way the loader does.
+    stage("verify")
+    start = time.perf_counter()
+    args = [to_device(x.numpy())] + [to_device(p) for p in params]
+    run_start = time.perf_counter()
+    actual = outputs_to_numpy(vm["main"](*args))
+    first_run_ms = (time.perf_counter() - run_start) * 1e3
+    if spec.model.task == "detection":
+        second_stage = getattr(exported.reference, "second_stage_given_boxes", None)
+        parity = compare_detector_outputs(reference, actual, exported.detection["final_outputs"],
+                                          spec.model.tolerance, key=key,
+                                          second_stage=(lambda b, l: second_stage(x, b, l)) if second_stage else None)
+    else:
+        parity = compare_outputs(reference, actual, spec.model.tolerance, key=key)
+    timings["verify_s"] = time.perf_counter() - start
+    outputs = _output_specs(exported, reference)
+    if not parity.passed:
+        raise ParityError(f"{parity.explain([o['name'] for o in outputs])}; the artifact is not published",
+                          key=key, stage="verify")
+
+    runs = TIMING_RUNS if first_run_ms < TIMING_BUDGET_S * 1e3 else 0
+    with torch.no_grad():
+        eager_ms = _median_ms(lambda: exported.reference(x), runs or 1)
+    artifact_ms = _median_ms(lambda: vm["main"](*args)) if runs else first_run_ms
+
+    manifest = _manifest(spec, key, material, exported, compiled, tuning, params, outputs, dependencies, parity,
+                         timings, artifact_ms, eager_ms, torch.get_num_threads(), runs or 1)
+    metrics = _metrics(parity, timings, artifact_ms, eager_ms)
+    return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
+                        manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
+
+
+def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, tuning, params, outputs,
+              dependencies, parity, timings: dict, artifact_ms: float, eager_ms: float, torch_threads: int,
+              runs: int) -> dict:
+    """The artifact's manifest.json (``artifacts.manifest`` reads it back)."""
+    from buildsys.models import category_names
+
+    return {
+        "manifest_format": MANIFEST_FORMAT,
+        "key": key,
+        "key_material": dict(material),
+        "spec": spec.to_dict(),
+        "label": spec.describe(),
+        "route": {"name": exported.route, **exported.details},
+        "toolchain": toolchain_versions(),
+        "runtime": runtime_versions(),
+        "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
+               "params": len(params),
+               "outputs": outputs},
+        "cpu": {"required_features": required_features(spec.target)},
+        **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
+           if exported.detection is not None else {}),
+        "sources": [{"kind": d.kind, "name": d.name, "digest": d.digest, "version": d.version}
+                    for d in dependencies],
+        "exported": exported_digests(exported),
+        "pass_trace": compiled.pass_trace,
+        "default_schedules": {"rule": RULE_NAME, "functions": compiled.default_scheduled,
+                              "packed_weights": compiled.packed_weights, "note": compiled.schedules_note},
+        "tuning": None if tuning is None else {
+            "settings": spec.tuning.to_dict(), "scope": tuning[0].scope, "target": tuning[0].target,
+            "records_digest": tuning[1]["digest"], "workloads": tuning[1]["workloads"],
+            "records_applied": tuning[1]["records"], "trials": sum(tuning[1]["trials"].values()),
+            "functions_scheduled": compiled.scheduled,
+            "weights_prepacked": compiled.prepack_note is None, "note": compiled.prepack_note},
+        "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "latency": {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
+                    "ratio_vs_eager": round(artifact_ms / eager_ms, 3), "torch_threads": torch_threads,
+                    "runs": runs, "note": "build-time estimate; use a benchmark for decisions"},
+        "build_host": {"host": socket.gethostname(), "machine": platform.machine(),
+                       "python": platform.python_version()},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _metrics(parity, timings: dict, artifact_ms: float, eager_ms: float) -> dict[str, tuple[float, str]]:
+    """The figures the registry keeps beside the row (name -> (value, unit))."""
+    return {
+        "parity_max_abs": (parity.max_abs, "abs"),
+        "parity_max_rel": (parity.max_rel, "rel"),
+        **{f"parity_{name}": (float(value), unit) for name, value, unit in (
+            ("detections", parity.detections, "count"), ("matched_fraction", parity.matched_fraction, "fraction"),
+            ("pre_nms_max_rel", parity.pre_nms_max_rel, "rel"), ("final_max_rel", parity.final_max_rel, "rel"),
+            ("second_stage_max_rel", parity.second_stage_max_rel, "rel"))
+           if value is not None},
+        "artifact_ms": (artifact_ms, "ms"),
+        "torch_eager_ms": (eager_ms, "ms"),
+        "ratio_vs_eager": (artifact_ms / eager_ms, "x"),
+        **{k: (v, "s") for k, v in timings.items()},
+    }
+
+
+def exported_digests(exported) -> dict:
+    """What ``plan --deep`` compares: the Relax module right after import (structure, with the
+    weights as parameters) and the weights' bytes."""
+    import hashlib
+
+    import numpy as np
+    from tvm_ffi.structural import structural_hash
+
+    weights = hashlib.sha256()
+    for p in exported.params:
+        array = np.ascontiguousarray(p.numpy() if hasattr(p, "numpy") else p)
+        weights.update(f"{array.dtype}{array.shape}".encode())
+        weights.update(array.tobytes())
+    return {"graph": f"tvm-shash:{structural_hash(exported.mod, map_free_vars=True) & (2**64 - 1):016x}",
+            "weights": f"sha256:{weights.hexdigest()}"}
+
+
+def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,
+               on_progress: Callable[[dict], None] | None = None, on_stage: Callable[[str], None] | None = None):
+    """Export the entry and tune what its target's database lacks; the database is
+    then recorded in the registry. Returns the tuning report."""
+    from buildsys.pipeline.importers import export_model
+    from buildsys.models import instantiate
+    from buildsys.compiler.tuning import tune
+    from buildsys.compiler.tuning_db import TuningDatabase
+
+    stage = on_stage or (lambda _name: None)
+    stage("export")
+    module = instantiate(spec.model)
+    exported = export_model(module, example_input(spec), spec.model.task, on_stage=stage)
+    stage("tune")
+    database = TuningDatabase(store.root, spec.target, toolchain_versions()["tvm"])
+    report = tune(exported.mod, spec, database, entry_key, on_progress)
+    registry.record_tuning_database(database.stats())
+    return report
+
+

@@ -1,0 +1,53 @@
+"""Route ``torch.export``: ``torch.export.export`` -> ``from_exported_program``.
+
+Weights stay out of the library (``keep_params_as_input``): the executable
+takes them as arguments after the input, in the order of ``params``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from buildsys.errors import BuildError
+
+
+@dataclass
+class ExportedModel:
+    mod: object  # tvm.IRModule with one function "main"(input, *params)
+    params: list[np.ndarray]
+    route: str
+    seconds_export: float
+    seconds_import: float
+    reference: object  # the torch module whose outputs the artifact must reproduce
+    output_names: list[str] | None = None
+    details: dict = field(default_factory=dict)
+    detection: dict | None = None  # detectors: how outputs map back to the image (see runtime.detections)
+
+
+def export_classifier(module, example, on_import=lambda: None) -> ExportedModel:
+    import torch
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from buildsys.pipeline.importers import fixes
+
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, (example,))
+    except Exception as exc:
+        raise BuildError(f"torch.export failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="export") from None
+    exported = time.perf_counter()
+    on_import()
+    try:
+        mod = from_exported_program(program, keep_params_as_input=True)
+        mod, params = relax.frontend.detach_params(mod)
+        mod = fixes.apply_torch_importer_fixes(mod)
+    except Exception as exc:
+        raise BuildError(f"Relax import failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="import") from None
+    return ExportedModel(mod=mod, params=[p.numpy() for p in params.get("main", [])], route="torch.export",
+                         seconds_export=exported - start, seconds_import=time.perf_counter() - exported,
+                         reference=module)

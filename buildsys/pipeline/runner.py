@@ -1,0 +1,366 @@
+"""The builder's side of a build run: plan order, locks, isolation, publishing, the registry.
+
+``run_builds`` takes the planned jobs, tunes those that need it first, runs each build in a
+process of its own (``isolation``; ``build.build_artifact`` is what runs there), publishes the
+outcome into the store and writes the registry row last, so a crash leaves either nothing or
+a whole artifact. One failing entry never stops the others. It tells its caller what happens
+through ``jobs.Event``s.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+from buildsys.artifacts.registry import RUN_BUILT, RUN_FAILED
+from buildsys.artifacts.store import Store, pid_alive
+from buildsys.config.spec import BuildSpec
+from buildsys.errors import BuildError, BuildsysError
+from buildsys.pipeline import isolation, runlog, sources
+from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
+from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
+from buildsys.pipeline.keys import entry_key
+from buildsys.pipeline.plan import plan_builds
+from buildsys.pipeline.publish import publish
+
+
+@dataclass
+class BuildResult:
+    entry: Job
+    status: Outcome
+    seconds: float = 0.0
+    error: str | None = None
+    record: object | None = None
+    log_path: str | None = None  # the run's log file (none for cached and skipped entries)
+
+
+@dataclass
+class BuildReport:
+    results: list[BuildResult] = field(default_factory=list)
+
+    def count(self, status: Outcome | str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failed(self) -> bool:
+        return self.count(Outcome.FAILED) > 0
+
+    def raise_for_failures(self, *, tuning: bool = False) -> None:
+        """A ``BuildError`` (exit 3) when an entry failed: each is recorded with its error and log."""
+        failed = self.count(Outcome.FAILED)
+        if not failed:
+            return
+        if tuning:
+            raise BuildError(f"tuning failed for {failed} of {len(self.results)} entries; the records made so far "
+                             "are kept (run again to resume)")
+        raise BuildError(f"{failed} of {len(self.results)} entries failed; failed entries are recorded with their "
+                         "error and log; `buildsys plan` shows them, `buildsys log KEY` prints a log")
+
+
+class _RunLogs:
+    """A log file per entry for this invocation (tuning and the build that follows share it)
+    and the stage reporters that write into it and tell the caller."""
+
+    def __init__(self, store: Store, emit):
+        self.store, self.emit = store, emit
+        self.paths: dict[BuildSpec, Path] = {}
+        self.entries: dict[str, Job] = {}
+
+    def path(self, entry: Job) -> Path:
+        if entry.spec not in self.paths:
+            path = runlog.new_log_path(self.store.root, entry.key)
+            runlog.append_line(path, f"[buildsys] {entry.spec.describe()} key {entry.key} "
+                                     f"({entry.spec.origin}): {entry.reason}")
+            self.paths[entry.spec] = path
+        return self.paths[entry.spec]
+
+    def reporter(self, entry: Job, queue=None) -> runlog.StageReporter:
+        self.entries[entry.key] = entry
+        reporter = runlog.StageReporter(entry.key, str(self.path(entry)), queue)
+        if queue is None:
+            reporter.local = self.on_stage
+        return reporter
+
+    def on_stage(self, key: str, stage: str, at: float) -> None:
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.emit(Event(EventKind.STAGE, entry, stage=stage, at=at))
+
+    def note(self, entry: Job, text: str) -> None:
+        runlog.append_line(self.path(entry), f"[buildsys] {text}")
+
+
+def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport", emit,
+                logs: _RunLogs) -> list[Job]:
+    """Tune the entries whose records are not final, then plan them again with their real key."""
+    ready = []
+    for entry in entries:
+        if not entry.tune_first:
+            ready.append(entry)
+            continue
+        emit(Event(EventKind.TUNE, entry, reason=entry.reason))
+        started = time.perf_counter()
+        reporter = logs.reporter(entry)
+        try:
+            with runlog.captured(reporter.log_path), _interrupts_noticed() as interrupted:
+                try:
+                    tuned = tune_entry(entry.spec, store, registry, entry.key, on_stage=reporter,
+                                       on_progress=lambda progress, e=entry: emit(Event(EventKind.TUNE_PROGRESS, e, progress=progress)))
+                except BaseException:
+                    if interrupted:  # TVM turns Ctrl-C into a RuntimeError; it must still stop the build
+                        raise KeyboardInterrupt from None
+                    raise
+        except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
+            text = _error_text(exc)
+            logs.note(entry, f"tuning FAILED: {_log_text(exc)}")
+            run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=reporter.log_path)
+            registry.finish_run(run_id, RUN_FAILED, text)
+            report.results.append(BuildResult(entry, Outcome.FAILED, time.perf_counter() - started, error=text,
+                                              log_path=reporter.log_path))
+            emit(Event(EventKind.FAILED, entry, seconds=time.perf_counter() - started, error=text,
+                                   log_path=reporter.log_path))
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            continue
+        logs.note(entry, f"tuned: {tuned.trials_run} trials run, {tuned.trials_before} found in the database")
+        emit(Event(EventKind.TUNED, entry, report=tuned))
+        again = plan_builds([entry.spec], registry, store, force=entry.forced)[0]
+        if again.tune_first:  # cannot happen unless the database was removed meanwhile
+            raise BuildError(f"tuning finished but the entry still needs tuning: {again.reason}", key=entry.key)
+        if again.action == Action.CACHED:
+            logs.note(entry, f"cached after tuning: {again.key}")
+            report.results.append(BuildResult(again, Outcome.CACHED))
+            emit(Event(EventKind.CACHED, again, reason=again.reason))
+        else:
+            logs.note(entry, f"its key after tuning: {again.key}")
+            ready.append(again)
+    return ready
+
+
+@contextmanager
+def _interrupts_noticed():
+    """Yields a list that is non-empty once SIGINT arrived during the block (the signal still does
+    what it did before: usually KeyboardInterrupt, which native code may swallow)."""
+    import signal
+
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def tune_entries(entries: list[Job], store: Store, registry,
+                 on_event: Callable[[str, Job, dict], None] | None = None) -> BuildReport:
+    """Tune the entries that need it (events and logs as in ``run_builds``); build nothing."""
+    emit = on_event or (lambda *_: None)
+    report = BuildReport()
+    _tune_first(entries, store, registry, report, emit, _RunLogs(store, emit))
+    return report
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, BuildsysError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+
+
+def _log_text(exc: BaseException) -> str:
+    """For the log: always the whole traceback."""
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, store_root: str | None,
+                 reporter: runlog.StageReporter) -> BuildOutcome:
+    """``build_artifact`` with its output in the run's log: in the builder's process or in a worker."""
+    with runlog.captured(reporter.log_path):
+        try:
+            return build_artifact(spec, key, material, staging, store_root, on_stage=reporter)
+        except BaseException as exc:
+            runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {_log_text(exc)}")
+            raise
+
+
+def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
+               on_event: Callable[[str, Job, dict], None] | None = None,
+               timeout_s: float | None = isolation.DEFAULT_TIMEOUT_S) -> BuildReport:
+    """Build every entry whose action is ``build``; one failure never stops the others.
+
+    Each build runs in a process of its own (``isolation``): a crash, an exit or a hang
+    (``timeout_s``) inside model code fails that entry only, with its cause.
+    Events (kind, entry, info) tell the caller what happens: cached, skipped, tune,
+    tune-progress, tuned, start, stage, built, failed. Each build run writes a log
+    file under the store's logs/; its path is on the run's registry row."""
+    emit = on_event or (lambda *_: None)
+    report = BuildReport()
+    logs = _RunLogs(store, emit)
+    # what crashed builders left: staging dirs, and runs that will never finish
+    store.clean_tmp()
+    registry.mark_crashed_runs(pid_alive)
+    todo = []
+    for entry in entries:
+        if entry.action == Action.BUILD:
+            todo.append(entry)
+        else:
+            status = Outcome.CACHED if entry.action == Action.CACHED else Outcome.SKIPPED
+            report.results.append(BuildResult(entry, status))
+            emit(Event(EventKind(status), entry, reason=entry.reason))
+    todo = _tune_first(todo, store, registry, report, emit, logs)
+    if not todo:
+        return report
+
+    def finish(entry: Job, run_id: int, started: float, outcome=None, exc=None) -> None:
+        seconds = time.perf_counter() - started
+        log_path = str(logs.path(entry))
+        if exc is None and outcome.key != entry.key:
+            logs.note(entry, f"its recorded model sources give it the key {outcome.key} (planned {entry.key})")
+            entry = replace(entry, key=outcome.key, material=outcome.material)
+            existing = None if entry.forced else registry.get(entry.key)
+            if existing is not None and all(store.has(f.digest) for f in existing.files):  # built before, same sources
+                _remember_sources(store, entry, outcome, logs)
+                registry.finish_run(run_id, RUN_BUILT, key=entry.key)
+                report.results.append(BuildResult(entry, Outcome.CACHED, seconds, log_path=log_path))
+                emit(Event(EventKind.CACHED, entry, reason="its recorded sources name an artifact already built"))
+                return
+        if exc is None:
+            logs.reporter(entry)("publish")  # the log line and the event, as from the build itself
+            try:
+                record = publish(outcome, entry.spec, store, registry)
+            except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
+                exc = publish_exc
+            else:
+                _remember_sources(store, entry, outcome, logs)
+                registry.finish_run(run_id, RUN_BUILT, key=entry.key)
+                logs.note(entry, f"built and published {entry.key} in {seconds:.1f}s")
+                report.results.append(BuildResult(entry, Outcome.BUILT, seconds, record=record, log_path=log_path))
+                emit(Event(EventKind.BUILT, entry, seconds=seconds, record=record, manifest=outcome.manifest,
+                                      log_path=log_path))
+                return
+        text = _error_text(exc)
+        logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
+        registry.finish_run(run_id, RUN_FAILED, text)
+        report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path))
+        emit(Event(EventKind.FAILED, entry, seconds=seconds, error=text, log_path=log_path))
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+
+    def begin(entry: Job, stack: ExitStack):
+        """With the key's lock held: (run id, staging dir), or None if another builder
+        published the key while we waited for its lock."""
+        existing = None if entry.forced else registry.get(entry.key)
+        if existing is not None and all(store.has(f.digest) for f in existing.files):
+            report.results.append(BuildResult(entry, Outcome.CACHED))
+            emit(Event(EventKind.CACHED, entry, reason="built by another process meanwhile"))
+            return None  # (a row whose objects are gone is rebuilt, and its row replaced)
+        run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=str(logs.path(entry)))
+        staging = stack.enter_context(store.staging(prefix=entry.key[:12]))
+        emit(Event(EventKind.START, entry, log_path=str(logs.path(entry))))
+        return run_id, staging
+
+    isolate = not isolation.in_process()
+    guard = threading.RLock()  # registry rows, results and events: one thread at a time
+
+    def on_stage(item) -> None:
+        with guard:
+            logs.on_stage(*item)
+
+    def build_one(entry: Job, stack: ExitStack, run_id: int, staging) -> None:
+        """Runs the build (in its own process unless BUILDSYS_BUILD_IN_PROCESS is set), then
+        publishes or records the failure; the stack holds the key's lock and the staging dir."""
+        with stack:
+            started = time.perf_counter()
+            args = (entry.spec, entry.key, dict(entry.material), str(staging), str(store.root),
+                    logs.reporter(entry, isolation.PARENT_QUEUE if isolate else None))
+            try:
+                if isolate:
+                    outcome = isolation.run_isolated(build_logged, args, key=entry.key, timeout_s=timeout_s,
+                                                     on_message=on_stage)
+                else:
+                    outcome = build_logged(*args)
+            except BaseException as exc:  # noqa: BLE001 - recorded per entry
+                with guard:
+                    finish(entry, run_id, started, exc=exc)
+            else:
+                with guard:
+                    finish(entry, run_id, started, outcome=outcome)
+
+    # A builder holds at most one key lock while it waits for another, so builders with
+    # overlapping matrices cannot deadlock: busy keys are deferred, then waited for one by one.
+    deferred = todo
+    pool, queued = None, {}
+    if isolate:
+        isolation.reset()
+        isolation.start_server()  # from this thread: the server lives as long as the builder does
+    try:
+        if jobs > 1 and len(todo) > 1:
+            deferred = []
+            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="buildsys-build")
+            for entry in todo:
+                stack = ExitStack()
+                if not stack.enter_context(store.lock(entry.key, blocking=False)):
+                    stack.close()
+                    deferred.append(entry)
+                    continue
+                with guard:
+                    begun = begin(entry, stack)
+                if begun is None:
+                    stack.close()
+                    continue
+                queued[pool.submit(build_one, entry, stack, *begun)] = (entry, stack, begun[0])
+            for future in list(queued):
+                future.result()
+            pool.shutdown()
+        for entry in deferred:
+            stack = ExitStack()
+            stack.enter_context(store.lock(entry.key))
+            begun = begin(entry, stack)
+            if begun is None:
+                stack.close()
+                continue
+            build_one(entry, stack, *begun)
+    except BaseException:
+        isolation.kill_all()  # Ctrl-C: no build outlives the builder, and no queued one starts
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, (entry, stack, run_id) in queued.items():
+                if future.cancelled():  # never started: its lock and staging go, its run says why
+                    stack.close()
+                    with guard:
+                        registry.finish_run(run_id, RUN_FAILED, "interrupted (Ctrl-C) before it started")
+        raise
+    return report
+
+
+def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_RunLogs") -> None:
+    """The entry's depfile, which the next plan re-checks (a lost one costs a re-export, nothing more)."""
+    try:
+        sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies,
+                              entry.spec.model.config_dir)
+    except OSError as exc:
+        logs.note(entry, f"could not write its depfile: {exc}")
+
+
+def default_jobs() -> int:
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,1 @@
+"""What a person or a program sees: live progress, JSON output, the HTML report, photos."""

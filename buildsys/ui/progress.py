@@ -1,0 +1,276 @@
+"""What a person sees while the matrix builds: a live view (rich) on a terminal, a line
+per event when the output is a file or CI, or failures only (quiet).
+
+Each display is a callable taking the builder's events (``pipeline.jobs.Event``) and a
+context manager around the run. The texts are shared, so the modes say the same things.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import IO
+
+from buildsys.pipeline.jobs import Event, EventKind
+
+MODES = ("auto", "rich", "plain", "quiet")
+
+
+def choose_mode(requested: str, stream: IO) -> str:
+    """``auto``: the live view on an interactive terminal, plain lines anywhere else (CI, pipes, files)."""
+    if requested != "auto":
+        return requested
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive or os.environ.get("CI") or os.environ.get("TERM") == "dumb":
+        return "plain"
+    return "rich"
+
+
+def make_display(mode: str, entries, *, err: bool = False, tune_only: bool = False):
+    """The display for ``mode`` on stdout (stderr with ``err``). It writes to its own copy of the
+    file descriptor: while a build runs in this process, descriptors 1 and 2 go to the run's log."""
+    stream = sys.stderr if err else sys.stdout
+    mode = choose_mode(mode, stream)
+    kind = {"rich": RichDisplay, "plain": PlainDisplay, "quiet": QuietDisplay}[mode]
+    out, errors = _own(stream), _own(sys.stderr)
+    display = kind(entries, out or stream)
+    display.owned = [f for f in (out, errors) if f is not None]
+    display.errors = errors or sys.stderr  # failures, in plain and quiet modes
+    display.tune_only = tune_only  # `buildsys tune`: an entry is done when it is tuned
+    return display
+
+
+def _own(stream: IO) -> IO | None:
+    """A copy of ``stream``'s descriptor, or None if it is not a real file (a test runner's buffer)."""
+    try:
+        stream.flush()
+        return os.fdopen(os.dup(stream.fileno()), "w", buffering=1, encoding=getattr(stream, "encoding", None),
+                         errors="replace")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- texts
+
+
+def head(index: int | str, total: int, entry) -> str:
+    return f"[{index}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
+
+
+def built_text(event: Event) -> str:
+    m = event.manifest
+    t, p, lat = m["timings"], m["parity"], m["latency"]
+    compared = ""
+    if p.get("matched_fraction") is not None:
+        pre = p.get("pre_nms_max_rel")
+        compared = (f"; pre-NMS max_rel {pre:.2e}" if pre is not None else "") + (
+            f"; {p['detections']} final detections matched ({p['matched_fraction']:.0%})")
+        if p.get("tied_scores"):
+            compared += ", scores tied: final order not enforced"
+    return (f"built in {event.seconds:.1f}s (export {t['export_s']:.1f}s, import {t['import_s']:.1f}s, "
+            f"compile {t['compile_s']:.1f}s, verify {t.get('verify_s', 0.0):.1f}s); parity max_rel "
+            f"{p['max_rel']:.2e} (tol {p['tolerance']:g}{compared}); {lat['artifact_ms']:.1f} ms vs eager "
+            f"{lat['torch_eager_ms']:.1f} ms = {lat['ratio_vs_eager']:.1f}x")
+
+
+def tuned_text(report) -> str:
+    skipped = f" ({report.untunable} with data-dependent shapes left untuned)" if report.untunable else ""
+    return (f"tuned {report.tasks} tasks{skipped}, {report.per_task} trials each at most: {report.trials_run} "
+            f"trials run now, {report.trials_before} found in the database (scope {report.scope}), "
+            f"{report.seconds:.0f}s")
+
+
+def tune_progress_text(info: dict) -> str:
+    if info.get("phase") == "measuring":  # the first round: candidates sent, no records yet
+        return f"tuning, {info['sent']}/{info['total']} candidates sent for measurement, {info['elapsed_s']:.0f}s"
+    best = f", best {info['best_us']:.1f} us on {info['task']}" if info.get("best_us") else ""
+    left = f", about {info['left_s'] / 60:.1f} min left" if info.get("left_s") is not None else ""
+    return (f"tuning {info['trials']}/{info['total']} trials, {info['tasks_measured']}/{info['tasks']} tasks "
+            f"measured, {info['elapsed_s']:.0f}s{best}{left}")
+
+
+def failed_text(event: Event) -> str:
+    first = (event.error or "").strip().splitlines()
+    log = f" (log: {event.log_path})" if event.log_path else ""
+    return f"FAILED after {event.seconds or 0.0:.1f}s: {first[0] if first else ''}{log}"
+
+
+class _Display:
+    def __init__(self, entries, stream: IO):
+        self.total = len(entries)
+        self.index = {e.spec: i + 1 for i, e in enumerate(entries)}
+        self.stream = stream
+        self.owned: list[IO] = []
+        self.errors: IO = stream
+        self.tune_only = False
+        self.lock = threading.Lock()
+
+    def head(self, entry) -> str:
+        return head(self.index.get(entry.spec, "?"), self.total, entry)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for f in self.owned:
+            f.close()
+        self.owned = []
+
+    def line(self, text: str, stream: IO | None = None) -> None:
+        stream = stream or self.stream
+        with self.lock:
+            stream.write(text + "\n")
+            stream.flush()
+
+
+class QuietDisplay(_Display):
+    """Failures only (and the summary the command prints)."""
+
+    def __call__(self, event: Event) -> None:
+        kind, entry = event.kind, event.job
+        if kind == EventKind.FAILED:
+            self.line(f"{self.head(entry)}: {failed_text(event)}", self.errors)
+
+
+class PlainDisplay(_Display):
+    """A line per event: for logs, pipes and CI. Tuning progress at most every ``tune_interval_s``."""
+
+    def __init__(self, entries, stream: IO, tune_interval_s: float = 10.0):
+        super().__init__(entries, stream)
+        self.tune_interval_s = tune_interval_s
+        self.last_tune_line = 0.0
+        self.started: dict[object, float] = {}
+
+    def __call__(self, event: Event) -> None:
+        kind, entry = event.kind, event.job
+        h = self.head(entry)
+        if kind == EventKind.TUNE:
+            self.started[entry.spec] = time.monotonic()
+            self.line(f"{h}: {event.reason}; tuning ...")
+        elif kind == EventKind.TUNE_PROGRESS:
+            now = time.monotonic()
+            progress = event.progress
+            final = progress.get("trials") is not None and progress["trials"] >= progress["total"]
+            if now - self.last_tune_line >= self.tune_interval_s or final:
+                self.last_tune_line = now
+                self.line(f"{h}: {tune_progress_text(event.progress)}")
+        elif kind == EventKind.TUNED:
+            self.line(f"{h}: {tuned_text(event.report)}")
+        elif kind == EventKind.START:
+            self.started[entry.spec] = time.monotonic()
+            self.line(f"{h}: building (log: {event.log_path})" if event.log_path else f"{h}: building ...")
+        elif kind == EventKind.STAGE:
+            since = time.monotonic() - self.started.get(entry.spec, time.monotonic())
+            self.line(f"{h}: {event.stage} ({since:.1f}s in)")
+        elif kind == EventKind.CACHED:
+            self.line(f"{h}: cached, nothing to do: {event.reason}")
+        elif kind == EventKind.SKIPPED:
+            self.line(f"{h}: {event.reason}")
+        elif kind == EventKind.BUILT:
+            self.line(f"{h}: {built_text(event)}")
+        elif kind == EventKind.FAILED:
+            self.line(f"{h}: {failed_text(event)}", self.errors)
+
+
+class RichDisplay(_Display):
+    """A live view: one row per entry being built (stage, time in the stage, time in all),
+    an overall bar with counts; finished entries scroll above it as one line each."""
+
+    def __init__(self, entries, stream: IO, force_terminal: bool | None = None):
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn,
+                                   TextColumn, TimeElapsedColumn)
+        from rich.text import Text
+
+        super().__init__(entries, stream)
+        self.console = Console(file=stream, force_terminal=force_terminal, highlight=False)
+
+        class StageColumn(ProgressColumn):
+            def render(self, task) -> Text:
+                stage = task.fields.get("stage", "")
+                since = task.fields.get("since")
+                detail = task.fields.get("detail") or ""
+                clock = f" {time.monotonic() - since:4.0f}s" if since is not None else ""
+                return Text(f"{stage}{clock}" + (f"  {detail}" if detail else ""), style="cyan")
+
+        self.running = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), StageColumn(),
+                                TimeElapsedColumn(), console=self.console)
+        self.overall = Progress(TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=self.console)
+        self.counts = {"tuned": 0, "built": 0, "cached": 0, "skipped": 0, "failed": 0}
+        self.overall_task = self.overall.add_task("matrix", total=self.total, counts=self._counts())
+        self.tasks: dict[object, int] = {}  # by spec: tuning changes an entry's key
+        # Python's prints are not redirected above the view: during a build they belong in the run's log.
+        self.live = Live(Group(self.running, self.overall), console=self.console, refresh_per_second=4,
+                         transient=False, redirect_stdout=False, redirect_stderr=False)
+
+    def _counts(self) -> str:
+        return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "starting"
+
+    def __enter__(self):
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.stop()
+        self.close()
+
+    def _row(self, entry, stage: str, detail: str = ""):
+        task = self.tasks.get(entry.spec)
+        if task is None:
+            self.tasks[entry.spec] = self.running.add_task(self.head(entry), total=None, stage=stage,
+                                                          since=time.monotonic(), detail=detail)
+        else:
+            fields = {"stage": stage, "detail": detail}
+            if self.running.tasks[self._position(task)].fields.get("stage") != stage:
+                fields["since"] = time.monotonic()
+            self.running.update(task, **fields)
+
+    def _position(self, task_id: int) -> int:
+        return next(i for i, t in enumerate(self.running.tasks) if t.id == task_id)
+
+    def _done(self, entry, status: str, text: str, style: str) -> None:
+        from rich.text import Text
+
+        task = self.tasks.pop(entry.spec, None)
+        if task is not None:
+            self.running.remove_task(task)
+        self.counts[status] += 1
+        self.overall.update(self.overall_task, advance=1, counts=self._counts())
+        self.console.print(Text.assemble((f"{status:7} ", style), f"{self.head(entry)}: {text}"))
+
+    def __call__(self, event: Event) -> None:
+        kind, entry = event.kind, event.job
+        from rich.text import Text
+
+        with self.lock:
+            if kind == EventKind.TUNE:
+                self._row(entry, "tune")
+            elif kind == EventKind.TUNE_PROGRESS:
+                self._row(entry, "tune", tune_progress_text(event.progress))
+            elif kind == EventKind.TUNED and self.tune_only:
+                self._done(entry, "tuned", tuned_text(event.report), "bold green")
+            elif kind == EventKind.TUNED:  # the build follows
+                self.console.print(Text.assemble(("tuned   ", "green"), f"{self.head(entry)}: {tuned_text(event.report)}"))
+                self._row(entry, "tuned")
+            elif kind == EventKind.START:
+                self._row(entry, "export")
+            elif kind == EventKind.STAGE:
+                self._row(entry, event.stage)
+            elif kind == EventKind.CACHED:
+                self._done(entry, "cached", f"cache hit, nothing to do ({event.reason})", "green")
+            elif kind == EventKind.SKIPPED:
+                self._done(entry, "skipped", event.reason, "yellow")
+            elif kind == EventKind.BUILT:
+                self._done(entry, "built", built_text(event), "bold green")
+            elif kind == EventKind.FAILED:
+                self._done(entry, "failed", failed_text(event), "bold red")

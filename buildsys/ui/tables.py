@@ -1,0 +1,33 @@
+"""The rows of the CLI's tables (``buildsys ls``, ``buildsys bench``), a tuple of cells each."""
+
+from __future__ import annotations
+
+from buildsys.config.targets import format_cli_target
+
+ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
+BENCH_HEADER = ("ARTIFACT", "EAGER ms", "TVM ms", "TVM/EAGER", "COMPILE ms", "ORT ms", "ORT/EAGER", "TVM/ORT",
+                "TVM max_rel")
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def artifact_row(record) -> tuple[str, ...]:
+    """A registry record: its ratio to eager from ``buildsys bench`` when there is one, else the
+    build-time estimate, marked ~."""
+    ratio = record.metrics.get("bench_ratio_vs_eager")
+    estimate = record.metrics.get("ratio_vs_eager")
+    shown = _fmt(ratio, ".2f", "x") if ratio is not None else ("-" if estimate is None else f"~{estimate:.1f}x")
+    return (record.key[:12], record.model, record.input_size, format_cli_target(record.target),
+            f"O{record.opt_level}", record.status, _fmt(record.parity_max_rel, ".1e"), shown,
+            _fmt(record.metrics.get("bench_ratio_vs_onnxruntime"), ".2f", "x"), ",".join(record.aliases))
+
+
+def bench_row(result) -> tuple[str, ...]:
+    def cell(name: str, field: str = "ms", spec: str = ".2f", suffix: str = "") -> str:
+        return _fmt(result.runners.get(name, {}).get(field), spec, suffix)
+
+    return (result.label, cell("torch_eager"), cell("artifact"), cell("artifact", "ratio_vs_eager", suffix="x"),
+            cell("torch_compile"), cell("onnxruntime"), cell("onnxruntime", "ratio_vs_eager", suffix="x"),
+            cell("artifact", "ratio_vs_onnxruntime", suffix="x"), cell("artifact", "max_rel_vs_eager", ".1e"))
