@@ -29,7 +29,7 @@ ROWS = 4  # matmul: rows of the output tile; columns: a divisor of N up to two v
 CONV_FILTERS = 4  # convolution: output channels of the tile; pixels: a divisor of the width
 ACCUMULATORS = 8  # vector registers the tile may hold
 MAX_DEPTH = 256  # matmul reduction block: this many rows of the right-hand matrix stay in cache
-RULE_NAME = "buildsys.CPUMatmul/4"  # recorded in the manifest; bump when the schedule changes
+RULE_NAME = "buildsys.CPUMatmul/5"  # recorded in the manifest; bump when the schedule changes
 # The pass that applies them: a name `disabled_passes` accepts (then nothing is scheduled this way).
 PASS_NAME = "buildsys.DefaultCPUSchedules"
 # The pass that packs dense and convolution weights at build time (pack_weights); disabling it
@@ -318,7 +318,10 @@ def pack_weights(mod, lanes: int):
     it channel-blocked, [f / block, c, r, q, block]; the packing is lifted into
     ``main_transform_params`` (run once at build time). A panel is two vectors wide (or the largest
     divisor of n up to that), a block two, one or half a vector (filters padded to a whole
-    vector if need be), so kernels read weights contiguously. Returns (module, number of ops rewritten)."""
+    vector if need be), so kernels read weights contiguously. Batch norms are first folded into the
+    convolutions before them (``folding.fold_batch_norms``), and a weight computed from parameters
+    alone (such a folded weight) is packed like a parameter. Returns (module, number of ops
+    rewritten: batch norms folded plus matmuls and convolutions packed)."""
     import tvm
     from tvm import relax, tirx
 
@@ -329,7 +332,12 @@ def pack_weights(mod, lanes: int):
     if (not isinstance(main, relax.Function) or not main.attrs or "num_input" not in main.attrs
             or "main_transform_params" in names):
         return mod, 0
-    weights = set(main.params[int(main.attrs["num_input"]):])
+    from .folding import derived_weights, fold_batch_norms
+
+    mod, folded = fold_batch_norms(mod)
+    main = mod["main"]
+    # Parameters, and what is computed from them alone (a weight with batch norm folded into it).
+    weights = derived_weights(main, set(main.params[int(main.attrs["num_input"]):]))
     matmul, permute = tvm.ir.Op.get("relax.matmul"), tvm.ir.Op.get("relax.permute_dims")
     conv2d = tvm.ir.Op.get("relax.nn.conv2d")
     conv2d_transpose = tvm.ir.Op.get("relax.nn.conv2d_transpose")
@@ -453,13 +461,13 @@ def pack_weights(mod, lanes: int):
 
     packer = Packer(mod)
     new_main = packer.visit_expr(main)
-    if not rewritten:
+    if not rewritten and not folded:
         return mod, 0
     mod = packer.builder_.get()
     mod[mod.get_global_var("main")] = new_main
     T = relax.transform
     mod = tvm.transform.Sequential([T.DeadCodeElimination(), T.LiftTransformParams()])(mod)
-    return mod, len(rewritten)
+    return mod, len(rewritten) + folded
 
 
 def _is_packed_matmul(block) -> bool:
