@@ -451,3 +451,26 @@ def test_depthwise_tiles_fit_the_registers_and_cover_the_row(out_h, out_w, lanes
     assert vector in (lanes, lanes // 2, lanes // 4) and vector >= 4
     assert 1 <= vectors * rows <= ACCUMULATORS and rows <= out_h
     assert -(-out_w // (vector * vectors)) * vector * vectors - out_w < vector * vectors
+
+
+@pytest.mark.parametrize("shape, keepdims, scheduled", [
+    ((1, 120, 28, 28), True, True),  # mobilenet_v3's squeeze-and-excitation pool
+    ((2, 9, 7, 7), False, True),  # 49: a 7-wide vector of partial sums
+    ((3, 5, 19, 2), True, True),  # 38: 2-wide partial sums (no wider vector divides it)
+    ((1, 4, 19, 1), True, False),  # 19 (prime): no vector divides it, left as it was
+    ((1, 3, 1, 1), True, False),  # one pixel: nothing to vectorize, left as it was
+])
+def test_a_sum_over_the_plane_is_vectorized_and_computes_the_same(shape, keepdims, scheduled):
+    from buildsys.compile import compile_for_target
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=keepdims)))
+        bb.emit_func_output(out)
+    compiled = compile_for_target(bb.get(), {"kind": "llvm", "mcpu": "x86-64-v3"})
+    assert (compiled.default_scheduled == ["mean"]) == scheduled
+    data = np.random.default_rng(shape[1]).standard_normal(shape, dtype=np.float32)
+    out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_allclose(out, data.mean(axis=(2, 3), keepdims=keepdims), rtol=1e-5, atol=1e-6)
