@@ -22,7 +22,7 @@ class CompiledModel:
     prepack_note: str | None = None  # why weights could not be prepacked, when they could not
     default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
     schedules_note: str | None = None  # why the default schedules were turned off, when they were
-    packed_weights: int = 0  # matmuls and convolutions whose weights are packed at build time (schedules.py)
+    packed_weights: int = 0  # weights transformed at build time: batch norms folded (folding.py), ops packed (schedules.py)
 
 
 def _pass_recorder():

@@ -387,3 +387,90 @@ def test_a_weight_rewrite_that_fails_costs_speed_not_the_build(monkeypatch):
     x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((5, 64), (32, 64), (32,)))
     out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in (x, w, b)))
     np.testing.assert_allclose(out.numpy(), np.maximum(x @ w.T + b, 0), rtol=1e-4, atol=1e-4)
+
+
+def _depthwise_module(channels: int, height: int, width: int, kernel: int, stride: int, padding, dilation,
+                      dynamic: bool):
+    """main(x; w, b) -> relu(depthwise conv2d(x, w) + b), ``num_input`` 1."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64") if dynamic else 1
+    x = relax.Var("x", relax.TensorType([batch, channels, height, width], "float32"))
+    w = relax.Var("w", relax.TensorType([channels, 1, kernel, kernel], "float32"))
+    b = relax.Var("b", relax.TensorType([1, channels, 1, 1], "float32"))
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding, dilation=dilation,
+                                           groups=channels))
+            out = bb.emit_output(bb.emit(relax.op.nn.relu(relax.op.add(y, b))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("mcpu, channels, height, width, kernel, stride, padding, dilation, dynamic", [
+    (None, 5, 9, 19, 3, 1, 1, 1, False),  # SSE: 4 lanes; width 19
+    ("x86-64-v3", 7, 7, 7, 3, 2, 1, 1, True),  # AVX2, stride 2, width 7, batch at run time
+    ("x86-64-v3", 3, 1, 1, 5, 1, 2, 1, False),  # a 1x1 map, 5x5 kernel: all padding
+    ("skylake-avx512", 16, 38, 38, 5, 2, 2, 1, False),  # AVX-512, 5x5 stride 2 (mobilenet's)
+    ("skylake-avx512", 9, 14, 11, 3, 1, (2, 1, 0, 2), 2, True),  # uneven padding, dilation 2
+    ("x86-64-v3", 12, 56, 56, 3, 1, 1, 1, False),  # whole tiles: the write-back runs on vectors
+])
+def test_depthwise_convolutions_get_their_own_kernel_and_compute_the_same(mcpu, channels, height, width, kernel,
+                                                                        stride, padding, dilation, dynamic):
+    torch = pytest.importorskip("torch")
+    from buildsys.compiler.compile import compile_for_target
+
+    target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
+    compiled = compile_for_target(_depthwise_module(channels, height, width, kernel, stride, padding, dilation,
+                                                    dynamic), target)
+    assert any("depthwise_conv2d" in name for name in compiled.default_scheduled), compiled.default_scheduled
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    rng = np.random.default_rng(channels)
+    w = rng.standard_normal((channels, 1, kernel, kernel), dtype=np.float32)
+    b = rng.standard_normal((1, channels, 1, 1), dtype=np.float32)
+    params = [tvm.runtime.tensor(w), tvm.runtime.tensor(b)]
+    if compiled.transforms_params:
+        params = list(vm["main_transform_params"](params))
+    top, left, bottom, right = (padding,) * 4 if isinstance(padding, int) else padding
+    for batch in ((0, 1, 3) if dynamic else (1,)):
+        x = rng.standard_normal((batch, channels, height, width), dtype=np.float32)
+        out = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        expected = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(padded), torch.from_numpy(w), stride=stride,
+                                                         dilation=dilation, groups=channels)
+                              + torch.from_numpy(b)).numpy()
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("out_h, out_w, lanes", [(56, 56, 16), (7, 7, 16), (28, 28, 8), (1, 1, 4), (19, 19, 16),
+                                                 (112, 112, 16)])
+def test_depthwise_tiles_fit_the_registers_and_cover_the_row(out_h, out_w, lanes):
+    from buildsys.compiler.schedules import ACCUMULATORS, depthwise_tile
+
+    vector, vectors, rows = depthwise_tile(out_h, out_w, lanes)
+    assert vector in (lanes, lanes // 2, lanes // 4) and vector >= 4
+    assert 1 <= vectors * rows <= ACCUMULATORS and rows <= out_h
+    assert -(-out_w // (vector * vectors)) * vector * vectors - out_w < vector * vectors
+
+
+@pytest.mark.parametrize("shape, keepdims, scheduled", [
+    ((1, 120, 28, 28), True, True),  # mobilenet_v3's squeeze-and-excitation pool
+    ((2, 9, 7, 7), False, True),  # 49: a 7-wide vector of partial sums
+    ((3, 5, 19, 2), True, True),  # 38: 2-wide partial sums (no wider vector divides it)
+    ((1, 4, 19, 1), True, False),  # 19 (prime): no vector divides it, left as it was
+    ((1, 3, 1, 1), True, False),  # one pixel: nothing to vectorize, left as it was
+])
+def test_a_sum_over_the_plane_is_vectorized_and_computes_the_same(shape, keepdims, scheduled):
+    from buildsys.compiler.compile import compile_for_target
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(shape), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=keepdims)))
+        bb.emit_func_output(out)
+    compiled = compile_for_target(bb.get(), {"kind": "llvm", "mcpu": "x86-64-v3"})
+    assert (compiled.default_scheduled == ["mean"]) == scheduled
+    data = np.random.default_rng(shape[1]).standard_normal(shape, dtype=np.float32)
+    out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_allclose(out, data.mean(axis=(2, 3), keepdims=keepdims), rtol=1e-5, atol=1e-6)
