@@ -74,3 +74,28 @@ def passes(pattern):
 
     for name in matching_pass_names(pattern):
         click.echo(name)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--runs", default=10, show_default=True, type=click.IntRange(1, 10000),
+              help="Instrumented runs; each kernel's fastest run is kept.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="TVM runtime threads.")
+@click.option("--top", default=25, show_default=True, type=click.IntRange(1), help="Kernels to print.")
+@json_option
+@pass_ws
+def profile(ws: Workspace, ref, runs, threads, top, as_json):
+    """Where REF's time goes: its kernels with calls, time, share and GFLOP/s (thin runtime)."""
+    import json
+
+    from buildsys.ops.profile import profile_artifact
+
+    result = profile_artifact(ref, ws.registry, ws.store, runs=runs, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        return
+    from buildsys.ui.tables import PROFILE_HEADER, profile_rows
+
+    click.echo(f"{result.label} ({result.key[:12]}): {result.total_ms:.2f} ms a run (fastest of {runs}, "
+               f"instrumented), {result.kernel_ms:.2f} ms in {len(result.kernels)} kernels")
+    echo_table([PROFILE_HEADER, *profile_rows(result, top)])

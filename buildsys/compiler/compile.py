@@ -23,6 +23,7 @@ class CompiledModel:
     default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
     schedules_note: str | None = None  # why the default schedules were turned off, when they were
     packed_weights: int = 0  # weights transformed at build time: batch norms folded (folding.py), ops packed (schedules.py)
+    kernel_flops: dict[str, float | None] | None = None  # kernel -> floating-point ops per call (None: symbolic shape)
 
 
 def _pass_recorder():
@@ -41,7 +42,29 @@ def _pass_recorder():
     return PassRecorder()
 
 
-def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None):
+def kernel_flops(mod) -> dict[str, float | None]:
+    """Floating-point operations of one call of each kernel (TIR function) of ``mod``, by the name the
+    VM calls it by; None where a shape is only known at run time. Counted on the kernels before
+    scheduling, by TVM's estimate (loop extents x operations): a packed convolution's compute
+    rounds a row up to whole tiles, so on small odd maps (resnet18 at 64 px: 2x2) it counts the
+    tile it computes, up to twice the useful work. ``buildsys profile`` divides them by measured times."""
+    import tvm
+    from tvm import tirx
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops: dict[str, float | None] = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        try:
+            flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": func})))
+        except Exception:  # noqa: BLE001 - TVM refuses symbolic extents: no figure, not a failed build
+            flops[gvar.name_hint] = None
+    return flops
+
+
+def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None,
+              flops: dict | None = None):
     """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
     to the fused kernels that tuning records did not schedule (unless ``default_schedules`` is off).
     With a ``packed`` list, dense and convolution weights are first packed by a transform lifted
@@ -66,10 +89,13 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
     @tvm.transform.module_pass(opt_level=0, name="buildsys.CPUPipeline")
     def pipeline(mod, _ctx):
         with target:
-            return tvm.transform.Sequential(
+            mod = tvm.transform.Sequential(
                 ([pack_pass] if default_schedules and packed is not None else [])
-                + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-                + ([schedule_pass] if default_schedules else [])
+                + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
+            if flops is not None:  # the fused kernels before scheduling: useful work, not padded tiles
+                flops.update(kernel_flops(mod))
+            return tvm.transform.Sequential(
+                ([schedule_pass] if default_schedules else [])
                 + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
     return pipeline
@@ -111,9 +137,11 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
             default_scheduled: list[str] = []
             # Tuned builds leave weights as the records expect them (their lifting is tuning.apply's).
             packed: list[int] | None = [] if tuned is None else None
+            flops: dict[str, float | None] = {}
             try:
                 executable = relax.build(mod, target=target,
-                                         relax_pipeline=_pipeline(target, default_scheduled, packed=packed))
+                                         relax_pipeline=_pipeline(target, default_scheduled, packed=packed,
+                                                                  flops=flops))
             except Exception as exc:  # noqa: BLE001 - retried without them below, or raised
                 if not default_scheduled and not packed:
                     raise
@@ -124,8 +152,9 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
                 logging.getLogger(__name__).warning("%s; building again without them", schedules_note)
                 default_scheduled, packed = [], None
+                flops.clear()
                 executable = relax.build(mod, target=target,
-                                         relax_pipeline=_pipeline(target, [], default_schedules=False))
+                                         relax_pipeline=_pipeline(target, [], default_schedules=False, flops=flops))
     except BuildError:
         raise
     except Exception as exc:
@@ -139,4 +168,5 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
                          transforms_params=tuned is not None or bool(sum(packed or [])),
                          packed_weights=sum(packed or []), prepack_note=prepack_note,
-                         default_scheduled=default_scheduled, schedules_note=schedules_note)
+                         default_scheduled=default_scheduled, schedules_note=schedules_note,
+                         kernel_flops=flops)

@@ -201,6 +201,8 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
                     for d in dependencies],
         "exported": exported_digests(exported),
         "pass_trace": compiled.pass_trace,
+        # floating-point operations of one call of each kernel (None: a symbolic shape): `buildsys profile`
+        "kernels": {"flops": compiled.kernel_flops or {}},
         "default_schedules": {"rule": RULE_NAME, "functions": compiled.default_scheduled,
                               "packed_weights": compiled.packed_weights, "note": compiled.schedules_note},
         "tuning": None if tuning is None else {

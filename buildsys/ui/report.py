@@ -35,7 +35,7 @@ ONLOAD = """
 window.addEventListener("load", function () {
   var ok = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; });
   document.body.setAttribute("data-images-ok", String(ok.length));
-  document.body.setAttribute("data-rows", String(document.querySelectorAll("tbody tr").length));
+  document.body.setAttribute("data-rows", String(document.querySelectorAll("table#matrix tbody tr").length));
 });
 """
 
@@ -115,7 +115,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
     from buildsys.config.targets import format_cli_target
 
     runs = {}
-    rows_html, plot_rows, photos = [], [], []
+    rows_html, plot_rows, photos, kernels = [], [], [], []
     for entry in entries:
         record = registry.get(entry.key) if entry.action == Action.CACHED else None
         if record is None and entry.action == Action.BUILD:
@@ -150,6 +150,8 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
                          + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
                          + "".join(f"<td class='num'>{html.escape(n)}</td>" for n in numbers)
                          + f"<td><code>{entry.key[:12]}</code></td></tr>")
+        if record is not None and record.metrics.get("artifact_ms", float("inf")) / 1e3 <= photo_budget_s:
+            kernels.append((spec.describe(), _kernel_rows(record, registry, store)))
         if record is not None and record.task == "detection" and photo is not None:
             estimate_s = record.metrics.get("artifact_ms", float("inf")) / 1e3
             caption = f"{spec.describe()}"
@@ -175,10 +177,14 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
 <h1>{html.escape(title)}</h1>
 <p>{len(entries)} matrix entries, generated {generated}. Latency ratios: artifact / PyTorch eager on the same
 input; <b>~</b> marks a build-time estimate (run <code>buildsys bench</code> for measured figures).</p>
-<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>
+<table id="matrix"><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>
 <tbody>{''.join(rows_html)}</tbody></table>
 <h2>Latency ratio per model and target</h2>
 {f'<img src="{_png_data_uri(plot)}" alt="latency ratio per model and target">' if plot else '<p>nothing built yet</p>'}
+<h2>Where the time goes</h2>
+<p>Each artifact's slowest kernels (<code>buildsys profile KEY</code> through the thin runtime: fastest of
+{PROFILE_RUNS} instrumented runs; GFLOP/s from the operations the builder counted per kernel).</p>
+{''.join(_kernel_html(label, rows) for label, rows in kernels) or '<p>nothing built yet</p>'}
 <h2>Detectors on the reference photo</h2>
 <div class="photos">{figures or '<p>no detection artifacts</p>'}</div>
 </body></html>
@@ -193,6 +199,33 @@ def make_report(ws, out_path: str | Path, *, photo: str | None = None, photo_bud
     page = build_report(entries, ws.registry, ws.store, photo=Path(photo) if photo else default_photo(),
                         photo_budget_s=photo_budget_s)
     return write_report(out_path, page), len(entries), page.count("<img ")
+
+
+PROFILE_RUNS = 3
+PROFILE_TOP = 5
+
+
+def _kernel_rows(record, registry, store) -> list[tuple[str, ...]] | str:
+    """The artifact's slowest kernels as table rows, or why there are none."""
+    from buildsys.errors import BuildsysError
+    from buildsys.ops.profile import profile_artifact
+    from buildsys.ui.tables import PROFILE_HEADER, profile_rows
+
+    try:
+        profile = profile_artifact(record.key, registry, store, runs=PROFILE_RUNS)
+    except BuildsysError as exc:  # not loadable here (another CPU, another runtime): the page says so
+        return f"not profiled: {exc}"
+    return [PROFILE_HEADER, *profile_rows(profile, PROFILE_TOP)]
+
+
+def _kernel_html(label: str, rows) -> str:
+    if isinstance(rows, str):
+        return f"<h3>{html.escape(label)}</h3><p>{html.escape(rows)}</p>"
+    head, *body = rows
+    return (f"<h3>{html.escape(label)}</h3><table class='kernels'><thead><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            + "</tbody></table>")
 
 
 def write_report(path: str | Path, page: str) -> Path:

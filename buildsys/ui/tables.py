@@ -31,3 +31,16 @@ def bench_row(result) -> tuple[str, ...]:
     return (result.label, cell("torch_eager"), cell("artifact"), cell("artifact", "ratio_vs_eager", suffix="x"),
             cell("torch_compile"), cell("onnxruntime"), cell("onnxruntime", "ratio_vs_eager", suffix="x"),
             cell("artifact", "ratio_vs_onnxruntime", suffix="x"), cell("artifact", "max_rel_vs_eager", ".1e"))
+
+
+PROFILE_HEADER = ("KERNEL", "CALLS", "ms", "SHARE", "GFLOP/s")
+
+
+def profile_rows(profile, top: int = 25) -> list[tuple[str, ...]]:
+    rows = [(k.name, str(k.calls), f"{k.ms:.3f}", f"{k.share:.1%}", _fmt(k.gflops, ".1f"))
+            for k in profile.kernels[:top]]
+    rest = profile.kernels[top:]
+    if rest:
+        rows.append((f"({len(rest)} more)", str(sum(k.calls for k in rest)), f"{sum(k.ms for k in rest):.3f}",
+                     f"{sum(k.share for k in rest):.1%}", "-"))
+    return rows

@@ -36,6 +36,8 @@ def test_report_renders_rows_plot_and_annotated_photos_in_a_browser(built_detect
     assert "http://" not in text and "https://" not in text  # nothing to fetch: opens offline
     for model in ("tiny_fasterrcnn", "tiny_retinanet", "tiny_maskrcnn", "tiny_keypointrcnn"):
         assert f"<td>{model}</td>" in text
+    kernels = text.split("<h2>Where the time goes</h2>")[1].split("<h2>")[0]
+    assert kernels.count("<table class='kernels'>") == 4 and kernels.count("<tr><td>") >= 4 * 3  # each artifact's top kernels
 
     dom = _headless(chromium, "--virtual-time-budget=10000", "--dump-dom", page.as_uri())
     body = re.search(r"<body([^>]*)>", dom.stdout)
