@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from buildsys.errors import BuildError
+from buildsys.config.passes import OPAQUE_DYNAMIC_PASS_NAME, TO_DATAFLOW_PASS_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys.config.targets import to_tvm
 
@@ -63,6 +64,82 @@ def kernel_flops(mod) -> dict[str, float | None]:
     return flops
 
 
+def _has_plain_blocks(mod) -> bool:
+    """Whether a function's body holds bindings outside dataflow blocks (the ONNX importer writes
+    ``main`` as one plain block; FuseOps fuses only inside dataflow blocks)."""
+    from tvm import relax
+
+    return any(isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)
+               and any(not isinstance(block, relax.DataflowBlock) and len(block.bindings) > 1
+                       for block in func.body.blocks)
+               for func in mod.functions.values())
+
+
+def _dynamic_callees(mod) -> set[str]:
+    """Names of the kernels some call passes a tensor whose shape is known only at run time."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def dynamic(ty) -> bool:
+        if isinstance(ty, relax.TensorType):
+            values = getattr(ty.shape, "values", None)
+            return values is None or any(not isinstance(d, tvm.tirx.IntImm) for d in values)
+        if isinstance(ty, relax.TupleType):
+            return any(dynamic(f) for f in ty.fields)
+        return False
+
+    found: set[str] = set()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            args = expr.args[1]
+            types = [a.ty for a in (args.fields if isinstance(args, relax.Tuple) else [args])] + [expr.ty]
+            if any(dynamic(ty) for ty in types):
+                found.add(expr.args[0].name_hint)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+def _legalize_passes(target):
+    """TVM's CPU legalization, fusing across plain binding blocks too.
+
+    The ONNX route's ``main`` is one plain binding block, so FuseOps fused nothing there: every
+    bias add and ReLU of a detector ran as a kernel of its own (Mask R-CNN 300 on znver4: about
+    200 ms of 2.5 s in add and relu kernels, ``buildsys profile``). Such a module is turned into
+    dataflow blocks first; FuseTIR then failed (``VarRemapGet(source) == nullptr``) on groups
+    whose kernels take run-time shapes (the detector heads' data-dependent counts), so those
+    kernels are marked opaque and stay unfused; the static ones (backbone, FPN) fuse as in the
+    torch.export route. A module already in dataflow blocks is left to TVM's passes as they are."""
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    converted: list[bool] = []
+
+    @tvm.transform.module_pass(opt_level=0, name=TO_DATAFLOW_PASS_NAME)
+    def to_dataflow(mod, _ctx):
+        converted.append(_has_plain_blocks(mod))
+        return relax.transform.ConvertToDataflow()(mod) if converted[-1] else mod
+
+    @tvm.transform.module_pass(opt_level=0, name=OPAQUE_DYNAMIC_PASS_NAME)
+    def opaque_dynamic(mod, _ctx):
+        if not converted or not converted[-1]:
+            return mod
+        dynamic = _dynamic_callees(mod)
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, tirx.PrimFunc) and gvar.name_hint in dynamic:
+                mod[gvar] = func.with_attr("op_pattern", 8)  # kOpaque: FuseOps leaves it alone
+        return mod
+
+    legalize, annotate, *rest = cpu.legalize_passes(target)
+    return [to_dataflow, legalize, annotate, opaque_dynamic, *rest]
+
+
 def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None,
               flops: dict | None = None):
     """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
@@ -91,7 +168,7 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
         with target:
             mod = tvm.transform.Sequential(
                 ([pack_pass] if default_schedules and packed is not None else [])
-                + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
+                + cpu.library_dispatch_passes(target) + _legalize_passes(target))(mod)
             if flops is not None:  # the fused kernels before scheduling: useful work, not padded tiles
                 flops.update(kernel_flops(mod))
             return tvm.transform.Sequential(

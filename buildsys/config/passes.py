@@ -11,6 +11,18 @@ import functools
 
 from buildsys.errors import PassError, did_you_mean
 
+# buildsys' own passes, names `disabled_passes` accepts like TVM's:
+# the pass that applies the default CPU schedules (compiler/schedules.py; disabled: nothing is scheduled so)
+PASS_NAME = "buildsys.DefaultCPUSchedules"
+# the pass that packs dense and convolution weights and folds batch norms at build time (disabled:
+# weights stay as they are, and their kernels go to the schedules above)
+PACK_PASS_NAME = "buildsys.PackWeights"
+# the passes that let FuseOps fuse a module written in plain binding blocks (the ONNX route;
+# compiler/compile.py): disabling the first leaves such a module unfused
+TO_DATAFLOW_PASS_NAME = "buildsys.ToDataflow"
+OPAQUE_DYNAMIC_PASS_NAME = "buildsys.OpaqueDynamicKernels"
+BUILDSYS_PASSES = frozenset({PASS_NAME, PACK_PASS_NAME, TO_DATAFLOW_PASS_NAME, OPAQUE_DYNAMIC_PASS_NAME})
+
 # Relay passes that users carry over from pre-Relax tutorials (TVM 0.27 has no Relay).
 RELAY_ONLY_PASSES = frozenset({
     "FoldScaleAxis", "ForwardFoldScaleAxis", "BackwardFoldScaleAxis", "SimplifyInference",
@@ -25,10 +37,9 @@ RELAY_ONLY_PASSES = frozenset({
 @functools.lru_cache(maxsize=1)
 def known_pass_names() -> frozenset[str]:
     """Names of the passes this TVM registers, from the cached TVM facts (no TVM import here)."""
-    from buildsys.compiler.schedules import PACK_PASS_NAME, PASS_NAME
     from buildsys.config.tvmfacts import facts
 
-    return frozenset(facts()["passes"]) | {PASS_NAME, PACK_PASS_NAME}
+    return frozenset(facts()["passes"]) | BUILDSYS_PASSES
 
 
 def validate_disabled_passes(names, field: str = "disabled_passes") -> tuple[str, ...]:

@@ -474,3 +474,94 @@ def test_a_sum_over_the_plane_is_vectorized_and_computes_the_same(shape, keepdim
     data = np.random.default_rng(shape[1]).standard_normal(shape, dtype=np.float32)
     out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_allclose(out, data.mean(axis=(2, 3), keepdims=keepdims), rtol=1e-5, atol=1e-6)
+
+
+def _one_op_module(shape, op):
+    """main(x: ``shape``, where a str is a dimension known only at run time) -> op(x)."""
+    bb = relax.BlockBuilder()
+    dims = [tvm.tirx.Var(d, "int64") if isinstance(d, str) else d for d in shape]
+    x = relax.Var("x", relax.TensorType(dims, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(op(x)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("shape, runs, parallel", [
+    ((1, 64, 64, 64), [(1, 64, 64, 64)], True),  # 262144 elements: worth two threads
+    (("rois", 256, 14, 14), [(0, 256, 14, 14), (1, 256, 14, 14), (5, 256, 14, 14)], True),  # a mask head's
+    ((1, 4, 8, 8), [(1, 4, 8, 8)], False),  # 256 elements: a thread pool would cost more than it saves
+])
+@pytest.mark.parametrize("op, reference", [
+    (relax.op.sigmoid, lambda a: 1 / (1 + np.exp(-a))),
+    (lambda x: relax.op.max(x, axis=[3]), lambda a: a.max(axis=3)),  # spatial loops, then a reduction
+])
+def test_other_kernels_with_enough_work_run_in_parallel_and_compute_the_same(shape, runs, parallel, op, reference):
+    from buildsys.compiler.compile import compile_for_target
+
+    compiled = compile_for_target(_one_op_module(shape, op), {"kind": "llvm", "mcpu": "x86-64-v3"})
+    assert bool(compiled.default_scheduled) == parallel
+    scheduled, _ = apply_default_schedules(_legalized(_one_op_module(shape, op)))
+    assert ("T.parallel" in scheduled.script()) == parallel
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    for run in runs:
+        data = np.random.default_rng(sum(run)).standard_normal(run, dtype=np.float32)
+        if 0 in run and op is not relax.op.sigmoid:
+            continue  # max over an axis of an empty batch: nothing to compare
+        out = vm["main"](tvm.runtime.tensor(data)).numpy()
+        np.testing.assert_allclose(out, reference(data), rtol=1e-5, atol=1e-6)
+
+
+def _plain_conv_module(channels: int, filters: int):
+    """main(x, w, b) -> relu(conv2d(x, w) + b) in one plain binding block, as the ONNX importer writes it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, channels, 12, 12], "float32"))
+    w = relax.Var("w", relax.TensorType([filters, channels, 3, 3], "float32"))
+    b = relax.Var("b", relax.TensorType([1, filters, 1, 1], "float32"))
+    with bb.function("main", [x, w, b]):
+        y = bb.emit(relax.op.nn.conv2d(x, w, padding=1))
+        y = bb.emit(relax.op.add(y, b))
+        y = bb.emit(relax.op.nn.relu(y))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def test_a_module_in_plain_binding_blocks_is_fused_like_a_dataflow_one():
+    import torch
+
+    from buildsys.compiler.compile import compile_for_target
+    from buildsys.config.passes import TO_DATAFLOW_PASS_NAME
+
+    mod = _plain_conv_module(8, 16)
+    fused = compile_for_target(mod, {"kind": "llvm", "mcpu": "x86-64-v3"})
+    unfused = compile_for_target(mod, {"kind": "llvm", "mcpu": "x86-64-v3"}, disabled_passes=[TO_DATAFLOW_PASS_NAME])
+    assert any("conv2d" in k and "add" in k and "relu" in k for k in fused.kernel_flops), fused.kernel_flops
+    assert not any("conv2d" in k and "relu" in k for k in unfused.kernel_flops), unfused.kernel_flops
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((1, 8, 12, 12), (16, 8, 3, 3), (1, 16, 1, 1)))
+    expected = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+                          + torch.from_numpy(b)).numpy()
+    for compiled in (fused, unfused):
+        out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](
+            *(tvm.runtime.tensor(a) for a in (x, w, b))).numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_with_run_time_shapes_in_plain_blocks_stay_unfused_and_build():
+    """FuseTIR fails on fused groups of kernels with symbolic shapes (VarRemapGet): they stay apart."""
+    bb = relax.BlockBuilder()
+    rows = tvm.tirx.Var("rows", "int64")
+    x = relax.Var("x", relax.TensorType([rows, 32], "float32"))
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.add(x, relax.const(1.0)))
+        y = bb.emit(relax.op.nn.relu(y))
+        y = bb.emit(relax.op.sigmoid(y))
+        bb.emit_func_output(y)
+    from buildsys.compiler.compile import compile_for_target
+
+    compiled = compile_for_target(bb.get(), {"kind": "llvm"})
+    assert not any(k.startswith("fused_") for k in compiled.kernel_flops)
+    data = np.random.default_rng(3).standard_normal((7, 32), dtype=np.float32)
+    out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-np.maximum(data + 1, 0))), rtol=1e-5, atol=1e-6)
