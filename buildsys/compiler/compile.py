@@ -54,8 +54,12 @@ def kernel_flops(mod) -> dict[str, float | None]:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     flops: dict[str, float | None] = {}
+    dynamic = _dynamic_callees(mod)  # TVM's estimate takes a symbolic extent for 1: no figure is better
     for gvar, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
+            continue
+        if gvar.name_hint in dynamic:
+            flops[gvar.name_hint] = None
             continue
         try:
             flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": func})))

@@ -565,3 +565,15 @@ def test_kernels_with_run_time_shapes_in_plain_blocks_stay_unfused_and_build():
     data = np.random.default_rng(3).standard_normal((7, 32), dtype=np.float32)
     out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_allclose(out, 1 / (1 + np.exp(-np.maximum(data + 1, 0))), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_flops_are_counted_for_static_kernels_only():
+    from buildsys.compiler.compile import compile_for_target
+
+    double = lambda x: relax.op.add(x, x)  # noqa: E731
+    static = compile_for_target(_one_op_module((1, 64, 64, 64), double), {"kind": "llvm"})
+    assert static.kernel_flops["add"] == 64 ** 3
+    dynamic = compile_for_target(_one_op_module(("rois", 256, 14, 14), double), {"kind": "llvm"})
+    assert dynamic.kernel_flops["add"] is None  # a run-time row count: no figure rather than a wrong one
+    matmul = compile_for_target(_module(64, 32, epilogue=False), {"kind": "llvm"})
+    assert all(v is None for k, v in matmul.kernel_flops.items() if "matmul" in k)
