@@ -173,3 +173,15 @@ matrix: {{model: [m], input_size: [32]}}
     with pytest.raises(ConfigError, match="no NaN or infinity") as info:
         parse_specs(text)
     assert info.value.field == "models.m.kwargs" and info.value.line == 3
+
+
+def test_only_target_filters_name_native_like_the_matrix_does():
+    """`--only "target=llvm -mcpu=native"` matches the entries whose target says native (the matrix
+    records this host's CPU by name)."""
+    from buildsys.config import tvmfacts
+    from buildsys.pipeline.plan import _matches, parse_filters
+
+    spec = parse_specs(BASE + 'matrix: {model: [b], input_size: [32], target: ["llvm -mcpu=native"]}')[0]
+    assert _matches(spec, "0" * 64, parse_filters(["target=llvm -mcpu=native"]))
+    assert _matches(spec, "0" * 64, parse_filters([f"target=llvm -mcpu={tvmfacts.facts()['system_cpu']}"]))
+    assert not _matches(spec, "0" * 64, parse_filters(["target=llvm"]))
