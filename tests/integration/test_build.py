@@ -203,8 +203,8 @@ def test_disk_full_while_publishing_leaves_no_partial_object_or_row(fresh, capsy
         raise OSError(28, "No space left on device")
 
     with mock.patch("buildsys.artifacts.store.os.replace", side_effect=no_space):
-        assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 3
-    assert "disk full" in capsys.readouterr().err
+        assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 4
+    assert "no space left on device: " in capsys.readouterr().err
     store = Store(ws.store)
     assert list(store.iter_objects()) == [] and list(store.tmp.iterdir()) == []
     assert ws.registry.list() == [] and ws.registry.runs()[0].status == "failed"

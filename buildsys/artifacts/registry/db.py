@@ -192,6 +192,96 @@ def ensure_schema(engine: Engine) -> None:
         raise RegistryError(f"registry {engine.url!r}: {exc}") from None
 
 
+# ---------------------------------------------------------------- a full disk, a read-only store
+#
+# Measured with SQLite 3.40.1 on a 1 MiB tmpfs (tests/unit/test_disk_full.py replays it): a WAL
+# database whose -shm file does not exist cannot be opened at all on a full disk
+# (SQLITE_IOERR_SHMSIZE, "disk I/O error") nor on a read-only file system (SQLITE_CANTOPEN), not
+# even with ``?mode=ro``; ``?immutable=1`` opens it, but reads the main file only, so it would miss
+# commits still in a -wal file. While a writer has the -wal and -shm files open, ``?mode=ro``
+# reads everything, the -wal included, on a full disk too. Hence: ``mode=ro`` first, else
+# ``immutable=1`` when the -wal file is absent or empty, else a refusal that says why.
+
+def sqlite_storage_problem(engine: Engine) -> str | None:
+    """Why a SQLite registry's folder cannot take writes now (full, read-only), else None."""
+    from buildsys.artifacts.space import storage_problem
+
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        return None
+    return storage_problem(database)
+
+
+def writable_problem(engine: Engine) -> str | None:
+    """Connect once (SQLite's pragmas create the -wal and -shm files): None when that works, the
+    reason when the registry's file system cannot take writes, a RegistryError otherwise. A new
+    or empty SQLite file is left to ``ensure_schema``, which creates or refuses it under its lock."""
+    if _sqlite_file_size(engine) in (None, -1, 0):
+        return None
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        why = sqlite_storage_problem(engine)
+        if why is None:
+            raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+        return why
+
+
+def discard_empty(database: str) -> None:
+    """Remove the empty files a registry creation that failed (a full disk) left: an empty
+    registry file would be refused ("restore it from a backup") once there is room again."""
+    for leftover in (database, f"{database}-wal", f"{database}-shm"):
+        with contextlib.suppress(OSError):
+            if Path(leftover).stat().st_size == 0:
+                Path(leftover).unlink()
+
+
+def read_only_engine(database: str, why: str) -> Engine:
+    """An engine that only reads the SQLite file ``database`` (see the measurements above)."""
+    import sqlite3
+
+    path = Path(database)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise RegistryError(f"{why}: {path.parent}: there is no registry at {path} and none can be created "
+                            "there; free space (or make it writable), or pass another --registry")
+    wal = Path(f"{database}-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    uris = [f"file:{path}?mode=ro"] + ([] if wal_size else [f"file:{path}?immutable=1"])
+    for uri in uris:
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.close()
+        except sqlite3.Error:
+            continue
+        engine = create_engine("sqlite://", creator=lambda uri=uri: sqlite3.connect(
+            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False))
+        event.listen(engine, "connect", _read_only_pragmas)
+        return engine
+    raise RegistryError(f"{why}: cannot read registry {path}: {wal} holds {wal_size} bytes of changes not yet in "
+                        f"the database, and SQLite cannot read them without creating {path}-shm; free space on that "
+                        "disk (or make it writable) and run the command again")
+
+
+def _read_only_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def storage_refusal(path: str, why: str) -> RegistryError:
+    """A write the registry could not make because its disk is full or read-only."""
+    from buildsys.artifacts.space import free_bytes
+
+    free = free_bytes(path)
+    sizes = f" ({free} bytes free)" if free is not None and why.startswith("no space") else ""
+    return RegistryError(f"{why}: {path}{sizes}; the registry was not changed; free space on that disk (or make "
+                         "it writable) and run the command again")
+
+
 def _is_busy(exc: BaseException) -> bool:
     """Another process holds the database's write lock (SQLite), or a lock wait timed out."""
     text = str(getattr(exc, "orig", exc)).lower()
@@ -244,6 +334,7 @@ def session_scope(factory: sessionmaker) -> Iterator[Session]:
         session.rollback()
         error = RegistryError(f"registry error: {exc.__class__.__name__}: {exc}")
         error.busy = _is_busy(exc)
+        error.sqlite_error = getattr(getattr(exc, "orig", None), "sqlite_errorname", None)
         raise error from None
     except BaseException:
         session.rollback()
