@@ -38,11 +38,11 @@ classification here.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.machinery
 import importlib.util
 import json
-import contextlib
 import os
 import re
 import sys

@@ -30,6 +30,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # wait for a lock instead of failing at once
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT: ``_sqlite_begin`` begins
 
 
 def make_engine(url: str) -> Engine:
@@ -50,7 +51,16 @@ def make_engine(url: str) -> Engine:
         raise RegistryError(f"cannot open registry {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn) -> None:
+    # Python's sqlite3 module commits before DDL on its own, so a first migration that failed half way
+    # (a full disk: "database or disk is full") left some tables and no alembic_version, and every
+    # later command failed with "table artifacts already exists". Transactions are begun here
+    # instead (SQLAlchemy's recipe for pysqlite), so a migration is all or nothing.
+    conn.exec_driver_sql("BEGIN")
 
 
 def alembic_config(engine: Engine, connection=None):
