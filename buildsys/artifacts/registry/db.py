@@ -12,12 +12,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildsys.artifacts.registry.lookup import HEAD_REVISION, connect_read_only, newer_registry
 from buildsys.errors import RegistryError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# The newest migration. Checked against the migration scripts by a test; knowing it here lets an
-# up-to-date registry open without importing Alembic (a deployment's loader starts faster).
-HEAD_REVISION = "0003"
+# HEAD_REVISION, the newest migration, lives in lookup.py (which the loader reads without SQLAlchemy);
+# a test checks it against the migration scripts; knowing it lets an up-to-date registry open
+# without importing Alembic (a deployment's loader starts faster).
 # SQLite waits this long for a lock inside one statement; past it, writes are retried with backoff
 # (``retrying``), so a long-held lock is waited for with a message instead of failing a build.
 BUSY_TIMEOUT_MS = 5_000
@@ -126,9 +127,7 @@ def _refuse_unknown_revision(engine: Engine) -> None:
         return
     known = {script.revision for script in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()}
     if stored not in known:
-        raise RegistryError(f"registry {engine.url!r}: this registry was written by a newer buildsys (revision "
-                            f"{stored}); upgrade buildsys (this one reads up to revision {HEAD_REVISION}), or "
-                            "point --registry (BUILDSYS_REGISTRY) at another registry")
+        raise newer_registry(repr(engine.url), stored)
 
 
 def _sqlite_file_size(engine: Engine) -> int | None:
@@ -251,29 +250,17 @@ def discard_empty(database: str) -> None:
 
 def read_only_engine(database: str, why: str) -> Engine:
     """An engine that only reads the SQLite file ``database`` (see the measurements above)."""
-    import sqlite3
-
     path = Path(database)
     if not path.is_file() or path.stat().st_size == 0:
         raise RegistryError(f"{why}: {path.parent}: there is no registry at {path} and none can be created "
                             "there; free space (or make it writable), or pass another --registry")
-    wal = Path(f"{database}-wal")
-    wal_size = wal.stat().st_size if wal.exists() else 0
-    uris = [f"file:{path}?mode=ro"] + ([] if wal_size else [f"file:{path}?immutable=1"])
-    for uri in uris:
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            conn.close()
-        except sqlite3.Error:
-            continue
-        engine = create_engine("sqlite://", creator=lambda uri=uri: sqlite3.connect(
-            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False))
-        event.listen(engine, "connect", _read_only_pragmas)
-        return engine
-    raise RegistryError(f"{why}: cannot read registry {path}: {wal} holds {wal_size} bytes of changes not yet in "
-                        f"the database, and SQLite cannot read them without creating {path}-shm; free space on that "
-                        "disk (or make it writable) and run the command again")
+    try:
+        connect_read_only(path, BUSY_TIMEOUT_MS / 1000).close()  # which way works: said in its error otherwise
+    except RegistryError as exc:
+        raise RegistryError(f"{why}: {exc}; free space on that disk (or make it writable) and run again") from None
+    engine = create_engine("sqlite://", creator=lambda: connect_read_only(path, BUSY_TIMEOUT_MS / 1000))
+    event.listen(engine, "connect", _read_only_pragmas)
+    return engine
 
 
 def _read_only_pragmas(dbapi_connection, _record) -> None:
