@@ -406,14 +406,15 @@ class Registry:
             return _run_record(row)
 
     @_waits_when_busy
-    def mark_crashed_runs(self, alive) -> int:
-        """Runs still 'running' on this host whose process is gone become 'crashed'."""
+    def mark_crashed_runs(self, alive, dry_run: bool = False) -> int:
+        """Runs still 'running' on this host whose process is gone become 'crashed' (with
+        ``dry_run``: are only counted)."""
         host = socket.gethostname()[:200]
         with self._scope() as s:
             stale = [r for r in s.scalars(select(BuildRun).where(BuildRun.status == RUN_RUNNING,
                                                                  BuildRun.host == host))
                      if not alive(r.pid)]
-            for row in stale:
+            for row in stale if not dry_run else ():
                 row.status, row.finished_at = RUN_CRASHED, _now()
                 row.error = "the builder process ended without finishing (killed or crashed)"
             return len(stale)
