@@ -444,6 +444,8 @@ matrix: {{model: [bad, fine], input_size: [32]}}
     ("kills_its_process_group", "was killed by SIGKILL"),
     ("raises_base_exception", "unexpected _Boom: a BaseException of the model's own"),
     ("forks_and_leaves_a_child", "failed after forking"),
+    ("escapes_its_process_group", "failed after escaping"),
+    ("escapes_and_exits", "exited with code 3"),
     ("deletes_the_logs_folder", "removed the logs"),
 ])
 def test_model_code_that_attacks_the_builder_fails_its_entry_only(fresh, capsys, monkeypatch, tmp_path, source,
