@@ -202,6 +202,9 @@ def _failure_text(exc: BaseException, store: Store) -> tuple[str, bool]:
     """(the error text, whether the store's disk is to blame): a build that failed while the
     disk is full says so first, whatever TVM or the compiler made of it ("Compilation error")."""
     text = _error_text(exc)
+    if isinstance(exc, BuildsysError) and any(f"{why}: " in text for why in ("no space left on device",
+                                                                             "read-only file system")):
+        return text, True  # a store or registry write said so itself
     why = None if isinstance(exc, KeyboardInterrupt) else storage_problem(store.tmp)
     if why is None:
         return text, False
