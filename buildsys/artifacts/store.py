@@ -22,6 +22,7 @@ from typing import Iterator
 
 from buildsys.errors import IntegrityError, StoreError
 from buildsys.artifacts.digests import CHUNK, HASH_ALGORITHM, digest_file, split_digest
+from buildsys.artifacts.space import describe_os_error
 
 
 def _where(path: Path, name: str) -> str:
@@ -107,7 +108,9 @@ def copy_verified(src: str | os.PathLike, digest: str, dest: str | os.PathLike, 
                     fout.write(chunk)
         except OSError as exc:
             dest.unlink(missing_ok=True)
-            raise StoreError(f"cannot copy {_where(src, name)} to {dest}: {exc.strerror or exc}") from None
+            where = dest if exc.filename is None or exc.filename == str(dest) else exc.filename
+            raise StoreError(f"cannot copy {_where(src, name)}: "
+                             f"{describe_os_error(exc, where, needed=os.fstat(fin.fileno()).st_size)}") from None
     actual = f"{HASH_ALGORITHM}:{h.hexdigest()}"
     if actual != digest:
         dest.unlink(missing_ok=True)
@@ -149,7 +152,8 @@ class Store:
             for d in (self.objects, self.tmp, self.locks):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create store directories under {self.root}: {exc}") from None
+            raise StoreError(f"cannot create store directories under {self.root}: "
+                             f"{describe_os_error(exc, exc.filename or self.root)}") from None
 
     def object_path(self, digest: str) -> Path:
         _, hexdigest = split_digest(digest)
@@ -169,7 +173,10 @@ class Store:
     def staging(self, prefix: str = "build") -> Iterator[Path]:
         """A scratch directory inside the store, removed afterwards whatever happens."""
         self._ensure_dirs()
-        path = Path(tempfile.mkdtemp(prefix=f"{prefix}.{os.getpid()}.", dir=self.tmp))
+        try:
+            path = Path(tempfile.mkdtemp(prefix=f"{prefix}.{os.getpid()}.", dir=self.tmp))
+        except OSError as exc:
+            raise StoreError(f"cannot make a staging folder: {describe_os_error(exc, self.tmp)}") from None
         try:
             yield path
         finally:
@@ -180,7 +187,12 @@ class Store:
         """An exclusive per-key lock, so two builders never compile the same key at once.
         Yields whether it was acquired (always True when ``blocking``)."""
         self._ensure_dirs()
-        with open(self.locks / f"{key}.lock", "a+") as handle:
+        try:
+            handle = open(self.locks / f"{key}.lock", "a+")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise StoreError(f"cannot take the lock of {key[:12]}: "
+                             f"{describe_os_error(exc, self.locks / f'{key}.lock')}") from None
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -215,18 +227,28 @@ class Store:
             os.replace(staged, dest)
             _fsync_dir(dest.parent)
         except OSError as exc:
-            hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
-            raise StoreError(f"cannot store {staged.name} in {self.root}{hint}: {exc}") from None
+            size = staged.stat().st_size if staged.exists() else None
+            raise StoreError(f"cannot store {staged.name} in {self.root}: "
+                             f"{describe_os_error(exc, exc.filename or staged, needed=size)}") from None
         return digest, size
 
     def put_bytes(self, data: bytes, name: str = "object") -> tuple[str, int]:
         self._ensure_dirs()
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", dir=self.tmp)
+        tmp_name = None
         try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", dir=self.tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return self.put(tmp_name)
+        except OSError as exc:
+            if tmp_name is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_name)
+            raise StoreError(f"cannot store {name} in {self.root}: "
+                             f"{describe_os_error(exc, tmp_name or self.tmp, needed=len(data))}") from None
         except BaseException:
+            if tmp_name is None:
+                raise
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise

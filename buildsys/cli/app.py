@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from buildsys.errors import BuildsysError, Interrupted
+from buildsys.errors import BuildsysError, Interrupted, StoreError
 from buildsys.workspace import Workspace
 
 pass_ws = click.make_pass_decorator(Workspace)
@@ -63,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     except BuildsysError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
+    except OSError as exc:
+        from buildsys.artifacts.space import describe_os_error, is_storage_error
+
+        if not is_storage_error(exc):
+            raise
+        # a last resort: every store and registry write words its own failure first
+        click.echo(f"error: {describe_os_error(exc)}", err=True)
+        return StoreError.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     return 0

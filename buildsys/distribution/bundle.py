@@ -17,6 +17,7 @@ from pathlib import Path
 from buildsys.errors import StoreError
 from buildsys.artifacts.manifest import MANIFEST_NAME
 from buildsys.distribution.signing import SIGNATURE_NAME
+from buildsys.artifacts.space import describe_os_error
 from buildsys.artifacts.store import Store
 
 
@@ -27,7 +28,7 @@ def export_bundle(record, store: Store, out_dir: str | os.PathLike, private_key=
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{record.key[:12]}-", dir=out_dir))
     except OSError as exc:
-        raise StoreError(f"cannot write bundle under {out_dir}: {exc}") from None
+        raise StoreError(f"cannot write bundle under {out_dir}: {describe_os_error(exc, exc.filename or out_dir)}") from None
     try:
         for f in record.files:
             store.copy_verified(f.digest, staging / f.name, key=record.key, name=f.name)

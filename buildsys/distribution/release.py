@@ -21,6 +21,7 @@ Keys and signatures: ``signing.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from buildsys.artifacts.space import describe_os_error
 from buildsys.errors import StoreError, TrustError, UsageError
 from buildsys.artifacts.digests import HASH_ALGORITHM, canonical_json, split_digest
 from buildsys.artifacts.manifest import MANIFEST_NAME
@@ -94,7 +96,9 @@ def export_release(records, store: Store, registry, out: str | os.PathLike, priv
                     _add(tar, name, path=path)
             os.replace(partial, out)
         except OSError as exc:
-            raise StoreError(f"cannot write {out}: {exc}") from None
+            with contextlib.suppress(OSError, UnboundLocalError):
+                partial.unlink()  # no half-written release stays behind
+            raise StoreError(f"cannot write {out}: {describe_os_error(exc, exc.filename or out)}") from None
     return manifest
 
 
@@ -222,7 +226,8 @@ def _import_release(path, store: Store, registry, public_key, set_aliases: bool)
             store.root.joinpath("tmp").mkdir(parents=True, exist_ok=True)
             staging = tempfile.TemporaryDirectory(prefix="buildsys-import-", dir=store.root / "tmp")
         except OSError as exc:
-            raise StoreError(f"cannot stage the import under {store.root / 'tmp'}: {exc}") from None
+            raise StoreError(f"cannot stage the import under {store.root / 'tmp'}: "
+                             f"{describe_os_error(exc, exc.filename or store.root / 'tmp')}") from None
         with staging as tmp:
             # Phase 1: stage and check everything; nothing is in the store or the registry yet.
             checked = []
@@ -240,7 +245,8 @@ def _import_release(path, store: Store, registry, public_key, set_aliases: bool)
                                 digest.update(chunk)
                                 sink.write(chunk)
                     except OSError as exc:
-                        raise StoreError(f"cannot stage {member_name} under {tmp}: {exc}") from None
+                        raise StoreError(f"cannot stage {member_name}: "
+                                         f"{describe_os_error(exc, dest, needed=info.get('size'))}") from None
                     actual = f"{HASH_ALGORITHM}:{digest.hexdigest()}"
                     if actual != info["digest"]:
                         raise TrustError(f"{path}: {member_name} has digest {actual}, the release "

@@ -46,12 +46,13 @@ def collect_garbage(ws, *, dry_run: bool = False, grace_s: float = 3600, older_t
     from buildsys.artifacts.store import pid_alive
 
     verb = "would remove" if dry_run else "removed"
-    lines = []
+    lines, expired_keys = [], set()
     if older_than is not None or not_in_matrix:
         age_s = parse_age(older_than) if older_than is not None else None
         matrix = set(ws.matrix_specs()) if not_in_matrix else None
         for record, why in select_expired(ws.registry.list(), older_than_s=age_s, matrix_keys=matrix):
             lines.append(f"{verb} artifact {record.key[:12]} ({record.model} {record.input_size}): {why}")
+            expired_keys.add(record.key)
             if not dry_run:
                 ws.registry.delete(record.key)
         if age_s is not None:
@@ -60,11 +61,13 @@ def collect_garbage(ws, *, dry_run: bool = False, grace_s: float = 3600, older_t
             logs = remove_old_logs(ws.store.root, age_s, dry_run=dry_run)
             lines.append(f"{verb} {len(logs)} build logs older than {older_than}")
     temps = ws.store.clean_tmp(dry_run=dry_run)
-    crashed = 0 if dry_run else ws.registry.mark_crashed_runs(pid_alive)
-    referenced = {f.digest for _, f in ws.registry.file_digests()}  # manifests are files of their artifact
+    crashed = ws.registry.mark_crashed_runs(pid_alive, dry_run=dry_run)
+    # what the registry still names once the expired artifacts are gone (a dry run deleted none of
+    # them, so it leaves their files out itself): manifests are files of their artifact
+    referenced = {f.digest for key, f in ws.registry.file_digests() if key not in expired_keys}
     objects = ws.store.remove_unreferenced(referenced, grace_s=grace_s, dry_run=dry_run)
     lines += [f"{verb} staging {path}" for path in temps]
     lines += [f"{verb} object {digest}" for digest in objects]
     lines.append(f"{verb} {len(temps)} staging entries and {len(objects)} unreferenced objects; "
-                 f"{crashed} unfinished runs marked crashed")
+                 f"{crashed} unfinished runs {'would be ' if dry_run else ''}marked crashed")
     return lines

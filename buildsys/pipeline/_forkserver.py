@@ -10,5 +10,8 @@ import signal
 
 try:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    # PR_SET_CHILD_SUBREAPER: what a build process that ended abruptly left running becomes the
+    # server's child, where the builder finds and kills it (``isolation._kill_orphans``)
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
 except (OSError, AttributeError):  # not Linux
     pass

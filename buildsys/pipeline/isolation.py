@@ -22,6 +22,7 @@ instead (for a debugger, or tests that patch the build).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -38,6 +39,7 @@ from buildsys.errors import BuildError, BuildsysError
 _LIVE: set = set()  # build processes running now, for kill_all
 DEFAULT_TIMEOUT_S = 2 * 3600  # a full-size detector builds in minutes; an untuned hang never ends
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def in_process() -> bool:
@@ -69,8 +71,52 @@ class _PipeQueue:
         self.connection.send(("message", item))
 
 
+def subreaper() -> None:
+    """Orphans below the calling process become its children, not init's (``PR_SET_CHILD_SUBREAPER``):
+    a model's child in a session of its own (``os.setsid``, ``start_new_session=True``) leaves the
+    build's process group, but not the build's tree, so it can still be found and killed."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the process group is all there is
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(p) for p in handle.read().split()]
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def kill_tree(pid: int, *, include_root: bool = True) -> None:
+    """SIGKILL ``pid``'s descendants (stopped first, so none forks meanwhile), then ``pid``."""
+    for _ in range(5):  # a process forked between the walk and the kill: walk again
+        seen, todo = [], _children(pid)
+        while todo:
+            child = todo.pop()
+            if child in seen:
+                continue
+            seen.append(child)
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGSTOP)
+            todo += _children(child)
+        for child in seen:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        if not seen:
+            break
+    if include_root:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _child(connection, environment: dict, cwd: str, path: list, function: Callable, args: tuple) -> None:
     _die_with_parent()
+    subreaper()
     # Forked from the fork server, which started earlier: take the builder's state as it is now.
     os.environ.clear()
     os.environ.update(environment)
@@ -89,6 +135,7 @@ def _child(connection, environment: dict, cwd: str, path: list, function: Callab
         # and a KeyboardInterrupt or SystemExit raised by model code ends this entry, not the builder.
         result = ("error", BuildError(f"unexpected {type(exc).__name__}: {exc}\n"
                                       + "".join(traceback.format_exception(exc, limit=8))))
+    kill_tree(os.getpid(), include_root=False)  # nothing the model started outlives its build
     try:
         connection.send(result)
     except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
@@ -166,6 +213,7 @@ def run_isolated(function: Callable, args: tuple, *, key: str, timeout_s: float 
     with _main_module_hidden():
         process.start()
     _LIVE.add(process)
+    server = _parent_of(process.pid)  # the fork server (or this process, when builds are spawned)
     sender.close()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
@@ -195,11 +243,34 @@ def run_isolated(function: Callable, args: tuple, *, key: str, timeout_s: float 
                                  "(buildsys build --timeout SECONDS sets the limit)", key=key, stage="timeout")
     finally:
         _kill_group(process)
+        if process.pid is not None:
+            kill_tree(process.pid, include_root=False)
         if process.is_alive():
             process.kill()
             process.join(10)
         _LIVE.discard(process)
+        _kill_orphans(server)
         receiver.close()
+
+
+def _parent_of(pid: int | None) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _kill_orphans(server: int | None) -> None:
+    """A build process that ended abruptly (``os._exit``, a crash) leaves its escaped children to
+    the fork server, a subreaper too (``_forkserver``): whatever it holds that is no running
+    build process was left by a build that ended, and goes."""
+    if server is None or server == os.getpid():
+        return
+    running = {p.pid for p in _LIVE}
+    for child in _children(server):
+        if child not in running:
+            kill_tree(child)
 
 
 def _kill_group(process) -> None:

@@ -31,6 +31,35 @@ def new_log_path(store_root: Path, key: str) -> Path:
     return folder / f"{stamp}-{key[:12]}-{os.getpid()}.log"
 
 
+# A model printing in a loop must not fill the disk: past this size a log keeps only buildsys' own
+# lines ("[buildsys] ..."; stages, the outcome, a failure's traceback), up to OWN_LINES_ROOM more.
+LOG_MAX_BYTES = 32 << 20
+OWN_LINES_ROOM = 1 << 20
+
+
+def log_limit() -> int:
+    try:
+        return max(4096, int(os.environ.get("BUILDSYS_LOG_MAX_BYTES", LOG_MAX_BYTES)))
+    except ValueError:
+        return LOG_MAX_BYTES
+
+
+def _capped(data: bytes, size: int, own: bool, stamp: str) -> bytes:
+    """What of ``data`` a log of ``size`` bytes still takes: all of it; the part that fits and the
+    note that the log was truncated (once: the note takes the log to its cap); or nothing."""
+    limit = log_limit()
+    if own:
+        return data if size + len(data) <= limit + OWN_LINES_ROOM else b""
+    if size + len(data) <= limit:
+        return data
+    if size >= limit:
+        return b""
+    note = (f"\n{stamp} [buildsys] log truncated at {limit} bytes (BUILDSYS_LOG_MAX_BYTES): what the build printed "
+            "after this is dropped; buildsys' own lines still follow\n").encode()
+    cut = max(0, limit - size - len(note))
+    return data[:cut] + note[:limit - size - cut]
+
+
 def append_line(path: str | Path, text: str) -> None:
     """One timestamped line, appended whole (O_APPEND), so writers in other processes interleave by line."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -46,7 +75,9 @@ def append_line(path: str | Path, text: str) -> None:
     except OSError:
         return
     try:
-        os.write(fd, data)
+        data = _capped(data, os.fstat(fd).st_size, text.startswith("[buildsys]"), stamp)
+        if data:
+            os.write(fd, data)
     except OSError:
         pass
     finally:

@@ -22,7 +22,8 @@ from typing import Callable, Mapping
 from buildsys.artifacts.registry import RUN_BUILT, RUN_FAILED
 from buildsys.artifacts.store import Store, pid_alive
 from buildsys.config.spec import BuildSpec
-from buildsys.errors import BuildError, BuildsysError
+from buildsys.artifacts.space import storage_problem
+from buildsys.errors import BuildError, BuildsysError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
 from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
 from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
@@ -39,6 +40,7 @@ class BuildResult:
     error: str | None = None
     record: object | None = None
     log_path: str | None = None  # the run's log file (none for cached and skipped entries)
+    storage: bool = False  # it failed because the store's disk is full (or read-only)
 
 
 @dataclass
@@ -57,6 +59,10 @@ class BuildReport:
         failed = self.count(Outcome.FAILED)
         if not failed:
             return
+        storage = next((r for r in self.results if r.status == Outcome.FAILED and r.storage), None)
+        if storage is not None:  # the disk, not the entries: exit 4 like every other store write
+            raise StoreError(f"{failed} of {len(self.results)} entries failed, {storage.entry.spec.describe()} "
+                             f"with: {storage.error.splitlines()[0]}")
         if tuning:
             raise BuildError(f"tuning failed for {failed} of {len(self.results)} entries; the records made so far "
                              "are kept (run again to resume)")
@@ -75,7 +81,12 @@ class _RunLogs:
 
     def path(self, entry: Job) -> Path:
         if entry.spec not in self.paths:
-            path = runlog.new_log_path(self.store.root, entry.key)
+            try:
+                path = runlog.new_log_path(self.store.root, entry.key)
+            except OSError as exc:
+                from buildsys.artifacts.space import describe_os_error
+
+                raise StoreError(f"cannot make the run's log: {describe_os_error(exc)}") from None
             runlog.append_line(path, f"[buildsys] {entry.spec.describe()} key {entry.key} "
                                      f"({entry.spec.origin}): {entry.reason}")
             self.paths[entry.spec] = path
@@ -187,6 +198,24 @@ def _error_text(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
 
 
+def _failure_text(exc: BaseException, store: Store) -> tuple[str, bool]:
+    """(the error text, whether the store's disk is to blame): a build that failed while the
+    disk is full says so first, whatever TVM or the compiler made of it ("Compilation error")."""
+    text = _error_text(exc)
+    if isinstance(exc, BuildsysError) and any(f"{why}: " in text for why in ("no space left on device",
+                                                                             "read-only file system")):
+        return text, True  # a store or registry write said so itself
+    why = None if isinstance(exc, KeyboardInterrupt) else storage_problem(store.tmp)
+    if why is None:
+        return text, False
+    if text.startswith(why) or f": {why}: " in text or f" {why}: " in text:
+        return text, True
+    from buildsys.artifacts.space import free_bytes
+
+    return (f"{why}: {store.tmp} ({free_bytes(store.tmp)} bytes free); free space on that disk and build again "
+            f"(the build failed with: {text.splitlines()[0] if text else type(exc).__name__})"), True
+
+
 def _log_text(exc: BaseException) -> str:
     """For the log: always the whole traceback."""
     return "".join(traceback.format_exception(exc)).rstrip()
@@ -258,10 +287,11 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 emit(Event(EventKind.BUILT, entry, seconds=seconds, record=record, manifest=outcome.manifest,
                                       log_path=log_path))
                 return
-        text = _error_text(exc)
+        text, storage = _failure_text(exc, store)
         logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
         registry.finish_run(run_id, RUN_FAILED, text)
-        report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path))
+        report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path,
+                                          storage=storage))
         emit(Event(EventKind.FAILED, entry, seconds=seconds, error=text, log_path=log_path))
         if isinstance(exc, KeyboardInterrupt):
             raise exc
@@ -359,7 +389,9 @@ def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_R
         sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies,
                               entry.spec.model.config_dir)
     except OSError as exc:
-        logs.note(entry, f"could not write its depfile: {exc}")
+        from buildsys.artifacts.space import describe_os_error
+
+        logs.note(entry, f"could not write its depfile: {describe_os_error(exc)}")
 
 
 def default_jobs() -> int:

@@ -38,6 +38,7 @@ classification here.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.machinery
 import importlib.util
@@ -423,9 +424,14 @@ def write_depfile(store_root: str | os.PathLike, entry_key: str, deps: Iterable[
     data = {"deps_format": DEPS_FORMAT, "entry_key": entry_key, "config_dir": config_dir,
             "dependencies": [asdict(d) for d in deps]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{entry_key[:12]}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written depfile stays behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_depfile(store_root: str | os.PathLike, entry_key: str, config_dir: str = "") -> list[Dependency] | None:

@@ -221,13 +221,44 @@ def _from_bundle(directory: Path):
     return key, manifest, _BundleFiles(directory, manifest["files"], key)
 
 
+MAX_PARAM_ARRAYS = 100_000
+MAX_PARAMS_BYTES = 16 << 30  # decompressed; BUILDSYS_MAX_PARAMS_BYTES overrides
+
+
+def _check_params_archive(data: bytes, key: str) -> None:
+    """A zip bomb must not get to decompress: at most MAX_PARAM_ARRAYS members, at most
+    MAX_PARAMS_BYTES once decompressed (the sizes the archive declares, which zipfile holds each
+    member to), and each array's header no larger than its member (numpy allocates by the header)."""
+    limit = int(os.environ.get("BUILDSYS_MAX_PARAMS_BYTES", MAX_PARAMS_BYTES))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+        if len(members) > MAX_PARAM_ARRAYS:
+            raise ValueError(f"{len(members)} members, more than the {MAX_PARAM_ARRAYS} allowed")
+        total = sum(m.file_size for m in members)
+        if total > limit:
+            raise ValueError(f"{total} bytes once decompressed, more than the {limit} allowed "
+                             "(BUILDSYS_MAX_PARAMS_BYTES)")
+        for member in members:
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(handle, max_header_size=10_000)
+                                   if version == (1, 0) else
+                                   np.lib.format.read_array_header_2_0(handle, max_header_size=10_000))
+                needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if needed > member.file_size:
+                    raise ValueError(f"{member.filename} declares {shape} {dtype} ({needed} bytes) in a member of "
+                                     f"{member.file_size} bytes")
+
+
 def _read_params(data: bytes, key: str) -> list[np.ndarray]:
     """The arrays of params.npz, in name order. Its digest matched, so a failure here is a bundle
     whose manifest vouches for bytes that are no parameter archive."""
     try:
+        _check_params_archive(data, key)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return [npz[name] for name in sorted(npz.files)]
-    except (ValueError, OSError, EOFError, KeyError, MemoryError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, KeyError, MemoryError, TypeError, zipfile.BadZipFile,
+            NotImplementedError, RuntimeError) as exc:
         raise TrustError(f"artifact {key[:12]}: {PARAMS_NAME} is not a parameter archive ({type(exc).__name__}: "
                          f"{str(exc)[:200]}); export the bundle again or rebuild the artifact") from None
 

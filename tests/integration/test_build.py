@@ -203,8 +203,8 @@ def test_disk_full_while_publishing_leaves_no_partial_object_or_row(fresh, capsy
         raise OSError(28, "No space left on device")
 
     with mock.patch("buildsys.artifacts.store.os.replace", side_effect=no_space):
-        assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 3
-    assert "disk full" in capsys.readouterr().err
+        assert ws.cli("build", "--only", "model=tiny_cnn", "--only", "input_size=32") == 4
+    assert "no space left on device: " in capsys.readouterr().err
     store = Store(ws.store)
     assert list(store.iter_objects()) == [] and list(store.tmp.iterdir()) == []
     assert ws.registry.list() == [] and ws.registry.runs()[0].status == "failed"
@@ -444,6 +444,8 @@ matrix: {{model: [bad, fine], input_size: [32]}}
     ("kills_its_process_group", "was killed by SIGKILL"),
     ("raises_base_exception", "unexpected _Boom: a BaseException of the model's own"),
     ("forks_and_leaves_a_child", "failed after forking"),
+    ("escapes_its_process_group", "failed after escaping"),
+    ("escapes_and_exits", "exited with code 3"),
     ("deletes_the_logs_folder", "removed the logs"),
 ])
 def test_model_code_that_attacks_the_builder_fails_its_entry_only(fresh, capsys, monkeypatch, tmp_path, source,

@@ -146,7 +146,32 @@ def test_migrations_are_the_only_schema_source(tmp_path, request, dialect):
 
 
 def test_head_revision_constant_matches_the_migration_scripts(tmp_path):
-    assert HEAD_REVISION == head_revision(make_engine(f"sqlite:///{tmp_path / 'h.db'}"))
+    from alembic.script import ScriptDirectory
+
+    from buildsys.artifacts.registry.db import alembic_config
+    from buildsys.artifacts.registry.lookup import KNOWN_REVISIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'h.db'}")
+    assert HEAD_REVISION == head_revision(engine)
+    scripts = ScriptDirectory.from_config(alembic_config(engine))
+    assert sorted(KNOWN_REVISIONS) == sorted(s.revision for s in scripts.walk_revisions())
+
+
+def test_the_loaders_lookup_refuses_a_newer_or_unmigrated_registry(sqlite_registry, tmp_path):
+    """The runtime's SQLAlchemy-free lookup checks the schema revision before it reads."""
+    from buildsys.artifacts.registry.lookup import resolve
+
+    sqlite_registry.publish(new_artifact("ab" * 32))
+    db = tmp_path / "r.db"
+    assert resolve(db, "abab").key == "ab" * 32
+    with sqlite_registry._engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0042_from_the_future'"))
+    with pytest.raises(RegistryError, match=r"newer buildsys \(revision 0042_from_the_future\); upgrade buildsys"):
+        resolve(db, "abab")
+    with sqlite_registry._engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    with pytest.raises(RegistryError, match="has no schema revision"):
+        resolve(db, "abab")
 
 
 def test_sqlite_lookup_agrees_with_the_registry(sqlite_registry, tmp_path):

@@ -212,6 +212,8 @@ def test_mutated_manifests_are_refused_or_reach_loading(tmp_path_factory, mutati
         try:
             for part in path[:-1]:
                 parent = parent[part]
+            if isinstance(parent, dict) != isinstance(path[-1], str):
+                continue  # a list index into what an earlier mutation made a dict (JSON keys are strings)
             if action == "delete":
                 del parent[path[-1]]
             else:
@@ -333,3 +335,42 @@ def test_a_signature_that_is_a_fifo(tmp_path, monkeypatch):
     os.mkfifo(bundle / "manifest.json.sig")
     error = attempt(bundle)
     assert isinstance(error, TrustError) and "manifest.json.sig" in str(error), error
+
+
+def _npz(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _npy(shape, dtype="<f4", payload: bytes | None = None) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + (payload if payload is not None else b"\0" * (int(np.prod(shape)) * 4))
+
+
+@pytest.mark.parametrize("case", ["bomb", "members", "header"])
+def test_params_zip_bombs_are_refused_before_decompressing(case, tmp_path, private_tmp, monkeypatch):
+    """params.npz whose digest matches but that would decompress past a bound, hold too many
+    arrays, or declare an array larger than its member (numpy allocates by the header)."""
+    if case == "bomb":
+        monkeypatch.setenv("BUILDSYS_MAX_PARAMS_BYTES", str(1 << 20))
+        params, why = _npz({"p0.npy": _npy((1 << 19,))}), "more than the 1048576 allowed"  # 2 MiB of zeros
+    elif case == "members":
+        monkeypatch.setattr(loader, "MAX_PARAM_ARRAYS", 10)
+        params, why = _npz({f"p{i}.npy": _npy((1,)) for i in range(11)}), "11 members, more than the 10"
+    else:
+        params, why = _npz({"p0.npy": _npy((1 << 40,), payload=b"")}), "declares"
+    assert len(params) < 100_000
+    bundle = write_bundle(tmp_path / "b", params=params)
+    with time_bound(), mock.patch.object(loader, "load_executable", return_value=object()):
+        with pytest.raises(TrustError, match=f"params.npz is not a parameter archive .*{why}"):
+            load_artifact(bundle)
+    assert list(private_tmp.iterdir()) == []

@@ -8,6 +8,7 @@ session scope with its retry on a busy database; split by table, a transaction w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,7 +21,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from buildsys.errors import RegistryError, UsageError, did_you_mean
-from buildsys.artifacts.registry.db import ensure_schema, make_engine, retrying, session_scope
+from buildsys.artifacts.registry.db import (HEAD_REVISION, discard_empty, ensure_schema, make_engine, read_only_engine, retrying,
+                                            session_scope, sqlite_storage_problem, storage_refusal, writable_problem)
 from buildsys.artifacts.registry.lookup import is_key_prefix, pick_prefix_match, refuse_reference
 from buildsys.artifacts.registry.tables import Alias, Artifact, ArtifactFile, Benchmark, BuildRun, Metric, TuningDatabaseRow
 
@@ -160,14 +162,60 @@ class Registry:
     def __init__(self, url: str):
         self.url = url
         self._engine = make_engine(url)
-        ensure_schema(self._engine)
+        # On a full disk or a read-only file system a SQLite registry is opened read-only: the
+        # commands that only read work; a write says why it cannot be made (``_scope``).
+        self.read_only = writable_problem(self._engine)
+        if self.read_only is None:
+            database = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
+            existed = bool(database) and os.path.exists(database)
+            try:
+                ensure_schema(self._engine)
+            except RegistryError:
+                why = sqlite_storage_problem(self._engine)
+                if why is None:
+                    raise
+                self._engine.dispose()
+                if not existed and database:
+                    discard_empty(database)
+                raise RegistryError(f"{why}: {self._engine.url.database}: the registry could not be created or "
+                                    f"migrated to schema revision {HEAD_REVISION} (nothing was changed); free space "
+                                    "on that disk (or make it writable) and run the command again") from None
+        else:
+            self._database = self._engine.url.database
+            self._engine.dispose()
+            self._engine = read_only_engine(self._database, self.read_only)
+            self._refuse_old_schema()
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def _refuse_old_schema(self) -> None:
+        from sqlalchemy import inspect, text
+
+        with self._engine.connect() as conn:
+            revision = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                        if inspect(conn).has_table("alembic_version") else None)
+        if revision != HEAD_REVISION:
+            raise RegistryError(f"{self.read_only}: {self._database}: the registry is at schema revision "
+                                f"{revision or 'none'} and needs migrating to {HEAD_REVISION}, which writes; free "
+                                "space on that disk (or make it writable) and run the command again")
 
     def close(self) -> None:
         self._engine.dispose()
 
+    @contextlib.contextmanager
     def _scope(self):
-        return session_scope(self._sessions)
+        """One session; a write that fails on a full or read-only disk says so, with the path."""
+        try:
+            with session_scope(self._sessions) as s:
+                yield s
+        except RegistryError as exc:
+            if self.read_only is not None:
+                raise storage_refusal(self._database, self.read_only) from None
+            code = getattr(exc, "sqlite_error", None) or ""
+            why = sqlite_storage_problem(self._engine) if code.startswith(("SQLITE_FULL", "SQLITE_IOERR",
+                                                                             "SQLITE_READONLY", "SQLITE_CANTOPEN")) else None
+            if why is not None:
+                raise storage_refusal(self._engine.url.database, why) from None
+            raise
 
     @staticmethod
     def _loaded():
@@ -358,14 +406,15 @@ class Registry:
             return _run_record(row)
 
     @_waits_when_busy
-    def mark_crashed_runs(self, alive) -> int:
-        """Runs still 'running' on this host whose process is gone become 'crashed'."""
+    def mark_crashed_runs(self, alive, dry_run: bool = False) -> int:
+        """Runs still 'running' on this host whose process is gone become 'crashed' (with
+        ``dry_run``: are only counted)."""
         host = socket.gethostname()[:200]
         with self._scope() as s:
             stale = [r for r in s.scalars(select(BuildRun).where(BuildRun.status == RUN_RUNNING,
                                                                  BuildRun.host == host))
                      if not alive(r.pid)]
-            for row in stale:
+            for row in stale if not dry_run else ():
                 row.status, row.finished_at = RUN_CRASHED, _now()
                 row.error = "the builder process ended without finishing (killed or crashed)"
             return len(stale)

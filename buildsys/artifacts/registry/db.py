@@ -12,12 +12,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildsys.artifacts.registry.lookup import HEAD_REVISION, connect_read_only, newer_registry
 from buildsys.errors import RegistryError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# The newest migration. Checked against the migration scripts by a test; knowing it here lets an
-# up-to-date registry open without importing Alembic (a deployment's loader starts faster).
-HEAD_REVISION = "0003"
+# HEAD_REVISION, the newest migration, lives in lookup.py (which the loader reads without SQLAlchemy);
+# a test checks it against the migration scripts; knowing it lets an up-to-date registry open
+# without importing Alembic (a deployment's loader starts faster).
 # SQLite waits this long for a lock inside one statement; past it, writes are retried with backoff
 # (``retrying``), so a long-held lock is waited for with a message instead of failing a build.
 BUSY_TIMEOUT_MS = 5_000
@@ -30,6 +31,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # wait for a lock instead of failing at once
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT: ``_sqlite_begin`` begins
 
 
 def make_engine(url: str) -> Engine:
@@ -50,7 +52,16 @@ def make_engine(url: str) -> Engine:
         raise RegistryError(f"cannot open registry {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn) -> None:
+    # Python's sqlite3 module commits before DDL on its own, so a first migration that failed half way
+    # (a full disk: "database or disk is full") left some tables and no alembic_version, and every
+    # later command failed with "table artifacts already exists". Transactions are begun here
+    # instead (SQLAlchemy's recipe for pysqlite), so a migration is all or nothing.
+    conn.exec_driver_sql("BEGIN")
 
 
 def alembic_config(engine: Engine, connection=None):
@@ -116,9 +127,7 @@ def _refuse_unknown_revision(engine: Engine) -> None:
         return
     known = {script.revision for script in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()}
     if stored not in known:
-        raise RegistryError(f"registry {engine.url!r}: this registry was written by a newer buildsys (revision "
-                            f"{stored}); upgrade buildsys (this one reads up to revision {HEAD_REVISION}), or "
-                            "point --registry (BUILDSYS_REGISTRY) at another registry")
+        raise newer_registry(repr(engine.url), stored)
 
 
 def _sqlite_file_size(engine: Engine) -> int | None:
@@ -192,6 +201,84 @@ def ensure_schema(engine: Engine) -> None:
         raise RegistryError(f"registry {engine.url!r}: {exc}") from None
 
 
+# ---------------------------------------------------------------- a full disk, a read-only store
+#
+# Measured with SQLite 3.40.1 on a 1 MiB tmpfs (tests/unit/test_disk_full.py replays it): a WAL
+# database whose -shm file does not exist cannot be opened at all on a full disk
+# (SQLITE_IOERR_SHMSIZE, "disk I/O error") nor on a read-only file system (SQLITE_CANTOPEN), not
+# even with ``?mode=ro``; ``?immutable=1`` opens it, but reads the main file only, so it would miss
+# commits still in a -wal file. While a writer has the -wal and -shm files open, ``?mode=ro``
+# reads everything, the -wal included, on a full disk too. Hence: ``mode=ro`` first, else
+# ``immutable=1`` when the -wal file is absent or empty, else a refusal that says why.
+
+def sqlite_storage_problem(engine: Engine) -> str | None:
+    """Why a SQLite registry's folder cannot take writes now (full, read-only), else None."""
+    from buildsys.artifacts.space import storage_problem
+
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        return None
+    return storage_problem(database)
+
+
+def writable_problem(engine: Engine) -> str | None:
+    """Connect once (SQLite's pragmas create the -wal and -shm files): None when that works, the
+    reason when the registry's file system cannot take writes, a RegistryError otherwise. A new
+    or empty SQLite file is left to ``ensure_schema``, which creates or refuses it under its lock."""
+    if _sqlite_file_size(engine) in (None, -1, 0):
+        return None
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        why = sqlite_storage_problem(engine)
+        if why is None:
+            raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+        return why
+
+
+def discard_empty(database: str) -> None:
+    """Remove the empty files a registry creation that failed (a full disk) left: an empty
+    registry file would be refused ("restore it from a backup") once there is room again."""
+    for leftover in (database, f"{database}-wal", f"{database}-shm"):
+        with contextlib.suppress(OSError):
+            if Path(leftover).stat().st_size == 0:
+                Path(leftover).unlink()
+
+
+def read_only_engine(database: str, why: str) -> Engine:
+    """An engine that only reads the SQLite file ``database`` (see the measurements above)."""
+    path = Path(database)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise RegistryError(f"{why}: {path.parent}: there is no registry at {path} and none can be created "
+                            "there; free space (or make it writable), or pass another --registry")
+    try:
+        connect_read_only(path, BUSY_TIMEOUT_MS / 1000).close()  # which way works: said in its error otherwise
+    except RegistryError as exc:
+        raise RegistryError(f"{why}: {exc}; free space on that disk (or make it writable) and run again") from None
+    engine = create_engine("sqlite://", creator=lambda: connect_read_only(path, BUSY_TIMEOUT_MS / 1000))
+    event.listen(engine, "connect", _read_only_pragmas)
+    return engine
+
+
+def _read_only_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def storage_refusal(path: str, why: str) -> RegistryError:
+    """A write the registry could not make because its disk is full or read-only."""
+    from buildsys.artifacts.space import free_bytes
+
+    free = free_bytes(path)
+    sizes = f" ({free} bytes free)" if free is not None and why.startswith("no space") else ""
+    return RegistryError(f"{why}: {path}{sizes}; the registry was not changed; free space on that disk (or make "
+                         "it writable) and run the command again")
+
+
 def _is_busy(exc: BaseException) -> bool:
     """Another process holds the database's write lock (SQLite), or a lock wait timed out."""
     text = str(getattr(exc, "orig", exc)).lower()
@@ -244,6 +331,7 @@ def session_scope(factory: sessionmaker) -> Iterator[Session]:
         session.rollback()
         error = RegistryError(f"registry error: {exc.__class__.__name__}: {exc}")
         error.busy = _is_busy(exc)
+        error.sqlite_error = getattr(getattr(exc, "orig", None), "sqlite_errorname", None)
         raise error from None
     except BaseException:
         session.rollback()

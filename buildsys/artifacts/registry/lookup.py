@@ -17,6 +17,40 @@ from typing import Mapping
 from buildsys.errors import RegistryError, UsageError, did_you_mean
 
 MIN_PREFIX = 4
+# The newest schema revision (the registry's Alembic migrations; ``db`` takes it from here, and a
+# test checks it against the migration scripts). These reads need what revision 0001 made; a
+# registry at a revision not listed here was written by a newer buildsys and is refused.
+HEAD_REVISION = "0003"
+KNOWN_REVISIONS = ("0001", "0002", HEAD_REVISION)
+
+
+def newer_registry(where: str, revision: str) -> RegistryError:
+    return RegistryError(f"registry {where}: this registry was written by a newer buildsys (revision {revision}); "
+                         f"upgrade buildsys (this one reads up to revision {HEAD_REVISION}), or point --registry "
+                         "(BUILDSYS_REGISTRY) at another registry")
+
+
+def connect_read_only(db: Path, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection to a SQLite registry in WAL mode, also on a full disk or a read-only
+    file system: ``mode=ro`` first, else ``immutable=1`` when the -wal file is empty or absent
+    (measured, see ``db.py``: without its -shm file a WAL database opens in no other way there,
+    and immutable would miss commits still in a -wal file, so then the error is raised)."""
+    wal = Path(f"{db}-wal")
+    try:
+        wal_size = wal.stat().st_size
+    except OSError:
+        wal_size = 0
+    error = None
+    for uri in [f"file:{db}?mode=ro"] + ([] if wal_size else [f"file:{db}?immutable=1"]):
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, check_same_thread=False)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            error = exc
+    raise RegistryError(f"cannot open registry {db} read-only: {error}" + (
+        f"; {wal} holds {wal_size} bytes of changes that cannot be read without creating {db}-shm (a full "
+        "disk or a read-only file system?)" if wal_size else ""))
 
 
 @dataclass(frozen=True)
@@ -63,11 +97,17 @@ def resolve(db: Path, ref: str) -> ResolvedArtifact:
     if db.stat().st_size == 0:  # SQLite would read it as a new, empty database: "no such table"
         raise RegistryError(f"registry file {str(db)!r} is empty (0 bytes); restore it from a backup, or remove "
                             "it to start a new registry")
+    conn = connect_read_only(db)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        raise RegistryError(f"cannot open registry {db}: {exc}") from None
-    try:
+        try:
+            revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.Error:
+            revision = None
+        if revision is None:
+            raise RegistryError(f"registry {db} has no schema revision (not a buildsys registry, or never migrated); "
+                                "run `buildsys db upgrade` or point BUILDSYS_REGISTRY at a registry")
+        if revision[0] not in KNOWN_REVISIONS:
+            raise newer_registry(str(db), revision[0])
         row = conn.execute("SELECT artifact_key FROM aliases WHERE name = ?", (ref,)).fetchone()
         if row is not None:
             key = row[0]
