@@ -1,3 +1,3 @@
 """buildsys: PyTorch models -> prebuilt Apache TVM (Relax VM) executables, loaded by key."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
