@@ -41,3 +41,12 @@ def postgres_server():
         pytest.skip(f"no PostgreSQL: {exc}")
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the generated hostile-input suites tried (tests/fixtures/fuzz.py), by suite and outcome."""
+    from tests.fixtures.fuzz import SCALE, TRIED
+
+    if TRIED:
+        terminalreporter.write_line(f"hostile inputs tried (BUILDSYS_FUZZ_SCALE={SCALE}): "
+                                    + ", ".join(f"{k} {v}" for k, v in sorted(TRIED.items())))

@@ -285,3 +285,58 @@ def test_import_of_a_directory_or_fifo_is_a_usage_error(tmp_path):
     for path in (tmp_path, fifo):
         with pytest.raises(UsageError, match="not a regular file"):
             import_release(path, store, registry)
+
+
+def _damage(data: bytes, rng) -> tuple[str, bytes]:
+    """One hostile variant of a release tar, by class: bytes flipped, cut short, a block of junk,
+    a block repeated, junk inserted, or the archive's members reordered at block boundaries."""
+    kind = rng.choice(["flip", "cut", "junk", "repeat", "insert", "swap"])
+    out = bytearray(data)
+    if kind == "flip":
+        for at in rng.integers(0, len(out), size=int(rng.integers(1, 9))):
+            out[at] ^= 1 << int(rng.integers(0, 8))
+    elif kind == "cut":
+        out = out[: int(rng.integers(0, len(out)))]
+    elif kind == "junk":
+        at = int(rng.integers(0, len(out)))
+        out[at: at + 512] = rng.bytes(min(512, len(out) - at))
+    elif kind == "repeat":
+        at = int(rng.integers(0, len(out) // 512)) * 512
+        out[at:at] = out[at: at + 512 * int(rng.integers(1, 4))]
+    elif kind == "insert":
+        at = int(rng.integers(0, len(out)))
+        out[at:at] = rng.bytes(int(rng.integers(1, 2048)))
+    else:
+        blocks = [out[i: i + 512] for i in range(0, len(out), 512)]
+        i, j = rng.integers(0, len(blocks), size=2)
+        blocks[i], blocks[j] = blocks[j], blocks[i]
+        out = bytearray(b"".join(blocks))
+    return kind, bytes(out)
+
+
+def test_generated_damage_never_half_imports_a_release(release, keys, tmp_path):
+    """Releases damaged by class (tests/fixtures/fuzz.py scales the count): each import either
+    refuses with a TrustError or UsageError and leaves nothing behind, or (damage the signature
+    and digests cannot see: tar padding) imports every artifact whole; never a traceback."""
+    from buildsys.errors import BuildsysError
+    from tests.fixtures.fuzz import TRIED, examples
+
+    out, records = release
+    data = out.read_bytes()
+    rng = np.random.default_rng(16)
+    for n in range(examples(40)):
+        kind, damaged = _damage(data, rng)
+        path = tmp_path / f"damaged-{n}.tar"
+        path.write_bytes(damaged)
+        store, registry = _empty(tmp_path / f"into-{n}")
+        try:
+            imported = import_release(path, store, registry, keys[1])
+        except BuildsysError as exc:
+            assert exc.exit_code in (2, 5), (kind, n, exc)
+            assert registry.list() == [] and not list(store.iter_objects()), (kind, n)
+            TRIED[f"release {kind}: refused"] += 1
+        else:
+            assert sorted(imported) == sorted(r.key for r in records), (kind, n)
+            assert all(store.check(f.digest) == f.digest for r in registry.list() for f in r.files)
+            TRIED[f"release {kind}: imported whole"] += 1
+        path.unlink()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from buildsys.cli import main
 from buildsys.errors import ConfigError
 from buildsys.config.spec import BuildSpec, parse_specs
+from tests.fixtures.fuzz import examples
 
 BASE = {
     "version": 1,
@@ -77,7 +78,7 @@ def mutated_configs(draw):
     return text
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_configs())
 def test_mutated_configs_parse_or_fail_cleanly(tmp_path_factory, text):
     try:

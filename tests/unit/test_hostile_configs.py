@@ -24,6 +24,7 @@ from buildsys.cli import main
 from buildsys.errors import ConfigError
 from buildsys.config.spec import BuildSpec, load_specs, parse_specs
 from buildsys.config.yamlsource import MAX_DEPTH, MAX_VALUES
+from tests.fixtures.fuzz import examples
 
 TIME_BOUND_S = 5
 NOWHERE = Path("/nonexistent-config-dir")  # weights paths resolve against it and find nothing
@@ -169,7 +170,7 @@ def bomb(width: int, depth: int) -> Raw:
     return Raw("[" + ", ".join(levels) + "]")
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(width=st.integers(1, 40), depth=st.integers(1, 30), place=places | st.just(("extra",)))
 @example(width=10, depth=9, place=("models", "tiny", "kwargs"))  # the classic billion laughs
 @example(width=2, depth=30, place=("matrix", "input_size"))
@@ -181,7 +182,7 @@ def test_alias_bombs_are_refused_with_the_line(width, depth, place):
     # smaller ones may or may not make sense where they are put; either way they end quickly
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=examples(20), **SETTINGS)
 @given(place=places, mapping=st.booleans())
 def test_an_alias_to_its_own_container_is_refused(place, mapping):
     value = Raw("&r {x: *r}" if mapping else "&r [1, *r]")
@@ -200,7 +201,7 @@ def nested(depth: int, style: str) -> Raw:
     return Raw("[{a: " * (depth // 2) + "1" + "}]" * (depth // 2))
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(depth=st.integers(MAX_DEPTH, 50_000) | st.integers(1, MAX_DEPTH),
        style=st.sampled_from(["list", "map", "mixed"]), place=places | st.sampled_from([("extra",), ()]))
 @example(depth=900, style="list", place=("models", "tiny", "kwargs", "classes"))
@@ -213,7 +214,7 @@ def test_deep_nesting_is_refused_with_the_line(depth, style, place):
         assert error is not None and "nested more than" in error.message and error.line, error
 
 
-@settings(max_examples=10, **SETTINGS)
+@settings(max_examples=examples(10), **SETTINGS)
 @given(depth=st.integers(MAX_DEPTH - 5, 3000))
 def test_deep_block_style_nesting(depth):
     text = "".join(" " * i + "a:\n" for i in range(depth)) + " " * depth + "1\n"
@@ -240,7 +241,7 @@ wrong_values = st.recursive(plain_scalars, lambda inner: st.lists(inner, max_siz
     max_size=4), max_leaves=8)
 
 
-@settings(max_examples=1500, **SETTINGS)
+@settings(max_examples=examples(1500), **SETTINGS)
 @given(place=places, value=wrong_values)
 @example(place=("version",), value=True)
 @example(place=("matrix", "input_size", 0), value=1234567890123)
@@ -258,14 +259,14 @@ def test_wrong_types_in_every_field(place, value):
     parse_or_refuse(emit(put(base(), place, value)))
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(place=st.sampled_from(WHOLE_NUMBER_FIELDS), value=st.booleans())
 def test_bools_are_not_whole_numbers(place, value):
     error = parse_or_refuse(emit(put(base(), place, value)))
     assert error is not None, f"{place}: {value} was taken as {int(value)}"
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(place=st.sampled_from(WHOLE_NUMBER_FIELDS),
        value=st.integers(2**63, 2**200) | st.integers(-(2**200), -(10**12)) | st.integers(20, 6000).map(
            lambda n: Raw("9" * n)))
@@ -274,7 +275,7 @@ def test_huge_numbers_in_number_fields(place, value):  # too big for every field
     assert error is not None
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(place=st.sampled_from(ADD_PLACES), key=st.text(max_size=10) | st.integers() | st.booleans() | st.none(),
        value=wrong_values)
 def test_added_fields(place, key, value):
@@ -296,7 +297,7 @@ TAGGED = ["!!binary aGVsbG8=", "!!set {a, b}", "!!omap [{a: 1}]", "!!pairs [{a: 
           "!!str [1]", "!!int [1]", "!!map x", "!!seq x", "!" + "y" * 10_000 + " 1", '!!bool "' + "m" * 100_000 + '"']
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=examples(300), **SETTINGS)
 @given(place=places, tagged=st.sampled_from(TAGGED))
 @example(place=("matrix", "target", 0), tagged="!!binary aGVsbG8=")
 @example(place=("models", "tiny", "kwargs", "classes"), tagged="2024-01-01")
@@ -317,7 +318,7 @@ def write(tmp_path: Path, data: bytes) -> Path:
     return path
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(junk=st.binary(min_size=1, max_size=8).filter(lambda b: not _is_utf8(b)), at=st.floats(0, 1))
 def test_bytes_that_are_not_utf8(tmp_path_factory, junk, at):
     data = emit(base()).encode()
@@ -341,7 +342,7 @@ def _is_utf8(data: bytes) -> bool:
 blank = st.text(st.sampled_from(" \t\n\r"), max_size=20)
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(text=blank | st.builds(lambda a, b: a + "---" + b, blank, blank)
        | st.builds(lambda a, b: a + "# comment\n" + b, blank, blank)
        | st.sampled_from(["...\n", "---\n...\n", "\ufeff", "\ufeff\n", "null", "~", "''"]))
@@ -350,7 +351,7 @@ def test_empty_documents(text):
     assert error is not None
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(docs=st.integers(2, 50), second=st.sampled_from(["", "{}", "x: 1", "[1]", "null"]),
        explicit_end=st.booleans())
 def test_multiple_documents(docs, second, explicit_end):
@@ -363,7 +364,7 @@ def test_multiple_documents(docs, second, explicit_end):
 # ---------------------------------------------------------------- the matrix itself
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=examples(20), **SETTINGS)
 @given(sizes=st.integers(50, 400), levels=st.integers(2, 5), rules=st.integers(0, 3000))
 def test_large_matrices_end_quickly(sizes, levels, rules):
     doc = base()

@@ -1,6 +1,6 @@
 """Hostile registry files: a real registry with bytes flipped, cut or overwritten. The loader's
 lookup and every command that reads fail with a RegistryError (or answer), never a traceback or
-a hang. ``BUILDSYS_FUZZ_EXAMPLES`` scales the number of files tried (default 60)."""
+a hang. ``BUILDSYS_FUZZ_SCALE`` scales the number of files tried (default 60; ``BUILDSYS_FUZZ_EXAMPLES`` sets it)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from buildsys.artifacts.registry import Registry
 from buildsys.artifacts.registry.lookup import resolve
 from buildsys.cli import main
 from buildsys.errors import BuildsysError
+from tests.fixtures.fuzz import examples
 from tests.unit.test_registry import new_artifact
 
-EXAMPLES = int(os.environ.get("BUILDSYS_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("BUILDSYS_FUZZ_EXAMPLES", "0")) or examples(60)
 TRIED = {"files": 0, "refused": 0, "answered": 0}
 
 edits = st.lists(st.tuples(st.integers(0, 200_000), st.binary(min_size=1, max_size=16)), min_size=1, max_size=6)

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import hashlib
 import io
-import json
 import os
 import signal
 import socket
@@ -29,6 +28,7 @@ from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, TrustError
 from buildsys.runtime import load_artifact, loader
 from buildsys.runtime.versions import runtime_versions
+from tests.fixtures.fuzz import examples
 
 KEY = "ab" * 32
 LIB = b"\x7fELF not really a library" * 40
@@ -202,7 +202,7 @@ def _paths(node, prefix=()):
 PATHS = sorted(_paths(good_manifest()), key=repr)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from(["replace", "delete"]), json_values),
                           min_size=1, max_size=3))
 def test_mutated_manifests_are_refused_or_reach_loading(tmp_path_factory, mutations):
