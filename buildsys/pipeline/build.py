@@ -191,7 +191,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
         "route": {"name": exported.route, **exported.details},
         "toolchain": toolchain_versions(),
         "runtime": runtime_versions(),
-        "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
+        "io": {**io_signature(spec),
                "params": len(params),
                "outputs": outputs},
         "cpu": {"required_features": required_features(spec.target)},
@@ -218,6 +218,16 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
                        "python": platform.python_version()},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def io_signature(spec: BuildSpec) -> dict:
+    """The manifest's input signature: ``inputs`` (names, shapes with "batch" first, dtypes, the
+    ranges integer values must keep to), the ``batch`` range, and ``input``, the first input at
+    the smallest batch, for readers that know one input only."""
+    first = spec.inputs[0]
+    return {"input": {"shape": list(first.shape_at(spec.batch.min)), "dtype": first.dtype},
+            "inputs": [i.to_dict() for i in spec.inputs],
+            "batch": {"min": spec.batch.min, "max": spec.batch.max, "opt": spec.batch.opt}}
 
 
 def _metrics(parity, timings: dict, artifact_ms: float, eager_ms: float) -> dict[str, tuple[float, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from buildsys.config.targets import format_cli_target
 
-ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
+ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "BATCH", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
 BENCH_HEADER = ("ARTIFACT", "EAGER ms", "TVM ms", "TVM/EAGER", "COMPILE ms", "ORT ms", "ORT/EAGER", "TVM/ORT",
                 "TVM max_rel")
 
@@ -19,9 +19,15 @@ def artifact_row(record) -> tuple[str, ...]:
     ratio = record.metrics.get("bench_ratio_vs_eager")
     estimate = record.metrics.get("ratio_vs_eager")
     shown = _fmt(ratio, ".2f", "x") if ratio is not None else ("-" if estimate is None else f"~{estimate:.1f}x")
-    return (record.key[:12], record.model, record.input_size, format_cli_target(record.target),
+    return (record.key[:12], record.model, record.input_size, batch_label(record.spec.get("batch", 1)),
+            format_cli_target(record.target),
             f"O{record.opt_level}", record.status, _fmt(record.parity_max_rel, ".1e"), shown,
             _fmt(record.metrics.get("bench_ratio_vs_onnxruntime"), ".2f", "x"), ",".join(record.aliases))
+
+
+def batch_label(batch) -> str:
+    """A spec's ``batch`` (``Batch.to_dict``): 8, or 1-32 for a range."""
+    return f"{batch['min']}-{batch['max']}" if isinstance(batch, dict) else str(batch)
 
 
 def bench_row(result) -> tuple[str, ...]:
