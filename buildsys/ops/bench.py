@@ -134,14 +134,14 @@ def bench_artifact(record, spec, predictor, *, threads: int, rounds: int, number
     """Time one artifact against the model it was built from (rebuilt from its spec)."""
     import torch
 
-    from buildsys.pipeline.build import example_input
+    from buildsys.pipeline.samples import export_examples
     from buildsys.models import instantiate
     from buildsys.pipeline.parity import flatten_outputs
 
     status = on_status or (lambda _text: None)
     torch.set_num_threads(threads)
     module = instantiate(spec.model)
-    x = example_input(spec)
+    x = export_examples(spec)[0]
     x_np = x.numpy()
     if spec.model.task == "detection":
         from buildsys.pipeline.importers.onnx_route import _detector_wrapper
