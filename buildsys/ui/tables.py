@@ -7,6 +7,7 @@ from buildsys.config.targets import format_cli_target
 ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "BATCH", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
 BENCH_HEADER = ("ARTIFACT", "EAGER ms", "TVM ms", "TVM/EAGER", "COMPILE ms", "ORT ms", "ORT/EAGER", "TVM/ORT",
                 "TVM max_rel")
+BATCH_HEADER = ("ARTIFACT", "BATCH", "TVM ms", "TVM items/s", "EAGER items/s", "ORT items/s", "TVM/EAGER", "TVM/ORT")
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -37,3 +38,19 @@ def bench_row(result) -> tuple[str, ...]:
     return (result.label, cell("torch_eager"), cell("artifact"), cell("artifact", "ratio_vs_eager", suffix="x"),
             cell("torch_compile"), cell("onnxruntime"), cell("onnxruntime", "ratio_vs_eager", suffix="x"),
             cell("artifact", "ratio_vs_onnxruntime", suffix="x"), cell("artifact", "max_rel_vs_eager", ".1e"))
+
+
+def batch_rows(result) -> list[tuple[str, ...]]:
+    """One row per batch size a bench timed: latency and items per second of each runner."""
+    rows = []
+    for entry in result.batches:
+        runners = entry["runners"]
+
+        def cell(name: str, field: str, spec: str, suffix: str = "", runners=runners) -> str:
+            return _fmt(runners.get(name, {}).get(field), spec, suffix)
+
+        rows.append((result.label, str(entry["batch"]), cell("artifact", "ms", ".2f"),
+                     cell("artifact", "items_per_s", ".1f"), cell("torch_eager", "items_per_s", ".1f"),
+                     cell("onnxruntime", "items_per_s", ".1f"), cell("artifact", "ratio_vs_eager", ".2f", "x"),
+                     cell("artifact", "ratio_vs_onnxruntime", ".2f", "x")))
+    return rows
