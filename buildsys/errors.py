@@ -48,6 +48,13 @@ class UsageError(BuildsysError):
     exit_code = 2
 
 
+class InputError(ValueError, BuildsysError):
+    """An input given to a loaded artifact does not fit its signature (name, dtype, shape, batch
+    range, value range). A ValueError, so callers that caught the loader's old errors still do."""
+
+    exit_code = 2
+
+
 class BuildError(BuildsysError):
     """One matrix entry failed to export, compile or verify."""
 

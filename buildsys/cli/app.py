@@ -13,7 +13,7 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON document (schema: buildsys/schemas/); progress goes to stderr.")
 
 only_option = click.option("--only", "filters", multiple=True, metavar="FIELD=VALUE",
-                           help="Keep matching entries (model, input_size, target, opt_level, task, key prefix); "
+                           help="Keep matching entries (model, input_size, target, opt_level, task, batch, key prefix); "
                                 "repeat a field for OR. Model and target accept globs.")
 
 shard_option = click.option("--shard", default=None, metavar="I/N",

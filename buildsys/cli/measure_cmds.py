@@ -21,29 +21,36 @@ from buildsys.workspace import Workspace
 @click.option("--compile/--no-compile", "with_compile", default=None,
               help="torch.compile too [default: classifiers only].")
 @click.option("--ort/--no-ort", "with_ort", default=True, show_default=True, help="onnxruntime too.")
+@click.option("--batch", "batches", default=None, metavar="N[,N...]",
+              help="Batch sizes to time, within the artifact's range [default: a static batch, or a range's "
+                   "min, opt and max].")
 @json_option
 @pass_ws
-def bench(ws: Workspace, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, as_json):
+def bench(ws: Workspace, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, batches,
+          as_json):
     """Time artifacts against PyTorch eager, torch.compile and onnxruntime (interleaved).
 
     REFS are keys, prefixes or aliases; without them, the built entries of the matrix.
     Results are recorded in the registry with the CPU model; `buildsys ls` shows the ratio.
     """
-    from buildsys.ops.bench import bench_refs
+    from buildsys.ops.bench import bench_refs, parse_batches
 
     results = bench_refs(ws, refs, filters=filters, threads=threads, rounds=rounds, number=number,
                          budget_s=budget_s, with_compile=with_compile, with_ort=with_ort,
-                         on_status=None if as_json else click.echo)
+                         batches=parse_batches(batches), on_status=None if as_json else click.echo)
     if as_json:
         from buildsys.ui import jsonout
 
         click.echo(jsonout.dumps("bench", {"results": [r.to_dict() for r in results]}))
         return
-    from buildsys.ui.tables import BENCH_HEADER, bench_row
+    from buildsys.ui.tables import BATCH_HEADER, BENCH_HEADER, batch_rows, bench_row
 
     click.echo(f"\nCPU: {results[0].cpu_model}; {threads} thread(s) for every runner; medians of {rounds} "
                f"interleaved rounds; ratios per round, then median")
     echo_table([BENCH_HEADER, *map(bench_row, results)])
+    if any(len(r.batches) > 1 or r.batch != 1 for r in results):
+        click.echo("\nper batch size (items/s = batch / latency):")
+        echo_table([BATCH_HEADER, *(row for r in results for row in batch_rows(r))])
     for r in results:
         for name, figures in r.runners.items():
             if "error" in figures:

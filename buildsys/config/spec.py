@@ -26,17 +26,19 @@ from typing import Any, Iterable, Mapping
 
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.config.passes import validate_disabled_passes
+from buildsys.config.signature import (STATIC_1, Batch, InputSpec, batch_from_dict, image_input, input_from_dict,
+                                       parse_batch, parse_inputs)
 from buildsys.config.targets import format_cli_target, normalize_target
 from buildsys.config.yamlsource import LocatedDict, LocatedList, load_yaml
 
 CONFIG_VERSION = 1
-AXES = ("model", "input_size", "target", "opt_level", "disabled_passes", "tuning")
+AXES = ("model", "input_size", "target", "opt_level", "disabled_passes", "tuning", "batch")
 TASKS = ("classification", "detection")
 TOP_LEVEL = ("version", "models", "defaults", "matrix")
-MODEL_FIELDS = ("source", "task", "weights", "seed", "kwargs", "tolerance", "skip")
+MODEL_FIELDS = ("source", "task", "weights", "seed", "kwargs", "tolerance", "skip", "inputs")
 MIN_SIZE, MAX_SIZE = 16, 4096
 DEFAULT_TOLERANCE = 1e-4
-BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off"}
+BUILTIN_DEFAULTS = {"target": "llvm", "opt_level": 3, "disabled_passes": [], "tuning": "off", "batch": 1}
 TUNING_FIELDS = ("trials", "per_task", "per_iter", "population", "genetic_iters", "seed")
 MAX_WHOLE = 2**63 - 1  # seeds and counts reach torch and TVM as int64; larger ones overflow there
 MAX_CONFIG_BYTES = 4 << 20  # a builds.yaml has a few KiB; /dev/zero has no end
@@ -89,6 +91,7 @@ class ModelSpec:
     kwargs_json: str = "{}"  # canonical JSON keeps the spec hashable and immutable
     tolerance: float = DEFAULT_TOLERANCE
     skip: str | None = None
+    inputs: tuple[InputSpec, ...] | None = None  # declared inputs (config/signature.py); None: one image
     # Where the model was declared: its sources resolve beside the config file first, and
     # errors about them name this place. Neither is part of the key (a moved checkout keeps its keys).
     config_dir: str = field(default="", compare=False)
@@ -100,8 +103,11 @@ class ModelSpec:
         return json.loads(self.kwargs_json)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "task": self.task,
-                "weights": self.weights.to_dict(), "kwargs": self.kwargs}
+        model = {"name": self.name, "source": self.source, "task": self.task,
+                 "weights": self.weights.to_dict(), "kwargs": self.kwargs}
+        if self.inputs is not None:  # absent for image models, so their keys stay what they were
+            model["inputs"] = [i.to_dict() for i in self.inputs]
+        return model
 
 
 @dataclass(frozen=True)
@@ -109,11 +115,12 @@ class BuildSpec:
     """One matrix entry, frozen. Only ``load_specs`` makes these."""
 
     model: ModelSpec
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None  # None when the model declares its inputs
     target_json: str
     opt_level: int
     disabled_passes: tuple[str, ...] = ()
     tuning_json: str = "null"  # canonical JSON of TuningSettings.to_dict(), "null" when off
+    batch: Batch = STATIC_1
     origin: str = field(default="", compare=False)  # "builds.yaml:12", for messages
 
     # Parsed once per spec (the JSON strings keep it hashable and immutable); treat them as read-only.
@@ -128,11 +135,21 @@ class BuildSpec:
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
+        """The image input at batch 1 (image models only)."""
         return (1, 3, *self.input_size)
 
     @property
+    def inputs(self) -> tuple[InputSpec, ...]:
+        """The signature: the declared inputs, or the one image ``input_size`` stands for."""
+        return self.model.inputs if self.model.inputs is not None else (image_input(self.input_size),)
+
+    @property
     def size_label(self) -> str:
-        return f"{self.input_size[0]}x{self.input_size[1]}"
+        if self.input_size is not None:
+            return f"{self.input_size[0]}x{self.input_size[1]}"
+        shapes = dict.fromkeys("x".join(str(d) for d in i.shape[1:]) for i in self.inputs)
+        text = ",".join(shapes)
+        return text if len(text) <= 20 else text[:19] + "+"  # the registry's column holds 20 characters
 
     @property
     def target_label(self) -> str:
@@ -142,15 +159,20 @@ class BuildSpec:
         passes = f" -{','.join(self.disabled_passes)}" if self.disabled_passes else ""
         tuning = self.tuning
         tuned = "" if tuning is None else f" tuned:{tuning.trials}"
-        return f"{self.model.name} {self.size_label} [{self.target_label}] O{self.opt_level}{passes}{tuned}"
+        batch = "" if self.batch == STATIC_1 else f" batch:{self.batch.label}"
+        return (f"{self.model.name} {self.size_label}{batch} [{self.target_label}] O{self.opt_level}{passes}"
+                f"{tuned}")
 
     def to_dict(self) -> dict:
         """Everything about the entry that shapes the output (the key's ``spec`` field)."""
-        spec = {"model": self.model.to_dict(), "input_shape": list(self.input_shape),
-                "target": self.target, "opt_level": self.opt_level,
+        spec = {"model": self.model.to_dict(), "target": self.target, "opt_level": self.opt_level,
                 "disabled_passes": list(self.disabled_passes)}
+        if self.input_size is not None:  # the image at batch 1; declared inputs are in model.inputs
+            spec["input_shape"] = list(self.input_shape)
         if self.tuning is not None:  # absent when off, so untuned keys stay what they were
             spec["tuning"] = self.tuning.to_dict()
+        if self.batch != STATIC_1:  # likewise: batch-1 keys are unchanged
+            spec["batch"] = self.batch.to_dict()
         return spec
 
 
@@ -160,10 +182,13 @@ def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpe
     model = data["model"]
     weights = WeightsSpec(**model["weights"])
     tuning = data.get("tuning")
+    inputs = model.get("inputs")
     return BuildSpec(model=ModelSpec(name=model["name"], source=model["source"], task=model["task"], weights=weights,
                                      kwargs_json=json.dumps(model["kwargs"], sort_keys=True, separators=(",", ":")),
-                                     tolerance=tolerance),
-                     input_size=tuple(data["input_shape"][2:]),
+                                     tolerance=tolerance,
+                                     inputs=None if inputs is None else tuple(input_from_dict(i) for i in inputs)),
+                     input_size=tuple(data["input_shape"][2:]) if "input_shape" in data else None,
+                     batch=batch_from_dict(data.get("batch")),
                      target_json=json.dumps(data["target"], sort_keys=True, separators=(",", ":")),
                      opt_level=data["opt_level"], disabled_passes=tuple(data["disabled_passes"]),
                      tuning_json="null" if tuning is None else json.dumps(tuning, sort_keys=True,
@@ -277,7 +302,13 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
     skip = raw.get("skip")
     if skip is not None and (not isinstance(skip, str) or not skip.strip()):
         raise reader.error("skip takes the reason as text", raw.line_of("skip"), f"{where}.skip")
-    return ModelSpec(name=name, source=source, task=task, weights=weights,
+    inputs = None
+    if "inputs" in raw:
+        if task == "detection":
+            raise reader.error("a detector takes one image (input_size); it cannot declare inputs",
+                               raw.line_of("inputs"), f"{where}.inputs")
+        inputs = parse_inputs(raw["inputs"], reader, raw.line_of("inputs"), f"{where}.inputs")
+    return ModelSpec(name=name, source=source, task=task, weights=weights, inputs=inputs,
                      kwargs_json=json.dumps(_plain_at(kwargs, reader, raw.line_of("kwargs"), f"{where}.kwargs"),
                                             sort_keys=True, separators=(",", ":")),
                      tolerance=float(tolerance), skip=skip, config_dir=str(base_dir),
@@ -400,6 +431,8 @@ class _AxisValues:
             return _parse_opt_level(value, reader, line, where)
         if axis == "tuning":
             return _parse_tuning(value, reader, line, where)
+        if axis == "batch":
+            return parse_batch(value, reader, line, where)
         if axis == "target":
             plain = _plain_at(value, reader, line, where)
             _check_target_types(plain, reader, line, where)
@@ -423,6 +456,27 @@ class _AxisValues:
                     raise reader.error(exc.message, line, where, hint=exc.hint) from None
             return self._passes[cache_key]
         raise AssertionError(axis)
+
+
+def _entry_spec(entry: dict, model: ModelSpec, reader: _Reader, line: int | None, origin: str) -> BuildSpec:
+    """One expanded entry -> BuildSpec, with the checks that need the model and the entry together."""
+    size, batch = entry["input_size"], entry["batch"]
+    lines, where = entry.get("_lines", {}), entry.get("_where", "matrix")
+    if model.inputs is not None and size is not None:
+        raise reader.error(f"model {model.name!r} declares its inputs (models.{model.name}.inputs); input_size "
+                           f"{size[0]}x{size[1]} does not apply to it", lines.get("input_size", line), f"{where}.input_size",
+                           hint=f"build {model.name} from an include entry without input_size, or exclude it")
+    if model.inputs is None and size is None:
+        raise reader.error("the matrix lists axes but no value for input_size", line, "matrix",
+                           hint="add matrix.input_size or defaults.input_size")
+    if model.task == "detection" and batch != STATIC_1:
+        raise reader.error(f"model {model.name!r} is a detector: its ONNX route takes a list of one image, so "
+                           f"it builds with batch 1 only, not batch {batch.label}", lines.get("batch", line), f"{where}.batch",
+                           hint=f"exclude {{model: {model.name}, batch: ...}}, or batch detections in the "
+                                "deployment by running the artifact per image")
+    return BuildSpec(model=model, input_size=size, target_json=entry["target"], opt_level=entry["opt_level"],
+                     disabled_passes=entry["disabled_passes"], tuning_json=entry["tuning"], batch=batch,
+                     origin=origin)
 
 
 def load_specs(path: str | os.PathLike) -> list[BuildSpec]:
@@ -501,6 +555,8 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
         elif axis in defaults:
             raw, line = defaults[axis]
             axis_choices.append([(values.parse(axis, raw, line, f"defaults.{axis}"), line)])
+        elif axis == "input_size" and "model" in matrix:
+            axis_choices.append([(None, None)])  # models that declare inputs need none; _entry_spec checks
         else:
             axis_choices.append([])  # model / input_size with no default: product only if listed
 
@@ -514,7 +570,11 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
                                matrix_line, "matrix", hint="split it into several files, or list fewer values "
                                                            "and add the odd ones with include")
         for combo in itertools.product(*axis_choices):
-            entries.append(({axis: v for axis, (v, _) in zip(AXES, combo)}, matrix_line))
+            entry = {axis: v for axis, (v, _) in zip(AXES, combo)}
+            entry["_lines"] = {axis: line for axis, (_, line) in zip(AXES, combo) if line is not None}
+            if "input_size" not in matrix and models[entry["model"]].inputs is not None:
+                entry["input_size"] = None  # a default size does not apply to declared inputs
+            entries.append((entry, matrix_line))
     elif "model" in matrix or "input_size" in matrix:
         missing = [a for a, c in zip(AXES, axis_choices) if not c]
         raise reader.error(f"the matrix lists axes but no value for {', '.join(missing)}", matrix_line, "matrix",
@@ -543,20 +603,21 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
         for axis in AXES:
             if axis in extra:
                 entry[axis] = values.parse(axis, extra[axis], extra.line_of(axis), f"{where}.{axis}")
+            elif axis == "input_size" and models[entry["model"]].inputs is not None:
+                entry[axis] = None  # declared inputs: no image size
             elif axis in defaults:
                 raw, line = defaults[axis]
                 entry[axis] = values.parse(axis, raw, line, f"defaults.{axis}")
             else:
                 raise reader.error(f"an include entry needs {axis!r} (no default for it)", extra.line, where)
+        entry["_lines"] = {axis: extra.line_of(axis) for axis in extra}
+        entry["_where"] = where
         entries.append((entry, extra.line))
 
     specs: list[BuildSpec] = []
     seen: set[BuildSpec] = set()
     for entry, line in entries:
-        spec = BuildSpec(model=models[entry["model"]], input_size=entry["input_size"],
-                         target_json=entry["target"], opt_level=entry["opt_level"],
-                         disabled_passes=entry["disabled_passes"], tuning_json=entry["tuning"],
-                         origin=f"{filename}:{line}")
+        spec = _entry_spec(entry, models[entry["model"]], reader, line, f"{filename}:{line}")
         if spec not in seen:
             seen.add(spec)
             specs.append(spec)

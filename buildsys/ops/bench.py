@@ -5,6 +5,11 @@ times every runner in turn, so a noisy neighbour hits them alike), medians, and
 the ratio to eager taken within each round before the median. Outputs are
 compared with eager on the same input, so a fast wrong artifact shows as wrong.
 
+An artifact with a batch range is timed at several batch sizes (its min, opt and max, or
+``--batch``), each runner on the same inputs: onnxruntime runs one model exported with the same
+dynamic batch axis, torch.compile one compiled function (it recompiles per size, during warm-up).
+Each size reports latency and items per second.
+
 Thread counts must be fixed before the runtimes start: ``configure_threads``
 sets ``TVM_NUM_THREADS`` (read once when TVM's thread pool starts), torch's
 intra-op threads, and onnxruntime's session options.
@@ -39,10 +44,13 @@ class BenchResult:
     number: int
     cpu_model: str
     runners: dict[str, dict] = field(default_factory=dict)  # name -> {ms, min_ms, ratio_vs_eager, max_rel | error}
+    batch: int = 1  # the size ``runners`` were timed at (a range: its opt when timed, else the first)
+    batches: list[dict] = field(default_factory=list)  # [{batch, runners}] per size timed, items_per_s included
 
     def to_dict(self) -> dict:
         return {"key": self.key, "label": self.label, "threads": self.threads, "rounds": self.rounds,
-                "number": self.number, "cpu_model": self.cpu_model, "runners": self.runners}
+                "number": self.number, "cpu_model": self.cpu_model, "runners": self.runners,
+                "batch": self.batch, "batches": self.batches}
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -111,15 +119,25 @@ def _max_rel(reference: list[np.ndarray], actual: list[np.ndarray]) -> float | N
     return worst
 
 
-def _onnx_session(reference, example, threads: int):
+def _onnx_session(reference, examples: tuple, threads: int, names: list[str], dynamic_batch: bool = False):
+    """onnxruntime on the reference exported to ONNX, its inputs named as the artifact's; with
+    ``dynamic_batch`` the first dimension of every input and output is a dynamic axis."""
     import onnxruntime as ort
     import torch
 
+    from buildsys.pipeline.parity import flatten_outputs
+
     buffer = io.BytesIO()
+    output_names = axes = None
+    if dynamic_batch:
+        with torch.no_grad():
+            output_names = [f"output{i}" for i in range(len(flatten_outputs(reference(*examples))))]
+        axes = {name: {0: "batch"} for name in [*names, *output_names]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(reference, (example,), buffer, dynamo=False, opset_version=17,
-                          input_names=["input0"], do_constant_folding=True)
+        torch.onnx.export(reference, tuple(examples), buffer, dynamo=False, opset_version=17,
+                          input_names=names, output_names=output_names, dynamic_axes=axes,
+                          do_constant_folding=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -128,34 +146,54 @@ def _onnx_session(reference, example, threads: int):
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
+def parse_batches(text: str | None) -> tuple[int, ...] | None:
+    """``--batch 1,8,32`` -> (1, 8, 32)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and 0 < int(p) <= 1 << 20 for p in parts):
+        raise UsageError(f"--batch takes batch sizes separated by commas (e.g. 1,8,32), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def batch_sizes(spec, wanted: tuple[int, ...] | None = None) -> list[int]:
+    """The sizes to time: ``wanted`` (each within the artifact's range), else a static batch, or a
+    range's min, opt and max."""
+    batch = spec.batch
+    if not wanted:
+        return list(batch.parity_sizes)
+    outside = [b for b in wanted if not batch.min <= b <= batch.max]
+    if outside:
+        raise UsageError(f"--batch {','.join(map(str, outside))}: {spec.describe()} takes batch "
+                         f"{batch.min if not batch.dynamic else f'{batch.min} to {batch.max}'}")
+    return sorted(set(wanted))
+
+
 def bench_artifact(record, spec, predictor, *, threads: int, rounds: int, number: int,
                    budget_s: float | None = 120.0, with_compile: bool | None = None, with_ort: bool = True,
+                   batches: tuple[int, ...] | None = None,
                    on_status: Callable[[str], None] | None = None) -> BenchResult:
-    """Time one artifact against the model it was built from (rebuilt from its spec)."""
+    """Time one artifact against the model it was built from (rebuilt from its spec), at each
+    batch size of ``batch_sizes``; ``budget_s`` is shared among the sizes."""
     import torch
 
-    from buildsys.pipeline.build import example_input
+    from buildsys.pipeline.samples import export_examples, sample_inputs
     from buildsys.models import instantiate
-    from buildsys.pipeline.parity import flatten_outputs
 
     status = on_status or (lambda _text: None)
     torch.set_num_threads(threads)
     module = instantiate(spec.model)
-    x = example_input(spec)
-    x_np = x.numpy()
     if spec.model.task == "detection":
         from buildsys.pipeline.importers.onnx_route import _detector_wrapper
 
         reference = _detector_wrapper(module)  # what the artifact computes, outputs in the same order
     else:
         reference = module
-    with torch.no_grad():
-        expected = flatten_outputs(reference(x))
-    runners: dict[str, Callable[[], object]] = {"artifact": lambda: predictor.run(x_np)}
-    runners["torch_eager"] = lambda: _no_grad(reference, x)
+    sizes = batch_sizes(spec, batches)
     result = BenchResult(key=record.key, label=spec.describe(), threads=threads, rounds=rounds, number=number,
                          cpu_model=cpu_model())
-    checks = {"artifact": lambda: predictor.run(x_np)}
+    setup: dict[str, dict] = {}  # runner -> what its set-up recorded (compile_s, error)
+    compiled = session = None
     if with_compile is None:
         with_compile = spec.model.task != "detection"
     if with_compile:
@@ -163,38 +201,72 @@ def bench_artifact(record, spec, predictor, *, threads: int, rounds: int, number
         try:
             compiled = torch.compile(reference)
             start = time.perf_counter()
-            _no_grad(compiled, x)
-            result.runners["torch_compile"] = {"compile_s": time.perf_counter() - start}
-            runners["torch_compile"] = lambda: _no_grad(compiled, x)
-            checks["torch_compile"] = lambda: flatten_outputs(_no_grad(compiled, x))
+            _no_grad(compiled, sample_inputs(spec, sizes[0]))
+            setup["torch_compile"] = {"compile_s": time.perf_counter() - start}
         except Exception as exc:  # noqa: BLE001 - recorded as the runner's result
-            result.runners["torch_compile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            compiled, setup["torch_compile"] = None, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     else:
-        result.runners["torch_compile"] = {"error": "not run (detectors: data-dependent shapes recompile; "
-                                                    "pass --compile to try)"}
+        setup["torch_compile"] = {"error": "not run (--no-compile)" if spec.model.task != "detection" else
+                                  "not run (detectors: data-dependent shapes recompile; pass --compile to try)"}
     if with_ort:
         status("onnxruntime ...")
         try:
-            session = _onnx_session(reference, x, threads)
-            feed = {session.get_inputs()[0].name: x_np}
-            runners["onnxruntime"] = lambda: session.run(None, feed)
-            checks["onnxruntime"] = lambda: session.run(None, feed)
+            session = _onnx_session(reference, export_examples(spec), threads, [i.name for i in spec.inputs],
+                                    dynamic_batch=spec.batch.dynamic)
         except Exception as exc:  # noqa: BLE001
-            result.runners["onnxruntime"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    status(f"{rounds} rounds x {number} runs ...")
-    timed, result.number = interleave(runners, rounds, number, budget_s)
-    for name, figures in timed.items():
-        result.runners[name] = {**result.runners.get(name, {}), **figures}
-    for name, check in checks.items():
-        result.runners[name]["max_rel_vs_eager"] = _max_rel(expected, [np.asarray(a) for a in check()])
+            setup["onnxruntime"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    share = None if budget_s is None else budget_s / len(sizes)
+    for size in sizes:
+        runners = _time_at(size, spec, reference, predictor, compiled, session, rounds, number, share,
+                           lambda text, size=size: status(f"batch {size}: {text}" if len(sizes) > 1 else text))
+        for name, figures in setup.items():
+            runners[name] = {**figures, **runners.get(name, {})}
+        result.batches.append({"batch": size, "runners": runners})
+        result.number = min(result.number, runners["artifact"].pop("number"))
+    shown = spec.batch.opt if spec.batch.opt in sizes else sizes[0]
+    result.batch = shown
+    result.runners = next(b["runners"] for b in result.batches if b["batch"] == shown)
     return result
 
 
-def _no_grad(fn, x):
+def _time_at(size: int, spec, reference, predictor, compiled, session, rounds: int, number: int,
+             budget_s: float | None, status: Callable[[str], None]) -> dict[str, dict]:
+    """Every runner timed at one batch size on the same seeded inputs, checked against eager."""
+    from buildsys.pipeline.parity import flatten_outputs
+    from buildsys.pipeline.samples import sample_inputs
+
+    inputs = sample_inputs(spec, size)
+    arrays = [t.numpy() for t in inputs]
+    runners: dict[str, Callable[[], object]] = {"artifact": lambda: predictor.run(*arrays),
+                                                "torch_eager": lambda: _no_grad(reference, inputs)}
+    checks = {"artifact": lambda: predictor.run(*arrays)}
+    if compiled is not None:
+        runners["torch_compile"] = lambda: _no_grad(compiled, inputs)
+        checks["torch_compile"] = lambda: flatten_outputs(_no_grad(compiled, inputs))
+    if session is not None:
+        feed = {i.name: a for i, a in zip(session.get_inputs(), arrays)}
+        runners["onnxruntime"] = checks["onnxruntime"] = lambda: session.run(None, feed)
+    with torch_no_grad():
+        expected = flatten_outputs(reference(*inputs))
+    status(f"{rounds} rounds x {number} runs ...")
+    timed, used = interleave(runners, rounds, number, budget_s)
+    for name, figures in timed.items():
+        figures["items_per_s"] = size * 1e3 / figures["ms"] if figures["ms"] > 0 else None
+    for name, check in checks.items():
+        timed[name]["max_rel_vs_eager"] = _max_rel(expected, [np.asarray(a) for a in check()])
+    timed["artifact"]["number"] = used
+    return timed
+
+
+def torch_no_grad():
     import torch
 
-    with torch.no_grad():
-        return fn(x)
+    return torch.no_grad()
+
+
+def _no_grad(fn, inputs: tuple):
+    with torch_no_grad():
+        return fn(*inputs)
 
 
 def metrics_of(result: BenchResult) -> dict[str, tuple[float, str]]:
@@ -214,7 +286,7 @@ def metrics_of(result: BenchResult) -> dict[str, tuple[float, str]]:
 
 def bench_refs(ws, refs, *, filters=(), threads: int = 1, rounds: int = 5, number: int = 10,
                budget_s: float | None = 120.0, with_compile: bool | None = None, with_ort: bool = True,
-               on_status: Callable[[str], None] | None = None) -> list[BenchResult]:
+               batches: tuple[int, ...] | None = None, on_status: Callable[[str], None] | None = None) -> list[BenchResult]:
     """``buildsys bench``: each artifact named by ``refs`` (default: the matrix's built entries),
     timed and recorded in the registry (its ``benchmarks`` rows and the metrics ``ls`` shows)."""
     from buildsys.errors import UsageError
@@ -235,7 +307,8 @@ def bench_refs(ws, refs, *, filters=(), threads: int = 1, rounds: int = 5, numbe
             status("loading ...")
         predictor = load_artifact(record.key, registry=ws.registry, store=ws.store)
         result = bench_artifact(record, spec, predictor, threads=threads, rounds=rounds, number=number,
-                                budget_s=budget_s, with_compile=with_compile, with_ort=with_ort, on_status=status)
+                                budget_s=budget_s, with_compile=with_compile, with_ort=with_ort, batches=batches,
+                                on_status=status)
         ws.registry.add_benchmark(record.key, cpu_model=result.cpu_model, threads=threads, rounds=rounds,
                                   results=result.to_dict())
         ws.registry.add_metrics(record.key, metrics_of(result))

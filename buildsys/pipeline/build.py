@@ -25,11 +25,11 @@ from buildsys.config.targets import required_features
 from buildsys.errors import BuildError, ParityError
 from buildsys.pipeline import sources
 from buildsys.pipeline.keys import build_key, entry_key
-from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs
+from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
+from buildsys.pipeline.samples import export_examples, input_description, sample_inputs
 from buildsys.config.toolchain import toolchain_versions
 from buildsys.runtime.versions import runtime_versions
 
-INPUT_SEED = 0
 TIMING_RUNS = 3
 TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken (untuned detectors: minutes)
 
@@ -46,14 +46,6 @@ class BuildOutcome:
     dependencies: list = field(default_factory=list)  # sources.Dependency, for the entry's depfile
 
 
-def example_input(spec: BuildSpec):
-    """The seeded input parity is measured on: uniform [0, 1), like a normalized-to-1 image."""
-    import torch
-
-    generator = torch.Generator().manual_seed(INPUT_SEED)
-    return torch.rand(*spec.input_shape, generator=generator)
-
-
 def _median_ms(fn: Callable[[], object], runs: int = TIMING_RUNS) -> float:
     fn()  # warm-up
     times = []
@@ -64,9 +56,13 @@ def _median_ms(fn: Callable[[], object], runs: int = TIMING_RUNS) -> float:
     return statistics.median(times) * 1e3
 
 
-def _output_specs(exported, reference) -> list[dict]:
+def _output_specs(exported, reference, batch: int | None = None) -> list[dict]:
+    """Names, shapes and dtypes of the outputs; with a dynamic ``batch`` (the size ``reference``
+    was computed at), a first dimension of that size is written "batch"."""
     names = exported.output_names or [f"output{i}" for i in range(len(reference))]
-    return [{"name": name, "shape": list(o.shape), "dtype": str(o.dtype)} for name, o in zip(names, reference)]
+    return [{"name": name, "shape": ["batch" if batch is not None and i == 0 and d == batch else d
+                                     for i, d in enumerate(o.shape)], "dtype": str(o.dtype)}
+            for name, o in zip(names, reference)]
 
 
 def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None, key: str):
@@ -114,13 +110,15 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
             where = spec.model.source_origin or spec.origin
             raise BuildError(f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin}): "
                              f"{exc}", key=key, stage=exc.stage) from None
-        x = example_input(spec)
         timings["model_s"] = time.perf_counter() - start
 
-        exported = export_model(module, x, spec.model.task, on_stage=stage)
+        exported = export_model(module, export_examples(spec), spec.model.task, spec.batch, on_stage=stage)
         timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
+        checked = {}  # batch size -> (inputs, PyTorch's outputs): parity at each (a range: min, opt, max)
         with torch.no_grad():
-            reference = flatten_outputs(exported.reference(x))
+            for size in spec.batch.parity_sizes:
+                inputs = sample_inputs(spec, size)
+                checked[size] = (inputs, flatten_outputs(exported.reference(*inputs)))
     dependencies = recorder.dependencies()
     material = {**material, "sources": sources.sources_digest(dependencies)}
     if build_key(material) != key:  # the plan predicted other sources (first build here, or an edit since)
@@ -147,30 +145,43 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     # Verify what will be shipped: the serialized library, reloaded the way the loader does.
     stage("verify")
     start = time.perf_counter()
-    args = [to_device(x.numpy())] + [to_device(p) for p in params]
-    run_start = time.perf_counter()
-    actual = outputs_to_numpy(vm["main"](*args))
-    first_run_ms = (time.perf_counter() - run_start) * 1e3
-    if spec.model.task == "detection":
-        second_stage = getattr(exported.reference, "second_stage_given_boxes", None)
-        parity = compare_detector_outputs(reference, actual, exported.detection["final_outputs"],
-                                          spec.model.tolerance, key=key,
-                                          second_stage=(lambda b, l: second_stage(x, b, l)) if second_stage else None)
-    else:
-        parity = compare_outputs(reference, actual, spec.model.tolerance, key=key)
+    weights = [to_device(p) for p in params]
+    by_batch, first_run_ms = {}, {}
+    for size, (inputs, reference) in checked.items():
+        args = [to_device(t.numpy()) for t in inputs] + weights
+        run_start = time.perf_counter()
+        actual = outputs_to_numpy(vm["main"](*args))
+        first_run_ms[size] = (time.perf_counter() - run_start) * 1e3
+        if spec.model.task == "detection":
+            second_stage = getattr(exported.reference, "second_stage_given_boxes", None)
+            x = inputs[0]
+            by_batch[size] = compare_detector_outputs(
+                reference, actual, exported.detection["final_outputs"], spec.model.tolerance, key=key,
+                second_stage=(lambda b, l: second_stage(x, b, l)) if second_stage else None)
+        else:
+            by_batch[size] = compare_outputs(reference, actual, spec.model.tolerance, key=key)
+    parity = worst_parity(by_batch)
     timings["verify_s"] = time.perf_counter() - start
-    outputs = _output_specs(exported, reference)
+    timed = spec.batch.opt  # latency at the representative batch size
+    inputs, reference = checked[timed]
+    outputs = _output_specs(exported, reference, timed if spec.batch.dynamic else None)
     if not parity.passed:
-        raise ParityError(f"{parity.explain([o['name'] for o in outputs])}; the artifact is not published",
+        at = f" at batch {min(by_batch, key=lambda b: by_batch[b].passed)}" if len(by_batch) > 1 else ""
+        raise ParityError(f"{parity.explain([o['name'] for o in outputs])}{at}; the artifact is not published",
                           key=key, stage="verify")
 
-    runs = TIMING_RUNS if first_run_ms < TIMING_BUDGET_S * 1e3 else 0
+    args = [to_device(t.numpy()) for t in inputs] + weights
+    runs = TIMING_RUNS if first_run_ms[timed] < TIMING_BUDGET_S * 1e3 else 0
     with torch.no_grad():
-        eager_ms = _median_ms(lambda: exported.reference(x), runs or 1)
-    artifact_ms = _median_ms(lambda: vm["main"](*args)) if runs else first_run_ms
+        eager_ms = _median_ms(lambda: exported.reference(*inputs), runs or 1)
+    artifact_ms = _median_ms(lambda: vm["main"](*args)) if runs else first_run_ms[timed]
 
     manifest = _manifest(spec, key, material, exported, compiled, tuning, params, outputs, dependencies, parity,
                          timings, artifact_ms, eager_ms, torch.get_num_threads(), runs or 1)
+    if len(by_batch) > 1:
+        manifest["parity"]["batches"] = {str(size): {"max_abs": p.max_abs, "max_rel": p.max_rel, "passed": p.passed}
+                                         for size, p in by_batch.items()}
+    manifest["latency"]["batch"] = timed
     metrics = _metrics(parity, timings, artifact_ms, eager_ms)
     return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
                         manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
@@ -191,7 +202,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
         "route": {"name": exported.route, **exported.details},
         "toolchain": toolchain_versions(),
         "runtime": runtime_versions(),
-        "io": {"input": {"shape": list(spec.input_shape), "dtype": "float32"},
+        "io": {**io_signature(spec),
                "params": len(params),
                "outputs": outputs},
         "cpu": {"required_features": required_features(spec.target)},
@@ -211,7 +222,8 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
             "records_applied": tuning[1]["records"], "trials": sum(tuning[1]["trials"].values()),
             "functions_scheduled": compiled.scheduled,
             "weights_prepacked": compiled.prepack_note is None, "note": compiled.prepack_note},
-        "parity": {**parity.to_dict(), "input": f"torch.rand seed={INPUT_SEED}"},
+        "parity": {**parity.to_dict(), "input": input_description(spec),
+                   "batch_sizes": list(spec.batch.parity_sizes)},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "latency": {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
                     "ratio_vs_eager": round(artifact_ms / eager_ms, 3), "torch_threads": torch_threads,
@@ -220,6 +232,16 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
                        "python": platform.python_version()},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def io_signature(spec: BuildSpec) -> dict:
+    """The manifest's input signature: ``inputs`` (names, shapes with "batch" first, dtypes, the
+    ranges integer values must keep to), the ``batch`` range, and ``input``, the first input at
+    the smallest batch, for readers that know one input only."""
+    first = spec.inputs[0]
+    return {"input": {"shape": list(first.shape_at(spec.batch.min)), "dtype": first.dtype},
+            "inputs": [i.to_dict() for i in spec.inputs],
+            "batch": {"min": spec.batch.min, "max": spec.batch.max, "opt": spec.batch.opt}}
 
 
 def _metrics(parity, timings: dict, artifact_ms: float, eager_ms: float) -> dict[str, tuple[float, str]]:
@@ -268,7 +290,7 @@ def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,
     stage = on_stage or (lambda _name: None)
     stage("export")
     module = instantiate(spec.model)
-    exported = export_model(module, example_input(spec), spec.model.task, on_stage=stage)
+    exported = export_model(module, export_examples(spec), spec.model.task, spec.batch, on_stage=stage)
     stage("tune")
     database = TuningDatabase(store.root, spec.target, toolchain_versions()["tvm"])
     report = tune(exported.mod, spec, database, entry_key, on_progress)

@@ -19,7 +19,8 @@ from buildsys.artifacts.store import Store
 from buildsys.config.spec import BuildSpec
 from buildsys.errors import BuildsysError
 from buildsys.pipeline import isolation
-from buildsys.pipeline.build import example_input, exported_digests
+from buildsys.pipeline.build import exported_digests
+from buildsys.pipeline.samples import export_examples
 from buildsys.pipeline.jobs import Action, Job
 
 
@@ -74,7 +75,8 @@ def _current_digests(spec: BuildSpec) -> dict:
     os.dup2(2, 1)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            return exported_digests(export_model(instantiate(spec.model), example_input(spec), spec.model.task))
+            return exported_digests(export_model(instantiate(spec.model), export_examples(spec), spec.model.task,
+                                                         spec.batch))
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

@@ -162,3 +162,9 @@ def compare_detector_outputs(reference: list[np.ndarray], actual: list[np.ndarra
                   second_stage_max_rel=second.max_rel if second else None,
                   worst_output=max(((p.max_rel, p.worst_output + (final_count if p is pre else 3 if p is second else 0))
                                     for p in gates if p.worst_output is not None), default=(0, None))[1])
+
+
+def worst_parity(by_batch: dict) -> Parity:
+    """One figure for an artifact checked at several batch sizes: a failing check first, then
+    the largest relative error."""
+    return max(by_batch.values(), key=lambda p: (not p.passed, p.max_rel))

@@ -15,7 +15,7 @@ from buildsys.artifacts.registry.api import RUN_FAILED, RUN_RUNNING
 from buildsys.artifacts.store import Store
 from buildsys.config.toolchain import toolchain_versions
 
-FILTER_FIELDS = ("model", "input_size", "target", "opt_level", "key", "task")
+FILTER_FIELDS = ("model", "input_size", "target", "opt_level", "key", "task", "batch")
 
 
 def spec_key(spec: BuildSpec, toolchain: Mapping | None = None) -> tuple[str, dict]:
@@ -64,14 +64,14 @@ def _matches(spec: BuildSpec, key: str, filters: list[tuple[str, str]]) -> bool:
     for name, value in filters:
         by_field.setdefault(name, []).append(value)
     values = {"model": spec.model.name, "task": spec.model.task, "input_size": spec.size_label,
-              "target": spec.target_label, "opt_level": str(spec.opt_level)}
+              "target": spec.target_label, "opt_level": str(spec.opt_level), "batch": spec.batch.label}
     for name, wanted in by_field.items():
         if name == "key":
             if not any(key.startswith(w.lower()) for w in wanted):
                 return False
         elif name == "input_size":
             labels = {values["input_size"]}
-            if spec.input_size[0] == spec.input_size[1]:
+            if spec.input_size is not None and spec.input_size[0] == spec.input_size[1]:
                 labels.add(str(spec.input_size[0]))
             if not any(w in labels for w in wanted):
                 return False

@@ -27,6 +27,7 @@ from buildsys.artifacts.store import Store, copy_verified, read_verified
 from buildsys.runtime.versions import runtime_versions
 from buildsys.runtime.detections import image_to_input, to_detections
 from buildsys.runtime.ffi import outputs_to_numpy, runtime_ffi, to_device
+from buildsys.runtime.signature import Signature
 
 def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
@@ -56,17 +57,28 @@ def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[st
 
 @dataclass
 class Predictor:
-    """A loaded artifact. ``predictor(x)`` runs it on one NCHW float32 array."""
+    """A loaded artifact. ``predictor(x)`` runs it on an NCHW float32 batch; an artifact with
+    declared inputs takes them positionally or by name (``predictor(input_ids=..., attention_mask=...)``).
+    Inputs are checked against the signature first (``InputError``, a ValueError, names what is wrong)."""
 
     key: str
     manifest: Mapping[str, Any]
     _vm: Any = field(repr=False)
     _params: list = field(repr=False)
     _workdir: Path = field(repr=False)
+    signature: Signature = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.signature = Signature.from_manifest(self.manifest)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The first input at the smallest batch."""
         return tuple(self.manifest["io"]["input"]["shape"])
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        return self.signature.batch_min, self.signature.batch_max
 
     @property
     def task(self) -> str:
@@ -80,18 +92,16 @@ class Predictor:
         detections = to_detections(self.run(x), self.manifest, tuple(image.shape[:2]))
         return detections.filter(score_threshold, max_detections)
 
-    def __call__(self, x: np.ndarray):
+    def __call__(self, *inputs: np.ndarray, **named: np.ndarray):
         """Detectors given an HxWx3 image return Detections; otherwise the raw outputs."""
-        if self.task == "detection" and x.ndim == 3:
-            return self.detect(x)
-        return self.run(x)
+        if self.task == "detection" and len(inputs) == 1 and not named and np.ndim(inputs[0]) == 3:
+            return self.detect(inputs[0])
+        return self.run(*inputs, **named)
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
+    def run(self, *inputs: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         """Raw outputs as numpy arrays, in the order the model returns them."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if tuple(x.shape) != self.input_shape:
-            raise ValueError(f"artifact {self.key[:12]} takes input of shape {self.input_shape}, got {x.shape}")
-        return outputs_to_numpy(self._vm["main"](to_device(x), *self._params))
+        arrays = self.signature.bind(inputs, named, self.key)
+        return outputs_to_numpy(self._vm["main"](*map(to_device, arrays), *self._params))
 
     def close(self) -> None:
         shutil.rmtree(self._workdir, ignore_errors=True)

@@ -30,7 +30,8 @@ def dumps(command: str, body: dict) -> str:
 
 def spec_fields(spec) -> dict[str, Any]:
     return {"label": spec.describe(), "model": spec.model.name, "task": spec.model.task,
-            "input_size": spec.size_label, "target": spec.target_label, "opt_level": spec.opt_level,
+            "input_size": spec.size_label, "batch": spec.batch.to_dict(), "target": spec.target_label,
+            "opt_level": spec.opt_level,
             "disabled_passes": list(spec.disabled_passes),
             "tuning": None if spec.tuning is None else spec.tuning.to_dict()}
 
@@ -52,7 +53,7 @@ def build_result(result) -> dict[str, Any]:
 def artifact(record) -> dict[str, Any]:
     metrics = dict(record.metrics)
     return {"key": record.key, "model": record.model, "task": record.task, "input_size": record.input_size,
-            "target": record.target, "opt_level": record.opt_level,
+            "batch": record.spec.get("batch", 1), "target": record.target, "opt_level": record.opt_level,
             "disabled_passes": list(record.disabled_passes), "status": record.status,
             "parity_max_rel": record.parity_max_rel, "aliases": list(record.aliases),
             "created_at": record.created_at.isoformat(timespec="seconds"),

@@ -39,17 +39,15 @@ def run_artifact(ref: str, registry, store, *, threads: int | None = None, input
         detections = predictor.detect(image, score_threshold, max_detections)
         return RunResult(predictor, loaded - start, (time.perf_counter() - loaded) * 1e3, image=image,
                          detections=detections)
+    signature = predictor.signature
     if input_path:
         try:
-            x = np.load(input_path, allow_pickle=False)
+            inputs = [np.load(input_path, allow_pickle=False)]
         except (OSError, ValueError) as exc:
             raise UsageError(f"--input {input_path}: not a .npy array ({exc})") from None
     else:
-        x = np.random.default_rng(seed).random(predictor.input_shape, dtype=np.float32)
-    try:
-        outputs = predictor.run(x)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        inputs = signature.sample(signature.batch_min, seed)
+    outputs = predictor.run(*inputs)  # InputError (exit 2) names what does not fit
     return RunResult(predictor, loaded - start, (time.perf_counter() - loaded) * 1e3, outputs=outputs)
 
 

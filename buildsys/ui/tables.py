@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from buildsys.config.targets import format_cli_target
 
-ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
+ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "BATCH", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
 BENCH_HEADER = ("ARTIFACT", "EAGER ms", "TVM ms", "TVM/EAGER", "COMPILE ms", "ORT ms", "ORT/EAGER", "TVM/ORT",
                 "TVM max_rel")
+BATCH_HEADER = ("ARTIFACT", "BATCH", "TVM ms", "TVM items/s", "EAGER items/s", "ORT items/s", "TVM/EAGER", "TVM/ORT")
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -19,9 +20,15 @@ def artifact_row(record) -> tuple[str, ...]:
     ratio = record.metrics.get("bench_ratio_vs_eager")
     estimate = record.metrics.get("ratio_vs_eager")
     shown = _fmt(ratio, ".2f", "x") if ratio is not None else ("-" if estimate is None else f"~{estimate:.1f}x")
-    return (record.key[:12], record.model, record.input_size, format_cli_target(record.target),
+    return (record.key[:12], record.model, record.input_size, batch_label(record.spec.get("batch", 1)),
+            format_cli_target(record.target),
             f"O{record.opt_level}", record.status, _fmt(record.parity_max_rel, ".1e"), shown,
             _fmt(record.metrics.get("bench_ratio_vs_onnxruntime"), ".2f", "x"), ",".join(record.aliases))
+
+
+def batch_label(batch) -> str:
+    """A spec's ``batch`` (``Batch.to_dict``): 8, or 1-32 for a range."""
+    return f"{batch['min']}-{batch['max']}" if isinstance(batch, dict) else str(batch)
 
 
 def bench_row(result) -> tuple[str, ...]:
@@ -43,4 +50,20 @@ def profile_rows(profile, top: int = 25) -> list[tuple[str, ...]]:
     if rest:
         rows.append((f"({len(rest)} more)", str(sum(k.calls for k in rest)), f"{sum(k.ms for k in rest):.3f}",
                      f"{sum(k.share for k in rest):.1%}", "-"))
+    return rows
+
+
+def batch_rows(result) -> list[tuple[str, ...]]:
+    """One row per batch size a bench timed: latency and items per second of each runner."""
+    rows = []
+    for entry in result.batches:
+        runners = entry["runners"]
+
+        def cell(name: str, field: str, spec: str, suffix: str = "", runners=runners) -> str:
+            return _fmt(runners.get(name, {}).get(field), spec, suffix)
+
+        rows.append((result.label, str(entry["batch"]), cell("artifact", "ms", ".2f"),
+                     cell("artifact", "items_per_s", ".1f"), cell("torch_eager", "items_per_s", ".1f"),
+                     cell("onnxruntime", "items_per_s", ".1f"), cell("artifact", "ratio_vs_eager", ".2f", "x"),
+                     cell("artifact", "ratio_vs_onnxruntime", ".2f", "x")))
     return rows

@@ -62,3 +62,25 @@ def test_bench_refuses_unknown_refs_and_an_empty_registry(tmp_path):
     assert done.returncode == 2 and "nothing to benchmark" in done.stderr
     done = _buildsys(ws, "bench", "nosuchalias")
     assert done.returncode != 0 and "nosuchalias" in done.stderr
+
+
+def test_bench_times_a_batch_range_at_each_size_against_the_same_dynamic_shapes(tmp_path):
+    ws = Workspace(tmp_path, CONFIG + "  batch: [{min: 1, max: 6}]\n")
+    assert ws.cli("build") == 0
+    done = _buildsys(ws, "bench", "--rounds", "1", "--number", "2", "--no-compile", "--batch", "1,4", "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    jsonschema.validate(document, load_schema("bench"))
+    (result,) = document["results"]
+    assert [b["batch"] for b in result["batches"]] == [1, 4] and result["runners"] == result["batches"][0]["runners"]
+    for entry in result["batches"]:
+        for name in ("artifact", "torch_eager", "onnxruntime"):  # onnxruntime: one model, a dynamic batch axis
+            figures = entry["runners"][name]
+            assert figures["items_per_s"] == pytest.approx(entry["batch"] * 1e3 / figures["ms"])
+            assert name == "torch_eager" or figures["max_rel_vs_eager"] < 1e-4, (entry["batch"], name)
+    table = _buildsys(ws, "bench", "--rounds", "1", "--number", "1", "--no-compile", "--no-ort")
+    assert table.returncode == 0 and "TVM items/s" in table.stdout
+    rows = [line.split() for line in table.stdout.splitlines() if line.startswith("tiny_cnn") and "(" not in line]
+    assert [cells[5] for cells in rows if cells[5].isdigit()] == ["1", "3", "6"]  # min, opt, max by default
+    refused = _buildsys(ws, "bench", "--batch", "7")
+    assert refused.returncode == 2 and "takes batch 1 to 6" in refused.stderr

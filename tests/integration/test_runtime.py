@@ -116,8 +116,10 @@ def test_loader_process_imports_neither_torch_nor_the_compiler(built):
 def test_wrong_input_shape_is_a_clear_error(built):
     record = _record(built)
     predictor = load_artifact(record.key, registry=built.registry, store=Store(built.store))
-    with pytest.raises(ValueError, match=r"takes input of shape \(1, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"input 'input' takes shape \[batch, 3, 32, 32\], got \(1, 3, 48, 48\)"):
         predictor(np.zeros((1, 3, 48, 48), np.float32))
+    with pytest.raises(ValueError, match=r"has batch 2; the artifact takes batch 1"):
+        predictor(np.zeros((2, 3, 32, 32), np.float32))
 
 
 def test_bundle_loads_without_the_registry_and_is_verified(built, tmp_path, monkeypatch):

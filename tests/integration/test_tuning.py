@@ -149,7 +149,7 @@ def test_detectors_tune_their_static_shape_tasks_only():
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from buildsys.pipeline.build import example_input
+    from buildsys.pipeline.samples import export_examples
     from buildsys.pipeline.importers import export_model
     from buildsys.models import instantiate
     from buildsys.config.spec import parse_specs
@@ -162,7 +162,7 @@ models:
   tiny_fasterrcnn: {source: "buildsys.models.tiny:tiny_fasterrcnn", task: detection}
 matrix: {model: [tiny_fasterrcnn], input_size: [64], tuning: [8]}
 """)
-    exported = export_model(instantiate(spec.model), example_input(spec), "detection")
+    exported = export_model(instantiate(spec.model), export_examples(spec), "detection")
     target = to_tvm(tuning_target(spec.target))
     with tvm.transform.PassContext(opt_level=3):
         tasks = ms.relax_integration.extract_tasks(prepare_for_tuning(exported.mod, target), target)

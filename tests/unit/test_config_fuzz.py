@@ -20,22 +20,29 @@ BASE = {
         "tiny": {"source": "tests.fixtures.models:tiny_cnn", "task": "classification", "weights": "none",
                  "seed": 0, "kwargs": {"classes": 3}, "tolerance": 1e-4},
         "det": {"source": "buildsys.models.tiny:tiny_fasterrcnn", "task": "detection", "skip": "later"},
+        "text": {"source": "tests.fixtures.models:token_classifier",
+                 "inputs": [{"name": "input_ids", "shape": ["batch", 16], "dtype": "int64", "range": [0, 99]},
+                            {"name": "attention_mask", "shape": ["batch", 16], "dtype": "int64"}]},
     },
     "defaults": {"target": "llvm", "opt_level": 3, "disabled_passes": []},
     "matrix": {
         "model": ["tiny", "det"], "input_size": [32, "48x64", [40, 56]],
         "target": ["llvm -mcpu=znver3", {"kind": "llvm", "num-cores": 2}], "opt_level": [2, 3],
         "disabled_passes": [[], ["FoldConstant"]],
-        "include": [{"model": "tiny", "input_size": 40}],
-        "exclude": [{"opt_level": 2, "input_size": 32}],
+        "batch": [1, 4],
+        "include": [{"model": "tiny", "input_size": 40, "batch": {"min": 1, "max": 16}},
+                    {"model": "text", "batch": {"min": 1, "max": 8, "opt": 2}}],
+        "exclude": [{"opt_level": 2, "input_size": 32}, {"model": "det", "batch": 4}],
     },
 }
 
 scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**9) | st.floats(allow_nan=True)
            | st.text(max_size=20) | st.sampled_from(["llvm", "cuda", "-mcpu=", "x", "1x1", "FoldScaleAxis",
-                                                     "tiny", "none", "DEFAULT", "../", "llvm -mcpu=native"]))
+                                                     "tiny", "none", "DEFAULT", "../", "llvm -mcpu=native", "batch",
+                                                     "int64", "float32"]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=8) | st.sampled_from(["model", "input_size", "target", "kind", "mcpu"]), inner, max_size=3),
+    st.text(max_size=8) | st.sampled_from(["model", "input_size", "target", "kind", "mcpu", "batch", "min", "max",
+                                           "opt", "inputs", "shape", "dtype", "range", "name"]), inner, max_size=3),
     max_leaves=6)
 
 

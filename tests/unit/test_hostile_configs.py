@@ -99,8 +99,12 @@ def base() -> dict:
             "tiny": {"source": "tests.fixtures.models:tiny_cnn", "task": "classification", "weights": "none",
                      "seed": 0, "kwargs": {"classes": 3, "widths": [4, 8]}, "tolerance": 1e-4},
             "det": {"source": "buildsys.models.tiny:tiny_fasterrcnn", "task": "detection", "skip": "later"},
+            "text": {"source": "tests.fixtures.models:token_classifier",
+                     "inputs": [{"name": "input_ids", "shape": ["batch", 16], "dtype": "int64", "range": [0, 99]},
+                                {"name": "attention_mask", "shape": ["batch", 16], "dtype": "int64"},
+                                {"name": "scale", "shape": ["batch", 1], "dtype": "float32", "range": [0.5, 2.0]}]},
         },
-        "defaults": {"target": "llvm", "opt_level": 3, "tuning": "off"},
+        "defaults": {"target": "llvm", "opt_level": 3, "tuning": "off", "batch": 1},
         "matrix": {
             "model": ["tiny", "det"], "input_size": [32, "48x64", [40, 56]],
             "target": ["llvm", {"kind": "llvm", "num-cores": 2, "mattr": ["+avx2"], "opt-level": 3,
@@ -108,8 +112,11 @@ def base() -> dict:
             "opt_level": [2, 3],
             "tuning": ["off", {"trials": 0, "per_task": 1, "per_iter": 2, "population": 4, "genetic_iters": 1,
                                "seed": 0}],
-            "include": [{"model": "tiny", "input_size": 40}],
-            "exclude": [{"opt_level": 2, "input_size": 32}],
+            "batch": [1, 2],
+            "include": [{"model": "tiny", "input_size": 40}, {"model": "tiny", "input_size": 40,
+                                                                "batch": {"min": 1, "max": 8, "opt": 4}},
+                        {"model": "text", "batch": {"min": 2, "max": 32}}],
+            "exclude": [{"opt_level": 2, "input_size": 32}, {"model": "det", "batch": 2}],
         },
     }
 
@@ -132,11 +139,15 @@ WHOLE_NUMBER_FIELDS = [("version",), ("models", "tiny", "seed"), ("defaults", "o
                        ("matrix", "opt_level", 0), ("matrix", "input_size", 0), ("matrix", "input_size", 2, 1),
                        ("matrix", "target", 1, "num-cores"), ("matrix", "target", 1, "opt-level"),
                        ("matrix", "include", 0, "input_size"), ("matrix", "exclude", 0, "opt_level")]
+WHOLE_NUMBER_FIELDS += [("matrix", "batch", 1), ("defaults", "batch"), ("matrix", "include", 1, "batch", "min"),
+                        ("matrix", "include", 1, "batch", "max"), ("matrix", "include", 1, "batch", "opt"),
+                        ("models", "text", "inputs", 0, "shape", 1), ("models", "text", "inputs", 0, "range", 1)]
 WHOLE_NUMBER_FIELDS += [("matrix", "tuning", 1, name) for name in ("trials", "per_task", "per_iter", "population",
                                                                    "genetic_iters", "seed")]
 # Fields that may appear at the top level / inside a model, for values added rather than replaced.
 ADD_PLACES = [(), ("models", "tiny"), ("models", "tiny", "kwargs"), ("defaults",), ("matrix",),
-              ("matrix", "target", 1), ("matrix", "include", 0)]
+              ("matrix", "target", 1), ("matrix", "include", 0), ("matrix", "include", 1, "batch"),
+              ("models", "text", "inputs", 1)]
 
 
 def put(doc: dict, path: tuple, value) -> dict:

@@ -69,10 +69,18 @@ def _key(text, toolchain=TOOLCHAIN):
     ('seed: 0', 'seed: 1'),
     ('weights: none, seed: 0}', 'weights: none, seed: 0, kwargs: {num_classes: 10}}'),
     ('source: "torchvision.models:resnet18"', 'source: "torchvision.models:resnet34"'),
+    ('opt_level: [3]', 'opt_level: [3]\n  batch: [8]'),
+    ('opt_level: [3]', 'opt_level: [3]\n  batch: [{min: 1, max: 32}]'),
 ])
 def test_each_axis_changes_the_key(old, new):
     assert old in REFERENCE
     assert _key(REFERENCE.replace(old, new)) != REFERENCE_KEY
+
+
+def test_batch_one_keeps_the_keys_of_entries_without_a_batch():
+    assert _key(REFERENCE.replace("opt_level: [3]", "opt_level: [3]\n  batch: [1]")) == REFERENCE_KEY
+    dynamic = REFERENCE.replace("opt_level: [3]", "opt_level: [3]\n  batch: [{min: 1, max: 32}]")
+    assert _key(dynamic) != _key(dynamic.replace("max: 32}", "max: 32, opt: 8}"))  # opt: what tuning measures
 
 
 @pytest.mark.parametrize("package", sorted(TOOLCHAIN))

@@ -28,6 +28,7 @@ from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, TrustError
 from buildsys.runtime import load_artifact, loader
 from buildsys.runtime.versions import runtime_versions
+from buildsys.runtime.signature import Signature
 from tests.fixtures.fuzz import examples
 
 KEY = "ab" * 32
@@ -55,7 +56,10 @@ def good_manifest(lib: bytes = LIB, params: bytes = PARAMS) -> dict:
         "runtime": runtime_versions(), "cpu": {"required_features": []},
         "spec": {"model": {"name": "tiny", "task": "classification"}, "target": {"kind": "llvm"}},
         "io": {"input": {"shape": [1, 3, 32, 32], "dtype": "float32"}, "params": 1,
-               "outputs": [{"name": "logits", "shape": [1, 3]}]},
+               "inputs": [{"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32", "range": [0.0, 1.0]},
+                          {"name": "ids", "shape": ["batch", 4], "dtype": "int64", "range": [0, 9]}],
+               "batch": {"min": 1, "max": 8, "opt": 4},
+               "outputs": [{"name": "logits", "shape": ["batch", 3]}]},
     }
 
 
@@ -224,6 +228,7 @@ def test_mutated_manifests_are_refused_or_reach_loading(tmp_path_factory, mutati
     error = attempt(bundle)
     if error is None:  # then the fields the runtime reads are intact
         manifest_format.check_loadable(manifest, "mutated")
+        Signature.from_manifest(manifest)  # what the Predictor reads cannot fail
         assert manifest["files"]["lib.so"]["digest"] == digest(LIB)
 
 

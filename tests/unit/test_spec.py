@@ -185,3 +185,81 @@ def test_only_target_filters_name_native_like_the_matrix_does():
     assert _matches(spec, "0" * 64, parse_filters(["target=llvm -mcpu=native"]))
     assert _matches(spec, "0" * 64, parse_filters([f"target=llvm -mcpu={tvmfacts.facts()['system_cpu']}"]))
     assert not _matches(spec, "0" * 64, parse_filters(["target=llvm"]))
+
+
+SIGNATURES = """
+models:
+  tiny: {source: "tests.fixtures.models:tiny_cnn"}
+  det: {source: "buildsys.models.tiny:tiny_fasterrcnn", task: detection}
+  text:
+    source: tests.fixtures.models:token_classifier
+    inputs:
+      - {name: input_ids, shape: [batch, 16], dtype: int64, range: [0, 99]}
+      - {name: attention_mask, shape: [batch, 16], dtype: int64}
+      - {name: scale, shape: [batch, 1], range: [0.5, 2]}
+matrix:
+  model: [tiny, det]
+  input_size: [32]
+  batch: [1, 4, {min: 1, max: 7, opt: 3}]
+  exclude: [{model: det, batch: 4}, {model: det, batch: {min: 1, max: 7, opt: 3}}]
+  include:
+    - {model: text, batch: {min: 2, max: 32}}
+"""
+
+
+def test_batch_axis_and_declared_inputs():
+    from buildsys.config.signature import Batch
+    from buildsys.config.spec import spec_from_dict
+
+    specs = parse_specs(SIGNATURES)
+    assert [(s.model.name, s.batch) for s in specs] == [
+        ("tiny", Batch(1, 1, 1)), ("tiny", Batch(4, 4, 4)), ("tiny", Batch(1, 7, 3)), ("det", Batch(1, 1, 1)),
+        ("text", Batch(2, 32, 17))]
+    assert "batch" not in specs[0].to_dict() and specs[1].to_dict()["batch"] == 4
+    assert specs[2].to_dict()["batch"] == {"min": 1, "max": 7, "opt": 3}
+    assert specs[2].batch.parity_sizes == (1, 3, 7) and specs[2].describe() == "tiny 32x32 batch:1-7 [llvm] O3"
+    text = specs[-1]
+    assert text.input_size is None and "input_shape" not in text.to_dict() and text.size_label == "16,1"
+    assert [(i.name, i.shape_at(5), i.dtype, i.range) for i in text.inputs] == [
+        ("input_ids", (5, 16), "int64", (0, 99)), ("attention_mask", (5, 16), "int64", (0, 1)),
+        ("scale", (5, 1), "float32", (0.5, 2.0))]
+    assert [i.name for i in specs[0].inputs] == ["input"] and specs[0].inputs[0].shape_at(3) == (3, 3, 32, 32)
+    for spec in specs:  # the registry keeps to_dict; the spec comes back from it
+        assert spec_from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "a batch size is 1..4096"), ("true", "batch is a whole number or a range"),
+    ("{min: 1}", "a batch range needs max"), ("{min: 1, max: 4, opt: 9}", "batch opt 9 is outside min..max"),
+    ("{min: 1, max: 4, top: 2}", "unknown field 'top'"), ("{min: 1.5, max: 4}", "batch min must be a whole number"),
+    ("{min: 4, max: 4}", "must be less than max"), ("[1, 2]", "batch is a whole number or a range"),
+])
+def test_bad_batch_values_name_their_line_and_field(value, message):
+    text = f'models:\n  t: {{source: "m:f"}}\nmatrix:\n  model: [t]\n  input_size: [32]\n  batch:\n    - {value}\n'
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        parse_specs(text, filename="b.yaml")
+    assert info.value.line == 7 and info.value.field.startswith("matrix.batch[0]")
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ("[]", "a model has 1..16 inputs"), ("x", "expected a list"),
+    ("[{name: a, shape: [16, batch], range: [0, 1]}]", "the first dimension (and only it) is 'batch'"),
+    ("[{name: a, shape: [batch, 0]}]", "a dimension is a whole number"),
+    ("[{name: a, shape: [batch, 4]}, {name: a, shape: [batch, 4]}]", "two inputs are named 'a'"),
+    ("[{name: 1a, shape: [batch, 4]}]", "an input name is an identifier"),
+    ("[{name: a, shape: [batch, 4], dtype: int32, range: [0, 3000000000]}]", "within"),
+    ("[{name: a, shape: [batch, 4], range: [1, 1]}]", "low < high"),
+    ("[{name: a, shape: [batch, 4], size: 3}]", "unknown field 'size'"),
+])
+def test_bad_inputs_name_their_field(inputs, message):
+    text = f'models:\n  t:\n    source: "m:f"\n    inputs: {inputs}\nmatrix:\n  include: [{{model: t}}]\n'
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        parse_specs(text, filename="i.yaml")
+    assert info.value.line == 4 and info.value.field.startswith("models.t.inputs"), str(info.value)
+
+
+def test_a_detector_cannot_declare_inputs():
+    text = ('models:\n  d:\n    source: "m:f"\n    task: detection\n    inputs: [{name: a, shape: [batch, 4]}]\n'
+            'matrix:\n  include: [{model: d}]\n')
+    with pytest.raises(ConfigError, match="a detector takes one image"):
+        parse_specs(text)

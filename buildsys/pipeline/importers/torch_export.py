@@ -1,7 +1,11 @@
 """Route ``torch.export``: ``torch.export.export`` -> ``from_exported_program``.
 
 Weights stay out of the library (``keep_params_as_input``): the executable
-takes them as arguments after the input, in the order of ``params``.
+takes them as arguments after the inputs, in the order of ``params``.
+
+A batch range is exported with ``Dim("batch", min, max)`` on the first dimension of every
+input; the Relax module then has one symbolic batch variable (torch's name for it, e.g. ``s77``)
+whose upper bound TVM's memory planning uses, so the executable takes any batch in the range.
 """
 
 from __future__ import annotations
@@ -27,19 +31,27 @@ class ExportedModel:
     detection: dict | None = None  # detectors: how outputs map back to the image (see runtime.detections)
 
 
-def export_classifier(module, example, on_import=lambda: None) -> ExportedModel:
+def export_classifier(module, examples: tuple, batch=None, on_import=lambda: None) -> ExportedModel:
     import torch
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
     from buildsys.pipeline.importers import fixes
 
+    dynamic = None
+    if batch is not None and batch.dynamic:
+        dim = torch.export.Dim("batch", min=batch.min, max=batch.max)
+        dynamic = tuple({0: dim} for _ in examples)
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            program = torch.export.export(module, (example,))
+            program = torch.export.export(module, tuple(examples), dynamic_shapes=dynamic)
     except Exception as exc:
-        raise BuildError(f"torch.export failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="export") from None
+        why = (f" with a dynamic batch {batch.min}..{batch.max} (a model that fixes its batch size, e.g. by a "
+               "reshape to a constant, cannot take a batch range; build static batch sizes instead)"
+               if dynamic else "")
+        raise BuildError(f"torch.export failed{why}: {type(exc).__name__}: {str(exc)[:2000]}",
+                         stage="export") from None
     exported = time.perf_counter()
     on_import()
     try:

@@ -1,0 +1,220 @@
+"""Input signatures in builds.yaml: the ``batch`` axis and the ``inputs`` a model declares.
+
+``batch`` is a static size (``8``) or a range compiled once with a symbolic batch dimension
+(``{min: 1, max: 32}``, optionally ``opt:``, the representative size parity, tuning and bench
+use besides the ends; TensorRT's optimization profiles have the same three). ``inputs`` replaces
+the one float32 NCHW image that ``input_size`` stands for::
+
+    inputs:
+      - {name: input_ids, shape: [batch, 128], dtype: int64, range: [0, 999]}
+      - {name: attention_mask, shape: [batch, 128], dtype: int64}   # a mask: 0/1
+
+The first dimension of every input is ``batch``. ``range`` is what sample inputs are drawn from
+(parity, bench): integers uniformly in [low, high] (the ends included), floats in [low, high).
+Integer inputs need one (token ids must stay inside the embedding), except masks (a name ending
+in ``mask``) and bool inputs, which are 0/1; floats default to [0, 1). The runtime loader refuses
+integer values outside the range (an embedding reading past its table would crash the process).
+
+Parsing takes the ``_Reader`` of ``spec.py`` (errors with file, line, field and hint).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BATCH = 4096
+BATCH = "batch"  # the name of the batch dimension in a declared shape
+BATCH_FIELDS = ("min", "max", "opt")
+INPUT_FIELDS = ("name", "shape", "dtype", "range")
+FLOAT_DTYPES = ("float32", "float16")
+INT_DTYPES = ("int64", "int32", "uint8", "bool")
+DTYPES = FLOAT_DTYPES + INT_DTYPES
+MAX_INPUTS = 16
+MAX_DIM = 1 << 20
+MAX_ELEMENTS = 1 << 28  # one item of one input; more is a typo
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A static batch (min == max) or a range with a representative size ``opt``."""
+
+    min: int
+    max: int
+    opt: int
+
+    @classmethod
+    def static(cls, size: int) -> "Batch":
+        return cls(size, size, size)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min != self.max
+
+    @property
+    def label(self) -> str:
+        return f"{self.min}-{self.max}" if self.dynamic else str(self.min)
+
+    def to_dict(self) -> int | dict:
+        return {"min": self.min, "max": self.max, "opt": self.opt} if self.dynamic else self.min
+
+    @property
+    def parity_sizes(self) -> tuple[int, ...]:
+        """The sizes a build checks parity at: the ends and the representative size."""
+        return tuple(sorted({self.min, self.opt, self.max}))
+
+    @property
+    def export_size(self) -> int:
+        """The example batch torch.export traces a range with: torch specializes sizes 0 and 1."""
+        return self.opt if self.opt >= 2 else max(2, self.min)
+
+
+STATIC_1 = Batch.static(1)
+
+
+def batch_from_dict(value: Any) -> Batch:
+    """``Batch.to_dict`` back (absent: 1)."""
+    if value is None:
+        return STATIC_1
+    if isinstance(value, int):
+        return Batch.static(value)
+    return Batch(value["min"], value["max"], value.get("opt", value["min"]))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple  # "batch" first, then whole numbers
+    dtype: str
+    range: tuple | None = None  # (low, high) sample inputs are drawn from (see the module's text)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "range": None if self.range is None else list(self.range)}
+
+    def shape_at(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else d for d in self.shape)
+
+
+def image_input(size: tuple[int, int]) -> InputSpec:
+    """What ``input_size`` stands for: one float32 NCHW image in [0, 1)."""
+    return InputSpec("input", (BATCH, 3, *size), "float32", (0.0, 1.0))
+
+
+def input_from_dict(data: dict) -> InputSpec:
+    rng = data.get("range")
+    return InputSpec(data["name"], tuple(data["shape"]), data["dtype"], None if rng is None else tuple(rng))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_batch(value: Any, reader, line: int | None, where: str) -> Batch:
+    """8 | {min, max[, opt]} -> Batch."""
+    hint = "e.g. batch: 8, or batch: {min: 1, max: 32}"
+    if _whole(value):
+        if not 1 <= value <= MAX_BATCH:
+            raise reader.error(f"a batch size is 1..{MAX_BATCH}, got {value!r}", line, where)
+        return Batch.static(value)
+    if not isinstance(value, dict):
+        raise reader.error(f"batch is a whole number or a range {{min, max}}, got {value!r}", line, where, hint=hint)
+    reader.check_keys(value, BATCH_FIELDS, where)
+    numbers = {}
+    for name in BATCH_FIELDS:
+        if name not in value:
+            if name == "opt":
+                continue
+            raise reader.error(f"a batch range needs {name}", line, where, hint=hint)
+        number = value[name]
+        if not _whole(number) or not 1 <= number <= MAX_BATCH:
+            raise reader.error(f"batch {name} must be a whole number 1..{MAX_BATCH}, got {number!r}",
+                               value.line_of(name) if hasattr(value, "line_of") else line, f"{where}.{name}")
+        numbers[name] = number
+    low, high = numbers["min"], numbers["max"]
+    if low >= high:
+        raise reader.error(f"batch min {low} must be less than max {high}", line, where,
+                           hint=f"write batch: {low} for a static batch")
+    opt = numbers.get("opt", (low + high) // 2)
+    if not low <= opt <= high:
+        raise reader.error(f"batch opt {opt} is outside min..max ({low}..{high})", line, f"{where}.opt")
+    return Batch(low, high, opt)
+
+
+def parse_inputs(value: Any, reader, line: int | None, where: str) -> tuple[InputSpec, ...]:
+    items = reader.sequence(value, line, where)
+    if not 1 <= len(items) <= MAX_INPUTS:
+        raise reader.error(f"a model has 1..{MAX_INPUTS} inputs, got {len(items)}", line, where)
+    inputs, seen = [], set()
+    for i, raw in enumerate(items):
+        spec = _parse_input(raw, reader, items.line_of(i), f"{where}[{i}]")
+        if spec.name in seen:
+            raise reader.error(f"two inputs are named {spec.name!r}", items.line_of(i), f"{where}[{i}].name")
+        seen.add(spec.name)
+        inputs.append(spec)
+    return tuple(inputs)
+
+
+def _parse_input(raw: Any, reader, line: int | None, where: str) -> InputSpec:
+    raw = reader.mapping(raw, line, where)
+    reader.check_keys(raw, INPUT_FIELDS, where)
+
+    def at(name):
+        return raw.line_of(name) if hasattr(raw, "line_of") else line
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise reader.error(f"an input name is an identifier (letters, digits, '_'), got {name!r}", at("name"),
+                           f"{where}.name", hint="the name the model's forward() gives the argument")
+    shape = raw.get("shape")
+    shape_hint = "e.g. shape: [batch, 128]"
+    if not isinstance(shape, list) or not 2 <= len(shape) <= 8:
+        raise reader.error(f"shape is a list of 2..8 dimensions starting with batch, got {shape!r}", at("shape"),
+                           f"{where}.shape", hint=shape_hint)
+    if shape[0] != BATCH or any(d == BATCH for d in shape[1:]):
+        raise reader.error(f"the first dimension (and only it) is {BATCH!r}, got {shape!r}", at("shape"),
+                           f"{where}.shape", hint=shape_hint)
+    elements = 1
+    for d in shape[1:]:
+        if not _whole(d) or not 1 <= d <= MAX_DIM:
+            raise reader.error(f"a dimension is a whole number 1..{MAX_DIM} (or batch first), got {d!r}",
+                               at("shape"), f"{where}.shape", hint=shape_hint)
+        elements *= d
+    if elements > MAX_ELEMENTS:
+        raise reader.error(f"one item of this input has {elements} elements; the most is {MAX_ELEMENTS}",
+                           at("shape"), f"{where}.shape")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        from buildsys.errors import did_you_mean
+        raise reader.error(f"unknown dtype {dtype!r}", at("dtype"), f"{where}.dtype",
+                           hint=did_you_mean(str(dtype), DTYPES) or f"one of: {', '.join(DTYPES)}")
+    return InputSpec(name, tuple(shape), dtype, _parse_range(raw.get("range"), name, dtype, reader, at("range"),
+                                                           f"{where}.range"))
+
+
+def _parse_range(value: Any, name: str, dtype: str, reader, line: int | None, where: str) -> tuple:
+    integer = dtype in INT_DTYPES
+    if value is None:
+        if dtype == "bool" or (integer and name.lower().endswith("mask")):
+            return (0, 1)
+        if integer:
+            raise reader.error(f"integer input {name!r} needs a range of valid values", line, where,
+                               hint="e.g. range: [0, 29999] for token ids of a 30000-word vocabulary")
+        return (0.0, 1.0)
+    if not isinstance(value, list) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise reader.error(f"range is [low, high] (two finite numbers), got {value!r}", line, where)
+    low, high = value
+    if integer:
+        limits = {"int64": (-2**63, 2**63 - 1), "int32": (-2**31, 2**31 - 1), "uint8": (0, 255), "bool": (0, 1)}
+        lo, hi = limits[dtype]
+        if not (_whole(low) and _whole(high) and lo <= low <= high <= hi):
+            raise reader.error(f"range of a {dtype} input is two whole numbers low <= high within {lo}..{hi}, got "
+                               f"{value!r}", line, where)
+        return (low, high)
+    if not low < high or max(abs(low), abs(high)) > 1e30:
+        raise reader.error(f"range of a float input is [low, high) with low < high, got {value!r}", line, where)
+    return (float(low), float(high))
