@@ -164,6 +164,21 @@ def compare_detector_outputs(reference: list[np.ndarray], actual: list[np.ndarra
                                     for p in gates if p.worst_output is not None), default=(0, None))[1])
 
 
+def matched_outputs(reference: list[np.ndarray], actual: list[np.ndarray], final_count: int) -> list[np.ndarray]:
+    """``actual`` with its final detections (the first ``final_count`` outputs: boxes, scores,
+    labels, then per-detection heads such as masks) put in the reference's order, when every
+    detection has its match (``_match``); else as it was. Two detections whose scores differ by
+    less than the rounding swap places without being wrong: compared by position, Mask R-CNN's
+    boxes and masks looked 0.98 apart."""
+    if final_count < 3 or len(reference) < 3 or len(actual) < 3:
+        return list(actual)
+    order = match_detections(reference[:final_count], actual[:final_count])
+    if order is None:
+        return list(actual)
+    return [out[order] if out.ndim and len(out) == len(order) else out for out in actual[:final_count]] + list(
+        actual[final_count:])
+
+
 def worst_parity(by_batch: dict) -> Parity:
     """One figure for an artifact checked at several batch sizes: a failing check first, then
     the largest relative error."""

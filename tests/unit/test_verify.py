@@ -98,3 +98,23 @@ def test_mask_heads_are_compared_on_the_artifacts_own_boxes():
     failed = compare_detector_outputs(ref, wrong, 4, tolerance=1e-3, second_stage=head)
     assert not failed.passed and failed.worst_output == 3
     assert failed.second_stage_max_rel == pytest.approx(0.1, rel=1e-3)
+
+
+def test_bench_compares_detections_by_match_not_by_position():
+    """Two detections of nearly equal score may swap places; their boxes and masks are not wrong."""
+    from buildsys.ops.bench import _max_rel
+    from buildsys.pipeline.parity import matched_outputs
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 300, (5, 4)).astype(np.float32)
+    scores = np.array([0.9, 0.8, 0.80001, 0.5, 0.4], np.float32)
+    labels = np.array([1, 2, 2, 3, 1])
+    masks = rng.random((5, 1, 28, 28), dtype=np.float32)
+    pre_nms = rng.random((1, 8, 10, 10), dtype=np.float32)
+    reference = [boxes, scores, labels, masks, pre_nms]
+    swap = np.array([0, 2, 1, 3, 4])
+    actual = [boxes[swap], scores, labels[swap], masks[swap], pre_nms + 1e-7]
+    assert _max_rel(reference, actual) > 0.1  # by position: the swapped pair looks wrong
+    assert _max_rel(reference, matched_outputs(reference, actual, 4)) < 1e-4  # the swapped scores differ by 1e-5
+    unmatched = [boxes, scores, np.array([1, 2, 2, 3, 9]), masks, pre_nms]  # a label nobody has
+    assert matched_outputs(reference, unmatched, 4)[2] is unmatched[2]  # left as it was
