@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from buildsys.cli import main
 from buildsys.errors import ConfigError
 from buildsys.config.spec import BuildSpec, parse_specs
-from tests.fixtures.fuzz import examples
+from tests.fixtures.fuzz import examples, paths
 
 BASE = {
     "version": 1,
@@ -46,24 +46,14 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.di
     max_leaves=6)
 
 
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
-
-
 @st.composite
 def mutated_configs(draw):
     doc = copy.deepcopy(BASE)
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in _paths(doc) if p]
-        if not paths:
+        places = list(paths(doc))
+        if not places:
             break
-        path = draw(st.sampled_from(paths))
+        path = draw(st.sampled_from(places))
         parent = doc
         for part in path[:-1]:
             parent = parent[part]

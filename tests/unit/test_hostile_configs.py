@@ -24,7 +24,7 @@ from buildsys.cli import main
 from buildsys.errors import ConfigError
 from buildsys.config.spec import BuildSpec, load_specs, parse_specs
 from buildsys.config.yamlsource import MAX_DEPTH, MAX_VALUES
-from tests.fixtures.fuzz import examples
+from tests.fixtures.fuzz import examples, paths
 
 TIME_BOUND_S = 5
 NOWHERE = Path("/nonexistent-config-dir")  # weights paths resolve against it and find nothing
@@ -119,18 +119,6 @@ def base() -> dict:
             "exclude": [{"opt_level": 2, "input_size": 32}, {"model": "det", "batch": 2}],
         },
     }
-
-
-def paths(node, prefix=()):
-    """Every place a value sits in ``node``: mapping values and list items, nested."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield prefix + (k,)
-            yield from paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield prefix + (i,)
-            yield from paths(v, prefix + (i,))
 
 
 FIELDS = sorted(paths(base()), key=repr)

@@ -29,7 +29,7 @@ from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, T
 from buildsys.runtime import load_artifact, loader
 from buildsys.runtime.versions import runtime_versions
 from buildsys.runtime.signature import Signature
-from tests.fixtures.fuzz import examples
+from tests.fixtures.fuzz import examples, paths
 
 KEY = "ab" * 32
 LIB = b"\x7fELF not really a library" * 40
@@ -192,18 +192,7 @@ json_values = st.recursive(
     max_leaves=6)
 
 
-def _paths(node, prefix=()):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield prefix + (k,)
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield prefix + (i,)
-            yield from _paths(v, prefix + (i,))
-
-
-PATHS = sorted(_paths(good_manifest()), key=repr)
+PATHS = sorted(paths(good_manifest()), key=repr)
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
