@@ -420,10 +420,14 @@ def pack_weights(mod, lanes: int):
     conv2d = tvm.ir.Op.get("relax.nn.conv2d")
     conv2d_transpose = tvm.ir.Op.get("relax.nn.conv2d_transpose")
 
-    def static_2d(var):
+    def float32(var, ndim: int | None = None) -> bool:
+        """A float32 tensor whose shape is an expression (``ndim`` dimensions, when given)."""
         ty = var.ty
-        return (isinstance(ty, relax.TensorType) and ty.dtype == "float32" and ty.ndim == 2
-                and ty.shape is not None and all(_static(d) is not None for d in ty.shape.values))
+        return (isinstance(ty, relax.TensorType) and ty.dtype == "float32" and ty.shape is not None
+                and (ndim is None or ty.ndim == ndim))
+
+    def static_2d(var):
+        return float32(var, 2) and all(_static(d) is not None for d in var.ty.shape.values)
 
     rewritten: list = []
     depthwise: list = []  # depthwise convolutions: their own kernel, weights as they are
@@ -448,11 +452,9 @@ def pack_weights(mod, lanes: int):
             if (w not in weights or (a.data_layout, a.kernel_layout) != ("NCHW", "OIHW")
                     or (a.out_layout or "NCHW") != "NCHW"):
                 return None
-            w_ty, x_ty = w.ty, data.ty
-            if not (isinstance(w_ty, relax.TensorType) and w_ty.dtype == "float32" and w_ty.ndim == 4
-                    and w_ty.shape is not None and isinstance(x_ty, relax.TensorType)
-                    and x_ty.dtype == "float32" and x_ty.ndim == 4 and x_ty.shape is not None):
+            if not (float32(w, 4) and float32(data, 4)):
                 return None
+            w_ty, x_ty = w.ty, data.ty
             filters, channels, kh, kw = (_static(d) for d in w_ty.shape.values)
             _, x_channels, height, width = (_static(d) for d in x_ty.shape.values)
             if None in (filters, channels, kh, kw, height, width):
@@ -490,11 +492,9 @@ def pack_weights(mod, lanes: int):
                     or (a.out_layout or "NCHW") != "NCHW" or any(int(v) for v in a.padding)
                     or any(int(v) for v in a.output_padding) or any(int(v) != 1 for v in a.dilation)):
                 return None
-            w_ty, x_ty = w.ty, data.ty
-            if not (isinstance(w_ty, relax.TensorType) and w_ty.dtype == "float32" and w_ty.ndim == 4
-                    and w_ty.shape is not None and isinstance(x_ty, relax.TensorType)
-                    and x_ty.dtype == "float32" and x_ty.ndim == 4 and x_ty.shape is not None):
+            if not (float32(w, 4) and float32(data, 4)):
                 return None
+            w_ty, x_ty = w.ty, data.ty
             channels, filters, kh, kw = (_static(d) for d in w_ty.shape.values)
             batch, x_channels, height, width = x_ty.shape.values
             height, width = _static(height), _static(width)
@@ -530,10 +530,9 @@ def pack_weights(mod, lanes: int):
                 return call
             x, rhs = call.args
             found = self.weight_of(rhs)
-            x_info = x.ty
-            if (found is None or not static_2d(found[0]) or not isinstance(x_info, relax.TensorType)
-                    or x_info.dtype != "float32" or x_info.ndim < 2 or x_info.shape is None):
+            if found is None or not static_2d(found[0]) or not float32(x) or x.ty.ndim < 2:
                 return call
+            x_info = x.ty
             w, transposed = found
             k_dim, n_dim = [_static(d) for d in w.ty.shape.values][::-1 if transposed else 1]
             if _static(x_info.shape.values[-1]) != k_dim:
