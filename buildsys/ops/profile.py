@@ -47,8 +47,8 @@ class Profile:
                              "gflops": None if k.gflops is None else round(k.gflops, 2)} for k in self.kernels]}
 
 
-def profile_predictor(predictor, x: np.ndarray, runs: int = 10) -> Profile:
-    """Per-kernel times of ``predictor`` on ``x`` (fastest of ``runs`` per kernel)."""
+def profile_predictor(predictor, inputs: list[np.ndarray], runs: int = 10) -> Profile:
+    """Per-kernel times of ``predictor`` on ``inputs`` (fastest of ``runs`` per kernel)."""
     flops = predictor.manifest.get("kernels", {}).get("flops", {})
     current: dict[str, list] = {}
     started: list[float] = []
@@ -64,19 +64,19 @@ def profile_predictor(predictor, x: np.ndarray, runs: int = 10) -> Profile:
 
     best: dict[str, list] = {}
     totals = []
-    predictor.run(x)  # warm-up: first-run allocations and page faults are not the kernels'
-    predictor._vm["set_instrument"](instrument)
+    predictor.run(*inputs)  # warm-up: first-run allocations and page faults are not the kernels'
+    predictor.set_instrument(instrument)
     try:
         for _ in range(runs):
             current.clear()
             start = time.perf_counter()
-            predictor.run(x)
+            predictor.run(*inputs)
             totals.append(time.perf_counter() - start)
             for name, (seconds, calls) in current.items():
                 if name not in best or seconds < best[name][0]:
                     best[name] = [seconds, calls]
     finally:
-        predictor._vm["set_instrument"](None)
+        predictor.set_instrument(None)
     kernel_s = sum(s for s, _ in best.values()) or 1.0
     kernels = []
     for name, (seconds, calls) in sorted(best.items(), key=lambda kv: -kv[1][0]):
@@ -88,9 +88,10 @@ def profile_predictor(predictor, x: np.ndarray, runs: int = 10) -> Profile:
 
 def profile_artifact(ref: str, registry, store, *, runs: int = 10, threads: int | None = None,
                      seed: int = 0) -> Profile:
-    """Load ``ref`` with the thin runtime and profile it on a seeded random input."""
+    """Load ``ref`` with the thin runtime and profile it on its seeded sample inputs at the
+    smallest batch (the same ``buildsys run`` uses)."""
     from buildsys.runtime import load_artifact
 
     predictor = load_artifact(ref, registry=registry, store=store, num_threads=threads)
-    x = np.random.default_rng(seed).random(predictor.input_shape, dtype=np.float32)
-    return profile_predictor(predictor, x, runs)
+    signature = predictor.signature
+    return profile_predictor(predictor, signature.sample(signature.batch_min, seed), runs)

@@ -103,6 +103,11 @@ class Predictor:
         arrays = self.signature.bind(inputs, named, self.key)
         return outputs_to_numpy(self._vm["main"](*map(to_device, arrays), *self._params))
 
+    def set_instrument(self, callback) -> None:
+        """The VM calls ``callback(func, name, before, ret, *args)`` before and after every kernel
+        and builtin it calls (``buildsys profile``); it returns 0 to go on. None turns it off."""
+        self._vm["set_instrument"](callback)
+
     def close(self) -> None:
         shutil.rmtree(self._workdir, ignore_errors=True)
 

@@ -125,3 +125,13 @@ matrix:
     err = capsys.readouterr().err
     assert "model 'tiny_fasterrcnn' is a detector" in err and "batch 1-4" in err and "builds.yaml:7" in err
     assert not ws.store.exists()
+
+
+def test_profile_feeds_every_declared_input(signatures, capsys):
+    """`buildsys profile` runs an artifact on the samples `buildsys run` uses: two int64 inputs too."""
+    import json
+
+    record, _, _ = _artifact(signatures, "text", {"min": 1, "max": 8, "opt": 4})
+    assert signatures.cli("profile", record.key, "--runs", "2", "--json") == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["kernels"] and profile["total_ms"] > 0
