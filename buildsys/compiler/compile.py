@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from buildsys.errors import BuildError
-from buildsys.config.passes import OPAQUE_DYNAMIC_PASS_NAME, TO_DATAFLOW_PASS_NAME
+from buildsys.config.passes import OPAQUE_DYNAMIC_PASS_NAME, PACK_PASS_NAME, PASS_NAME, TO_DATAFLOW_PASS_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys.config.targets import to_tvm
 
@@ -153,7 +153,7 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from buildsys.compiler.schedules import PACK_PASS_NAME, PASS_NAME, apply_default_schedules, pack_weights, vector_lanes
+    from buildsys.compiler.schedules import apply_default_schedules, pack_weights, vector_lanes
 
     @tvm.transform.module_pass(opt_level=0, name=PASS_NAME)
     def schedule_pass(mod, _ctx):

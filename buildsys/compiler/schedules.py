@@ -35,8 +35,6 @@ weights must agree on layouts and tile sizes; they share those constants and hel
 
 from __future__ import annotations
 
-from buildsys.config.passes import PACK_PASS_NAME, PASS_NAME  # noqa: F401 - the names of the passes below
-
 # Output tiles are sized for the target's vector registers (16 of them without AVX-512): about 8
 # accumulators, the rest for loads and broadcasts. Measured on 3x3 convolutions (znver3): a
 # 4-filter x 2-row x 7-pixel tile (one AVX2 vector a row) ran 1.3-2x faster than 4 x 14 pixels.

@@ -192,7 +192,7 @@ def test_a_schedule_tvm_cannot_lower_costs_speed_not_the_build(monkeypatch):
 
 def test_disabled_passes_can_turn_the_default_schedules_off():
     from buildsys.compiler.compile import compile_model
-    from buildsys.compiler.schedules import PASS_NAME
+    from buildsys.config.passes import PASS_NAME
     from buildsys.config.spec import parse_specs
 
     text = ("models: {a: {source: 'tests.fixtures.models:tiny_cnn'}}\n"
@@ -267,7 +267,7 @@ def test_dense_weights_are_packed_at_build_time_and_the_matmul_computes_the_same
 def test_packing_can_be_turned_off_and_leaves_modules_without_weights_alone():
     from buildsys.compiler.compile import compile_for_target
     from buildsys.config.passes import known_pass_names
-    from buildsys.compiler.schedules import PACK_PASS_NAME
+    from buildsys.config.passes import PACK_PASS_NAME
 
     assert PACK_PASS_NAME in known_pass_names()
     off = compile_for_target(_weight_module(64, 32, True, True), {"kind": "llvm"}, disabled_passes=[PACK_PASS_NAME])
