@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from buildsys.artifacts.registry.api import RUN_FAILED
+from buildsys.errors import BuildsysError
 from buildsys.pipeline.jobs import Action
 
 CSS = """
@@ -78,16 +79,14 @@ def _plot(rows: list[tuple[str, float, bool]]) -> bytes | None:
     return buffer.getvalue()
 
 
-def _annotated(record, registry, store, photo: Path, max_side: int = 320) -> bytes:
+def _annotated(predictor, photo: Path, max_side: int = 320) -> bytes:
+    import tempfile
+
     from PIL import Image
 
     from buildsys.ui.annotate import draw_detections, read_image
-    from buildsys.runtime import load_artifact
-
-    import tempfile
 
     image = read_image(photo)
-    predictor = load_artifact(record.key, registry=registry, store=store)
     detections = predictor.detect(image, score_threshold=0.0, max_detections=5)
     with tempfile.TemporaryDirectory(prefix="buildsys-report-") as tmp:
         draw_detections(image, detections, Path(tmp) / "annotated.png")
@@ -113,6 +112,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
                  title: str = "buildsys matrix") -> str:
     """The HTML page for ``entries`` (a plan) and the registry's records."""
     from buildsys.config.targets import format_cli_target
+    from buildsys.runtime import load_artifact
 
     runs = {}
     rows_html, plot_rows, photos, kernels = [], [], [], []
@@ -150,14 +150,21 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
                          + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
                          + "".join(f"<td class='num'>{html.escape(n)}</td>" for n in numbers)
                          + f"<td><code>{entry.key[:12]}</code></td></tr>")
-        if record is not None and record.metrics.get("artifact_ms", float("inf")) / 1e3 <= photo_budget_s:
-            kernels.append((spec.describe(), _kernel_rows(record, registry, store)))
+        estimate_s = record.metrics.get("artifact_ms", float("inf")) / 1e3 if record is not None else None
+        predictor = not_loadable = None
+        if record is not None and estimate_s <= photo_budget_s:  # loaded once: its kernels, then its photo
+            try:
+                predictor = load_artifact(record.key, registry=registry, store=store)
+            except BuildsysError as exc:  # not loadable here (another CPU, another runtime): the page says so
+                not_loadable = exc
+            kernels.append((spec.describe(), _kernel_rows(predictor, not_loadable)))
         if record is not None and record.task == "detection" and photo is not None:
-            estimate_s = record.metrics.get("artifact_ms", float("inf")) / 1e3
             caption = f"{spec.describe()}"
             if estimate_s <= photo_budget_s:
+                if not_loadable is not None:
+                    raise not_loadable
                 start = time.perf_counter()
-                png = _annotated(record, registry, store, photo)
+                png = _annotated(predictor, photo)
                 photos.append((_png_data_uri(png), f"{caption}: top 5 detections, "
                                                    f"{time.perf_counter() - start:.1f} s through the thin loader"))
             else:
@@ -205,16 +212,15 @@ PROFILE_RUNS = 3
 PROFILE_TOP = 5
 
 
-def _kernel_rows(record, registry, store) -> list[tuple[str, ...]] | str:
+def _kernel_rows(predictor, not_loadable: Exception | None) -> list[tuple[str, ...]] | str:
     """The artifact's slowest kernels as table rows, or why there are none."""
-    from buildsys.errors import BuildsysError
-    from buildsys.ops.profile import profile_artifact
+    from buildsys.ops.profile import profile_predictor
     from buildsys.ui.tables import PROFILE_HEADER, profile_rows
 
-    try:
-        profile = profile_artifact(record.key, registry, store, runs=PROFILE_RUNS)
-    except BuildsysError as exc:  # not loadable here (another CPU, another runtime): the page says so
-        return f"not profiled: {exc}"
+    if not_loadable is not None:
+        return f"not profiled: {not_loadable}"
+    signature = predictor.signature
+    profile = profile_predictor(predictor, signature.sample(signature.batch_min), PROFILE_RUNS)
     return [PROFILE_HEADER, *profile_rows(profile, PROFILE_TOP)]
 
 
