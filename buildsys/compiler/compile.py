@@ -109,7 +109,7 @@ def _dynamic_callees(mod) -> set[str]:
     return found
 
 
-def _legalize_passes(target):
+def _legalize_passes(target, converted: list | None = None):
     """TVM's CPU legalization, fusing across plain binding blocks too.
 
     The ONNX route's ``main`` is one plain binding block, so FuseOps fused nothing there: every
@@ -118,12 +118,15 @@ def _legalize_passes(target):
     dataflow blocks first; FuseTIR then failed (``VarRemapGet(source) == nullptr``) on groups
     whose kernels take run-time shapes (the detector heads' data-dependent counts), so those
     kernels are marked opaque and stay unfused; the static ones (backbone, FPN) fuse as in the
-    torch.export route. A module already in dataflow blocks is left to TVM's passes as they are."""
+    torch.export route. A module already in dataflow blocks is left to TVM's passes as they are.
+    ``converted`` gets whether the conversion happened; without the list, TVM's passes alone (the
+    build retried after a failure)."""
     import tvm
     from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    converted: list[bool] = []
+    if converted is None:  # off: TVM's passes as they are
+        return cpu.legalize_passes(target)
 
     @tvm.transform.module_pass(opt_level=0, name=TO_DATAFLOW_PASS_NAME)
     def to_dataflow(mod, _ctx):
@@ -145,7 +148,7 @@ def _legalize_passes(target):
 
 
 def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None,
-              flops: dict | None = None):
+              flops: dict | None = None, converted: list | None = None):
     """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
     to the fused kernels that tuning records did not schedule (unless ``default_schedules`` is off).
     With a ``packed`` list, dense and convolution weights are first packed by a transform lifted
@@ -172,7 +175,7 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
         with target:
             mod = tvm.transform.Sequential(
                 ([pack_pass] if default_schedules and packed is not None else [])
-                + cpu.library_dispatch_passes(target) + _legalize_passes(target))(mod)
+                + cpu.library_dispatch_passes(target) + _legalize_passes(target, converted))(mod)
             if flops is not None:  # the fused kernels before scheduling: useful work, not padded tiles
                 flops.update(kernel_flops(mod))
             return tvm.transform.Sequential(
@@ -219,16 +222,18 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
             # Tuned builds leave weights as the records expect them (their lifting is tuning.apply's).
             packed: list[int] | None = [] if tuned is None else None
             flops: dict[str, float | None] = {}
+            converted: list[bool] = []  # whether plain binding blocks were made dataflow blocks
             try:
                 executable = relax.build(mod, target=target,
                                          relax_pipeline=_pipeline(target, default_scheduled, packed=packed,
-                                                                  flops=flops))
+                                                                  flops=flops, converted=converted))
             except Exception as exc:  # noqa: BLE001 - retried without them below, or raised
-                if not default_scheduled and not packed:
+                if not default_scheduled and not packed and not any(converted):
                     raise
-                # A default schedule TVM cannot lower (or a weight rewrite it cannot build) must not
-                # cost the build: the kernels stay unscheduled and the weights as they were (slow,
-                # correct), and the manifest and the run's log say why.
+                # A default schedule TVM cannot lower (or a weight rewrite, or a fusion across plain
+                # blocks, it cannot build) must not cost the build: the kernels stay unscheduled, the
+                # weights as they were and plain blocks unfused (slow, correct), and the manifest and
+                # the run's log say why.
                 schedules_note = (f"default schedules off: relax.build failed with them "
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
                 logging.getLogger(__name__).warning("%s; building again without them", schedules_note)

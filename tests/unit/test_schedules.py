@@ -577,3 +577,16 @@ def test_kernel_flops_are_counted_for_static_kernels_only():
     assert dynamic.kernel_flops["add"] is None  # a run-time row count: no figure rather than a wrong one
     matmul = compile_for_target(_module(64, 32, epilogue=False), {"kind": "llvm"})
     assert all(v is None for k, v in matmul.kernel_flops.items() if "matmul" in k)
+
+
+def test_a_fusion_across_plain_blocks_tvm_cannot_build_costs_speed_not_the_build(monkeypatch):
+    from buildsys.compiler.compile import compile_for_target
+
+    def broken(_mod):
+        raise RuntimeError("FuseTIR: VarRemapGet(source) == nullptr")
+
+    monkeypatch.setattr(relax.transform, "ConvertToDataflow", lambda: broken)
+    compiled = compile_for_target(_plain_conv_module(8, 16), {"kind": "llvm"})
+    assert compiled.schedules_note.startswith("default schedules off: relax.build failed with them (")
+    assert "VarRemapGet" in compiled.schedules_note
+    assert not any("conv2d" in k and "relu" in k for k in compiled.kernel_flops)  # built unfused

@@ -56,10 +56,10 @@ def fix_shape_inputs(F) -> None:
 
 
 def fix_unknown_shapes(F) -> None:
-    """Cures ``emit_te now only supports Tensor that has ShapeExpr shape`` (``LegalizeOps`` meets
-    an op on ``R.Tensor(ndim=N)`` inside the dataflow blocks ``buildsys.ToDataflow`` makes; without
-    that pass the op stayed unlowered and failed later: ``CodeGenVM cannot emit this Relax
-    operator directly``) and, on import, ``'NoneType' object is not iterable``, after
+    """Cures ``CodeGenVM cannot emit this Relax operator directly`` (``LegalizeOps`` leaves ops on
+    ``R.Tensor(ndim=N)`` unlowered; inside the dataflow blocks ``buildsys.ToDataflow`` makes it
+    fails first, with ``emit_te now only supports Tensor that has ShapeExpr shape``, and the build
+    is retried without that pass) and, on import, ``'NoneType' object is not iterable``, after
     data-dependent ops.
 
     Before converting any op, tensors of unknown shape but known rank get
