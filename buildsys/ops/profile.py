@@ -47,9 +47,23 @@ class Profile:
                              "gflops": None if k.gflops is None else round(k.gflops, 2)} for k in self.kernels]}
 
 
+def _recorded_flops(manifest) -> dict[str, float]:
+    """The builder's operations per kernel (``kernels.flops``), what of it is a positive finite
+    number: a bundle's manifest comes from outside, and an artifact built before buildsys 0.5
+    has none (no GFLOP/s then, the times still)."""
+    import math
+
+    kernels = manifest.get("kernels")
+    recorded = kernels.get("flops") if isinstance(kernels, dict) else None
+    if not isinstance(recorded, dict):
+        return {}
+    return {name: float(v) for name, v in recorded.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0}
+
+
 def profile_predictor(predictor, inputs: list[np.ndarray], runs: int = 10) -> Profile:
     """Per-kernel times of ``predictor`` on ``inputs`` (fastest of ``runs`` per kernel)."""
-    flops = predictor.manifest.get("kernels", {}).get("flops", {})
+    flops = _recorded_flops(predictor.manifest)
     current: dict[str, list] = {}
     started: list[float] = []
 
