@@ -7,6 +7,7 @@ first use, so a command that only reads the registry never parses the matrix.
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import Iterable
 
@@ -61,9 +62,11 @@ class Workspace:
         spec = matrix.get(record.key)
         if spec is not None:
             return spec
-        tolerance = manifest_format.read_stored(self.store, record).get("parity", {}).get("tolerance")
-        spec = spec_from_dict(record.spec, **({"tolerance": float(tolerance)}
-                                              if isinstance(tolerance, (int, float)) else {}))
+        parity = manifest_format.read_stored(self.store, record).get("parity")
+        tolerance = parity.get("tolerance") if isinstance(parity, dict) else None
+        usable = (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+                  and math.isfinite(tolerance) and tolerance > 0)
+        spec = spec_from_dict(record.spec, **({"tolerance": float(tolerance)} if usable else {}))
         if spec.model.weights.source == "file":
             raise UsageError(f"{record.key[:12]} was built from a weights file that the current matrix does not "
                              "name; use the builds.yaml that built it")
