@@ -11,6 +11,7 @@ builder verifying its output) its libraries are reused.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import sys
@@ -71,9 +72,31 @@ def _register_python_builtins(ffi) -> None:
     def shape_to_tensor(shape):
         return to_device(np.array([int(v) for v in shape], dtype="int64"))
 
+    ours = []
     for name, func in zip(_PYTHON_BUILTINS, (nonzero, shape_to_tensor)):
         if ffi.get_global_func(name, allow_missing=True) is None:
             ffi.register_global_func(name, func)
+            ours.append(name)
+    if ours:
+        sys.meta_path.insert(0, _YieldToTvm(ffi, ours))
+
+
+class _YieldToTvm:
+    """Hands the builtins back to TVM when the same process later imports ``tvm.relax`` (a builder
+    that loaded an artifact first, a test session): TVM registers them at import and refuses a name
+    that is taken ("Global Function ... is already registered"). An import hook that removes ours
+    just before, then itself; it finds no module."""
+
+    def __init__(self, ffi, names):
+        self.ffi, self.names = ffi, names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "tvm.relax":
+            for name in self.names:
+                self.ffi.remove_global_func(name)
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+        return None
 
 
 ALIGNMENT = 64  # bytes; TVM's kernels assume it (tuned, vectorized ones load with aligned moves)
