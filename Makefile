@@ -11,7 +11,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all tune bench detector-report test test-all runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
+.PHONY: venv build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,17 @@ venv: $(STAMP)
 build-all: $(STAMP)
 	$(BIN)/buildsys build $(BUILD_ARGS)
 
-## Fast default test run: unit tests plus small model builds (no full-size models).
+## Fast default test run: unit tests plus small model builds (the slow tier is deselected).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Everything, full-size model builds included (slow).
+## Everything: the fast run plus the slow tier (every full-size detector of builds.yaml with parity).
 test-all: $(STAMP)
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The slow tier alone (tests/slow: about 15 minutes on 2 cores).
+test-slow: $(STAMP)
+	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest -m slow tests/slow $(PYTEST_ARGS)
 
 $(RUNTIME_STAMP): pyproject.toml
 	test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)

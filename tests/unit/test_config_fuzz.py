@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from buildsys.cli import main
 from buildsys.errors import ConfigError
 from buildsys.config.spec import BuildSpec, parse_specs
-from tests.fixtures.fuzz import examples, paths
+from tests.fixtures.fuzz import examples, paths, suite_timeout
+
+pytestmark = suite_timeout(600)  # a hang guard for the whole generated suite
 
 BASE = {
     "version": 1,

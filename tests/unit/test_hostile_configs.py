@@ -9,10 +9,8 @@ TVM, a slow import); a few fixed examples at the end cover them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,34 +22,21 @@ from buildsys.cli import main
 from buildsys.errors import ConfigError
 from buildsys.config.spec import BuildSpec, load_specs, parse_specs
 from buildsys.config.yamlsource import MAX_DEPTH, MAX_VALUES
-from tests.fixtures.fuzz import examples, paths
+from tests.fixtures.fuzz import examples, paths, suite_timeout
+from tests.fixtures.guards import time_bound
 
-TIME_BOUND_S = 5
+pytestmark = suite_timeout(600)  # a hang guard for the whole generated suite
+
+# A hang guard, not a speed test: a cold parse may start a child that imports TVM (tens of seconds
+# on a busy machine), so the bound only catches what never ends.
+TIME_BOUND_S = 120
 NOWHERE = Path("/nonexistent-config-dir")  # weights paths resolve against it and find nothing
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_bound(seconds: int = TIME_BOUND_S):
-    def expired(signum, frame):
-        raise Hang(f"parsing took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def parse_or_refuse(text: str) -> ConfigError | None:
     """None when the text parses into specs; the ConfigError when it is refused; anything else fails."""
-    with time_bound():
+    with time_bound(TIME_BOUND_S, "parsing"):
         try:
             specs = parse_specs(text, filename="hostile.yaml", base_dir=NOWHERE)
         except ConfigError as exc:
@@ -323,7 +308,7 @@ def test_bytes_that_are_not_utf8(tmp_path_factory, junk, at):
     data = emit(base()).encode()
     pos = int(at * len(data))
     data = data[:pos] + junk + data[pos:]
-    with time_bound(), pytest.raises(ConfigError, match="not UTF-8") as info:
+    with time_bound(TIME_BOUND_S, "parsing"), pytest.raises(ConfigError, match="not UTF-8") as info:
         load_specs(write(tmp_path_factory.mktemp("cfg"), data))
     with pytest.raises(UnicodeDecodeError) as bad:
         data.decode("utf-8")
@@ -409,7 +394,7 @@ def test_cli_plan_exits_2_without_traceback(name, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(CLI_CASES[name])
     store = tmp_path / "store"
-    with time_bound(30):
+    with time_bound(TIME_BOUND_S, "parsing"):
         assert main(["-c", str(config), "--store", str(store), "plan"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {config}") and "Traceback" not in err, err
@@ -429,7 +414,7 @@ def test_cli_plan_on_a_config_that_is_no_text_file(kind, tmp_path, capsys):
         config = Path("/dev/zero")
     else:
         config.write_bytes(b"version: 1\nmodels: {\xff}\n")
-    with time_bound():
+    with time_bound(TIME_BOUND_S, "parsing"):
         assert main(["-c", str(config), "--store", str(tmp_path / "store"), "plan"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {config}") and "Traceback" not in err, err

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tvm")
+from tests.fixtures.capabilities import need_module
+
+need_module("tvm", "make venv (the build extra)")
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
 

@@ -8,12 +8,10 @@ Where the digests are made to match, the bundle gets as far as loading, which is
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import io
 import os
-import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -21,6 +19,8 @@ from unittest import mock
 
 import numpy as np
 import pytest
+
+from tests.fixtures.capabilities import need_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,12 @@ from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, T
 from buildsys.runtime import load_artifact, loader
 from buildsys.runtime.versions import runtime_versions
 from buildsys.runtime.signature import Signature
-from tests.fixtures.fuzz import examples, paths
+from tests.fixtures.fuzz import examples, paths, suite_timeout
+from tests.fixtures.guards import time_bound
+
+pytestmark = suite_timeout(300)  # a hang guard for the whole generated suite
+
+LOAD_BOUND_S = 60  # a hang guard (a FIFO read blocks forever), not a speed test
 
 KEY = "ab" * 32
 LIB = b"\x7fELF not really a library" * 40
@@ -78,24 +83,6 @@ class Reached(Exception):
     """load_executable was called: every check before loading passed."""
 
 
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def time_bound(seconds: int = 5):
-    def expired(signum, frame):
-        raise Hang(f"load_artifact took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
     """The loader's temporary directory, to check that a refused bundle leaves nothing there."""
@@ -107,7 +94,7 @@ def private_tmp(tmp_path, monkeypatch):
 
 def attempt(bundle: Path) -> BuildsysError | None:
     """The error load_artifact refuses ``bundle`` with, or None when it reaches loading."""
-    with time_bound(), mock.patch.object(loader, "load_executable", side_effect=Reached):
+    with time_bound(LOAD_BOUND_S, "load_artifact"), mock.patch.object(loader, "load_executable", side_effect=Reached):
         try:
             load_artifact(bundle)
         except Reached:
@@ -267,15 +254,65 @@ FILE_DAMAGE = {
 @pytest.mark.parametrize("damage", sorted(FILE_DAMAGE))
 @pytest.mark.parametrize("name", ["lib.so", "params.npz"])
 def test_damaged_files_are_refused_before_loading(name, damage, tmp_path, private_tmp):
+    if damage == "unreadable" and os.geteuid() == 0:
+        return _unreadable_as_another_user(name)  # root reads a file without permissions
     bundle = write_bundle(tmp_path / "b")
     kept = FILE_DAMAGE[damage](bundle / name)
-    if damage == "unreadable" and os.access(bundle / name, os.R_OK):
-        pytest.skip("running as root: a file without permissions is still readable")
     error = attempt(bundle)
     assert isinstance(error, IntegrityError) or (damage == "unreadable" and error is not None), error
     assert name in str(error)
     assert list(private_tmp.iterdir()) == []
     del kept
+
+
+NOBODY = 65534
+
+
+def _unreadable_as_another_user(name: str) -> None:
+    """A file its reader may not read, for real: a forked child drops root for nobody and loads a
+    bundle in a folder it may enter, whose ``name`` has mode 0."""
+    shared = Path(tempfile.mkdtemp(prefix="buildsys-unreadable-", dir="/tmp"))  # a folder nobody may enter
+    try:
+        os.chmod(shared, 0o755)
+        bundle = write_bundle(shared / "b")
+        os.chmod(bundle, 0o755)
+        for f in bundle.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(bundle / name, 0)
+        scratch = shared / "tmp"
+        scratch.mkdir(mode=0o777)
+        os.chmod(scratch, 0o777)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: nobody, its own temporary directory; reports and exits
+            try:
+                os.close(read)
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                tempfile.tempdir = str(scratch)
+                with mock.patch.object(loader, "load_executable", side_effect=Reached):
+                    try:
+                        load_artifact(bundle)
+                        report = "returned"
+                    except Reached:
+                        report = "reached loading"
+                    except BuildsysError as exc:
+                        report = f"{type(exc).__name__} {exc.exit_code}: {exc}"
+            except BaseException as exc:  # noqa: BLE001 - anything else is reported as a failure
+                report = f"escaped {type(exc).__name__}: {exc}"
+            os.write(write, report.encode()[:4000])
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            report = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert report.startswith("StoreError 4: cannot read "), report  # the store's error: exit 4
+        assert f"{bundle / name}" in report and "Permission denied" in report, report
+        assert list(scratch.iterdir()) == []
+    finally:
+        import shutil
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 @pytest.mark.parametrize("damage", ["directory", "fifo", "socket", "symlink outside", "symlink to /dev/zero"])
@@ -303,7 +340,7 @@ def test_a_truncated_library_with_matching_digest_reaches_loading_only(tmp_path)
 
 def test_a_library_that_is_no_library_is_a_compatibility_error(tmp_path, private_tmp):
     bundle = write_bundle(tmp_path / "b", lib=b"\x7fELF\x02\x01\x01" + b"\x00" * 57)  # a cut ELF header
-    with time_bound(30), pytest.raises(CompatibilityError, match="lib.so cannot be loaded by this runtime"):
+    with time_bound(LOAD_BOUND_S, "load_artifact"), pytest.raises(CompatibilityError, match="lib.so cannot be loaded by this runtime"):
         load_artifact(bundle)
     assert list(private_tmp.iterdir()) == []
 
@@ -311,14 +348,14 @@ def test_a_library_that_is_no_library_is_a_compatibility_error(tmp_path, private
 @pytest.mark.parametrize("params", [b"PK\x03\x04 not a zip", b"", b"\x93NUMPY" + b"\x00" * 100])
 def test_params_that_are_no_archive_with_matching_digest(params, tmp_path, private_tmp):
     bundle = write_bundle(tmp_path / "b", params=params)
-    with time_bound(), mock.patch.object(loader, "load_executable", return_value=object()):
+    with time_bound(LOAD_BOUND_S, "load_artifact"), mock.patch.object(loader, "load_executable", return_value=object()):
         with pytest.raises(TrustError, match="params.npz is not a parameter archive"):
             load_artifact(bundle)
     assert list(private_tmp.iterdir()) == []
 
 
 def test_a_signature_that_is_a_fifo(tmp_path, monkeypatch):
-    pytest.importorskip("cryptography")
+    need_module("cryptography", "pip install -e '.[signing]' (make venv)")
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -364,7 +401,7 @@ def test_params_zip_bombs_are_refused_before_decompressing(case, tmp_path, priva
         params, why = _npz({"p0.npy": _npy((1 << 40,), payload=b"")}), "declares"
     assert len(params) < 100_000
     bundle = write_bundle(tmp_path / "b", params=params)
-    with time_bound(), mock.patch.object(loader, "load_executable", return_value=object()):
+    with time_bound(LOAD_BOUND_S, "load_artifact"), mock.patch.object(loader, "load_executable", return_value=object()):
         with pytest.raises(TrustError, match=f"params.npz is not a parameter archive .*{why}"):
             load_artifact(bundle)
     assert list(private_tmp.iterdir()) == []

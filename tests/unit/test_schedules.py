@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-tvm = pytest.importorskip("tvm")
+from tests.fixtures.capabilities import need_module, runnable_here
+
+tvm = need_module("tvm", "make venv (the build extra)")
 
 from tvm import relax  # noqa: E402
 
@@ -107,7 +109,7 @@ def _conv_module(channels: int, filters: int, size: int, kernel: int, stride: in
     (8, 12, 14, 3, 1, 1), (6, 16, 15, 3, 2, 1), (5, 7, 9, 1, 1, 0), (3, 8, 11, 7, 2, 3)])
 @pytest.mark.parametrize("batch", [0, 1, 3])  # the mask head's batch is the detection count
 def test_convolutions_are_scheduled_and_compute_the_same(batch, channels, filters, size, kernel, stride, padding):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", "make venv (the build extra)")
     target = tvm.target.Target("llvm")
     scheduled: list[str] = []
     mod = _conv_module(channels, filters, size, kernel, stride, padding)
@@ -243,7 +245,7 @@ def test_dense_weights_are_packed_at_build_time_and_the_matmul_computes_the_same
                                                                                 epilogue, lead):
     from buildsys.compiler.compile import compile_for_target
 
-    target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
+    target = {"kind": "llvm", **({"mcpu": mcpu} if runnable_here(mcpu) else {})}
     compiled = compile_for_target(_weight_module(k, n, transposed, epilogue, lead), target)
     assert compiled.packed_weights == 1 and compiled.transforms_params
     assert any("matmul_packed" in name for name in compiled.default_scheduled)
@@ -303,10 +305,10 @@ def _weight_conv_module(channels: int, filters: int, size: int, kernel: int, str
 ])
 def test_convolution_weights_are_channel_blocked_at_build_time_and_compute_the_same(
         mcpu, channels, filters, size, kernel, stride, padding, dilation):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", "make venv (the build extra)")
     from buildsys.compiler.compile import compile_for_target
 
-    target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
+    target = {"kind": "llvm", **({"mcpu": mcpu} if runnable_here(mcpu) else {})}
     compiled = compile_for_target(_weight_conv_module(channels, filters, size, kernel, stride, padding, dilation),
                                   target)
     assert compiled.packed_weights == 1 and compiled.transforms_params
@@ -350,11 +352,11 @@ def _transposed_conv_module(channels: int, filters: int, size: int, kernel: int,
 ])
 def test_a_transposed_convolution_whose_kernel_is_its_stride_becomes_a_packed_matmul(
         mcpu, channels, filters, size, kernel, stride, packed):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", "make venv (the build extra)")
     from buildsys.compiler.compile import compile_for_target
 
     compiled = compile_for_target(_transposed_conv_module(channels, filters, size, kernel, stride),
-                                  {"kind": "llvm", "mcpu": mcpu})
+                                  {"kind": "llvm", "mcpu": runnable_here(mcpu)})
     assert compiled.packed_weights == packed
     vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
     rng = np.random.default_rng(filters)
@@ -416,10 +418,10 @@ def _depthwise_module(channels: int, height: int, width: int, kernel: int, strid
 ])
 def test_depthwise_convolutions_get_their_own_kernel_and_compute_the_same(mcpu, channels, height, width, kernel,
                                                                         stride, padding, dilation, dynamic):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch", "make venv (the build extra)")
     from buildsys.compiler.compile import compile_for_target
 
-    target = {"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}
+    target = {"kind": "llvm", **({"mcpu": mcpu} if runnable_here(mcpu) else {})}
     compiled = compile_for_target(_depthwise_module(channels, height, width, kernel, stride, padding, dilation,
                                                     dynamic), target)
     assert any("depthwise_conv2d" in name for name in compiled.default_scheduled), compiled.default_scheduled
@@ -469,7 +471,7 @@ def test_a_sum_over_the_plane_is_vectorized_and_computes_the_same(shape, keepdim
         with bb.dataflow():
             out = bb.emit_output(bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=keepdims)))
         bb.emit_func_output(out)
-    compiled = compile_for_target(bb.get(), {"kind": "llvm", "mcpu": "x86-64-v3"})
+    compiled = compile_for_target(bb.get(), {"kind": "llvm", "mcpu": runnable_here("x86-64-v3")})
     assert (compiled.default_scheduled == ["mean"]) == scheduled
     data = np.random.default_rng(shape[1]).standard_normal(shape, dtype=np.float32)
     out = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
@@ -500,7 +502,7 @@ def _one_op_module(shape, op):
 def test_other_kernels_with_enough_work_run_in_parallel_and_compute_the_same(shape, runs, parallel, op, reference):
     from buildsys.compiler.compile import compile_for_target
 
-    compiled = compile_for_target(_one_op_module(shape, op), {"kind": "llvm", "mcpu": "x86-64-v3"})
+    compiled = compile_for_target(_one_op_module(shape, op), {"kind": "llvm", "mcpu": runnable_here("x86-64-v3")})
     assert bool(compiled.default_scheduled) == parallel
     scheduled, _ = apply_default_schedules(_legalized(_one_op_module(shape, op)))
     assert ("T.parallel" in scheduled.script()) == parallel
@@ -534,8 +536,8 @@ def test_a_module_in_plain_binding_blocks_is_fused_like_a_dataflow_one():
     from buildsys.config.passes import TO_DATAFLOW_PASS_NAME
 
     mod = _plain_conv_module(8, 16)
-    fused = compile_for_target(mod, {"kind": "llvm", "mcpu": "x86-64-v3"})
-    unfused = compile_for_target(mod, {"kind": "llvm", "mcpu": "x86-64-v3"}, disabled_passes=[TO_DATAFLOW_PASS_NAME])
+    fused = compile_for_target(mod, {"kind": "llvm", "mcpu": runnable_here("x86-64-v3")})
+    unfused = compile_for_target(mod, {"kind": "llvm", "mcpu": runnable_here("x86-64-v3")}, disabled_passes=[TO_DATAFLOW_PASS_NAME])
     assert any("conv2d" in k and "add" in k and "relu" in k for k in fused.kernel_flops), fused.kernel_flops
     assert not any("conv2d" in k and "relu" in k for k in unfused.kernel_flops), unfused.kernel_flops
     rng = np.random.default_rng(0)
