@@ -62,6 +62,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path 
         tar.addfile(info, io.BytesIO(data))
 
 
+def _created_at() -> str:
+    """Now, or SOURCE_DATE_EPOCH where set (the reproducible-builds convention): a release job that
+    sets it gets the same tar bytes from the same artifacts."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is None:
+        moment = datetime.now(timezone.utc)
+    else:
+        try:
+            moment = datetime.fromtimestamp(int(epoch), timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds since 1970") from None
+    return moment.isoformat(timespec="seconds")
+
+
 def export_release(records, store: Store, registry, out: str | os.PathLike, private_key=None) -> dict:
     """Write ``out`` (a tar). Every file is re-hashed on the way out. Returns the release manifest."""
     out = Path(out)
@@ -82,8 +96,7 @@ def export_release(records, store: Store, registry, out: str | os.PathLike, priv
                               "parity_max_rel": record.parity_max_rel, "metrics": dict(record.metrics),
                               "aliases": list(record.aliases), "manifest_digest": record.manifest_digest,
                               "bench": bench[0].results if bench else None})
-        manifest = {"release_format": RELEASE_FORMAT, "created_at": datetime.now(timezone.utc).isoformat(
-            timespec="seconds"), "artifacts": artifacts}
+        manifest = {"release_format": RELEASE_FORMAT, "created_at": _created_at(), "artifacts": artifacts}
         data = canonical_json(manifest)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,6 @@
-import textwrap
-
 import pytest
 
-from buildsys.cli import main
+from tests.fixtures.workspace import Workspace
 
 TINY_CONFIG = """
 models:
@@ -17,22 +15,6 @@ matrix:
   include:
     - {model: upsample, input_size: 29}   # 29 -> 15 -> 29: not a multiple, exposes nearest-resize semantics
 """
-
-
-class Workspace:
-    def __init__(self, root, config_text):
-        self.root = root
-        self.config = root / "builds.yaml"
-        self.config.write_text(textwrap.dedent(config_text))
-        self.store = root / "artifacts"
-
-    def cli(self, *args):
-        return main(["-c", str(self.config), "--store", str(self.store), *args])
-
-    @property
-    def registry(self):
-        from buildsys.artifacts.registry import Registry
-        return Registry(f"sqlite:///{self.store / 'registry.db'}")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from buildsys.ui.jsonout import load_schema
 
-from .conftest import Workspace
+from tests.fixtures.workspace import Workspace
 
 pytestmark = pytest.mark.model
 

@@ -10,7 +10,7 @@ import pytest
 from buildsys.artifacts.store import Store
 from buildsys.cli import main
 from tests.fixtures.tmpfs import fill, read_only, tmpfs
-from tests.integration.conftest import Workspace
+from tests.fixtures.workspace import Workspace
 
 pytestmark = pytest.mark.model
 

@@ -10,7 +10,7 @@ import pytest
 
 from buildsys.errors import UsageError
 
-from .conftest import Workspace
+from tests.fixtures.workspace import Workspace
 
 pytestmark = pytest.mark.model
 

@@ -11,6 +11,7 @@ from buildsys.artifacts.registry import Registry
 from buildsys.distribution.release import export_release, import_release
 from buildsys.distribution.signing import generate_keypair, load_private_key, load_public_key
 from buildsys.artifacts.store import Store
+from tests.fixtures.workspace import assert_same_predictions, empty_store
 
 pytestmark = pytest.mark.model
 
@@ -31,11 +32,10 @@ def release(built, keys, tmp_path):
 
 
 def _empty(tmp_path):
-    store = Store(tmp_path / "other")
-    return store, Registry(f"sqlite:///{tmp_path / 'other' / 'registry.db'}")
+    return empty_store(tmp_path / "other")
 
 
-def test_signed_release_round_trip_into_a_fresh_registry(release, keys, tmp_path):
+def test_signed_release_round_trip_into_a_fresh_registry(built, release, keys, tmp_path):
     out, records = release
     store, registry = _empty(tmp_path)
     imported = import_release(out, store, registry, keys[1])
@@ -43,22 +43,28 @@ def test_signed_release_round_trip_into_a_fresh_registry(release, keys, tmp_path
     for record in records:
         copy = registry.get(record.key)
         assert copy.manifest_digest == record.manifest_digest and copy.files == record.files
-    from buildsys.runtime import load_artifact
-    predictor = load_artifact(records[0].key, registry=registry, store=store)
-    assert predictor.run(np.zeros(predictor.input_shape, np.float32))
+    for record in records:  # the imported copy answers as the original does, bit for bit
+        assert_same_predictions(record.key, (built.registry, Store(built.store)), (registry, store))
     assert import_release(out, store, registry, keys[1]) == []  # already there: checked, kept
 
 
-def test_deterministic_tar_bytes(built, tmp_path):
+def test_deterministic_tar_bytes(built, keys, tmp_path, monkeypatch):
+    """With SOURCE_DATE_EPOCH set (the release job's clock), two exports of the same artifacts are
+    the same bytes, signature included; without it only the release manifest's created_at moves."""
+    import hashlib
+
     records = built.registry.list()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
     a, b = tmp_path / "a.tar", tmp_path / "b.tar"
     for path in (a, b):
-        export_release(records, Store(built.store), built.registry, path)
-
-    def members(path):
-        with tarfile.open(path) as tar:
-            return [(m.name, m.size, m.mtime, m.uid, m.mode) for m in tar]
-    assert members(a) == members(b)
+        export_release(records, Store(built.store), built.registry, path, keys[0])
+    assert hashlib.sha256(a.read_bytes()).hexdigest() == hashlib.sha256(b.read_bytes()).hexdigest()
+    with tarfile.open(a) as tar:
+        assert b'"created_at":"2026-01-01T00:00:00+00:00"' in tar.extractfile("release/manifest.json").read()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    from buildsys.errors import UsageError
+    with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH"):
+        export_release(records, Store(built.store), built.registry, tmp_path / "c.tar")
 
 
 def _rewrite(src, dest, change):
@@ -140,13 +146,34 @@ def test_signed_bundle_directories_verify_on_load(built, keys, tmp_path, monkeyp
         load_artifact(signed)
 
 
-def test_export_all_from_the_cli_and_import_sets_the_aliases(built, keys, tmp_path, capsys):
+def test_export_all_from_the_cli_and_import_sets_the_aliases(fresh, keys, tmp_path, capsys):
+    """The release workflow's own commands: alias, `export --all --sign-key`, then on another
+    machine `import --public-key` (and `--no-aliases`); the alias resolves there to the same key."""
+    from buildsys.cli import main
+
+    ws = fresh()
+    assert ws.cli("build", "--only", "model=tiny_cnn") == 0
+    first, second = sorted(r.key for r in ws.registry.list())
+    assert ws.cli("alias", "set", "prod", first) == 0 and ws.cli("alias", "set", "canary", second) == 0
     out = tmp_path / "all.tar"
-    assert built.cli("export", "-o", str(out)) == 2  # nothing named
-    assert built.cli("export", "--all", "-o", str(out), "--sign-key", str(keys[2])) == 0
-    assert f"{out}: 3 artifacts, signed" in capsys.readouterr().out
-    store, registry = _empty(tmp_path)
-    assert len(import_release(out, store, registry, keys[1])) == 3
+    assert ws.cli("export", "-o", str(out)) == 2  # nothing named
+    assert ws.cli("export", "--all", "-o", str(out), "--sign-key", str(keys[2])) == 0
+    assert f"{out}: 2 artifacts, signed" in capsys.readouterr().out
+
+    deploy = tmp_path / "deploy"
+    assert main(["--store", str(deploy), "import", str(out), "--public-key", str(keys[3])]) == 0
+    store, registry = empty_store(deploy)
+    assert registry.resolve("prod").key == first and registry.resolve("canary").key == second
+    assert_same_predictions(first, (ws.registry, Store(ws.store)), (registry, store))
+
+    wrong_private, wrong_public = generate_keypair(tmp_path / "wrong.key")
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["--store", str(elsewhere), "import", str(out), "--public-key", str(wrong_public)]) == 5
+    assert "signature does not match" in capsys.readouterr().err
+    assert main(["--store", str(elsewhere), "import", str(out), "--public-key", str(keys[3]), "--no-aliases"]) == 0
+    _, plain = empty_store(elsewhere)
+    assert sorted(r.key for r in plain.list()) == [first, second]
+    assert all(r.aliases == () or list(r.aliases) == [] for r in plain.list())
 
 
 def _keys_in_order(path):

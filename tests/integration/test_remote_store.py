@@ -6,12 +6,14 @@ import socket
 import numpy as np
 import pytest
 
+from tests.fixtures.capabilities import need_module
+
 from buildsys.errors import IntegrityError
 from buildsys.artifacts.registry import Registry
 from buildsys.artifacts.remote import RemoteStore
 from buildsys.artifacts.store import Store
 
-from .conftest import Workspace
+from tests.fixtures.workspace import Workspace, assert_same_predictions
 
 pytestmark = pytest.mark.model
 
@@ -24,7 +26,7 @@ matrix: {model: [tiny_cnn], input_size: [32]}
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    boto3 = pytest.importorskip("boto3")
+    boto3 = need_module("boto3", "pip install -e '.[remote]' (make venv)")
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as probe:
@@ -55,9 +57,7 @@ def test_build_uploads_and_a_fresh_machine_loads_through_the_cache(s3, tmp_path,
     # another machine: the same (shared) registry, an empty local store
     deploy = Store(tmp_path / "edge" / "artifacts", remote=remote)
     registry = Registry(ws.registry.url)
-    from buildsys.runtime import load_artifact
-    predictor = load_artifact(record.key, registry=registry, store=deploy)
-    assert predictor.run(np.zeros(predictor.input_shape, np.float32))
+    assert_same_predictions(record.key, (ws.registry, Store(ws.store)), (registry, deploy))
     assert {f.digest for f in record.files} <= set(deploy.iter_objects())  # cached locally now
 
     # a plan with the remote configured sees the artifact as present (no rebuild)

@@ -9,7 +9,7 @@ from buildsys.artifacts.store import Store
 from buildsys.errors import InputError
 from buildsys.runtime import load_artifact
 from tests.fixtures.models import tiny_cnn, token_classifier
-from tests.integration.conftest import Workspace
+from tests.fixtures.workspace import Workspace
 
 pytestmark = pytest.mark.model
 

@@ -9,7 +9,7 @@ from buildsys.pipeline.plan import plan_builds
 from buildsys.config.spec import load_specs
 from buildsys.compiler.tuning_db import RECORD_FILE, WORKLOAD_FILE, TuningDatabase
 
-from .conftest import Workspace
+from tests.fixtures.workspace import Workspace
 
 pytestmark = pytest.mark.model
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from tests.stress.common import ROOT, audit, cli_command, cli_env, run_cli, write_config
 
 
-def run(rounds: int, root: Path, seed: int = 0) -> dict:
+def run(rounds: int, root: Path, seed: int = 0, latest: float = 1.2) -> dict:
+    """``latest``: the latest kill, as a fraction of the baseline build's time (past 1, some rounds
+    may finish before their kill)."""
     rng = random.Random(seed)
     write_config(root, [32, 40])
     start = time.perf_counter()
@@ -31,7 +33,7 @@ def run(rounds: int, root: Path, seed: int = 0) -> dict:
     problems: list[str] = []
     rows_checked = files_checked = objects_checked = 0
     for i in range(rounds):
-        delay = rng.uniform(0.1, build_s * 1.2)
+        delay = rng.uniform(0.1, build_s * latest)
         # --force: every round exports, compiles, writes objects and a row again
         proc = subprocess.Popen(cli_command(root, "build", "--force"), env=cli_env(), cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

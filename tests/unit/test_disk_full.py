@@ -18,7 +18,7 @@ from buildsys.artifacts.store import Store
 from buildsys.cli import main
 from buildsys.errors import RegistryError, StoreError
 from tests.fixtures.tmpfs import fill, read_only, tmpfs
-from tests.unit.test_registry import new_artifact
+from tests.fixtures.records import new_artifact
 
 
 def populate(store_dir):

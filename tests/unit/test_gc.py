@@ -10,7 +10,7 @@ from sqlalchemy import text
 from buildsys.artifacts.registry import FileRecord
 from buildsys.ops.retention import collect_garbage
 from buildsys.workspace import Workspace
-from tests.unit.test_registry import new_artifact
+from tests.fixtures.records import new_artifact
 
 LONG_AGO = time.time() - 30 * 86400
 

@@ -2,22 +2,10 @@ import pytest
 from sqlalchemy import text
 
 from buildsys.errors import RegistryError, UsageError
-from buildsys.artifacts.registry import FileRecord, NewArtifact, Registry
+from buildsys.artifacts.registry import FileRecord, Registry
 from buildsys.artifacts.registry.db import BUSY_TIMEOUT_MS, HEAD_REVISION, head_revision, make_engine, upgrade
 from buildsys.artifacts.registry.tables import Base
-
-
-def new_artifact(key, model="m", **over):
-    fields = dict(key=key, model=model, task="classification", input_size="32x32", target={"kind": "llvm"},
-                  opt_level=3, disabled_passes=("FoldConstant",), spec={"model": {"name": model}},
-                  key_material={"key_format": 1}, toolchain={"tvm": "0.27.0.post1"},
-                  manifest_digest="sha256:" + "0" * 64,
-                  files=(FileRecord("lib.so", "sha256:" + "1" * 64, 10),
-                         FileRecord("params.npz", "sha256:" + "2" * 64, 20)),
-                  metrics={"parity_max_rel": (1e-6, "rel"), "compile_s": (1.5, "s")},
-                  parity_max_abs=2e-6, parity_max_rel=1e-6)
-    fields.update(over)
-    return NewArtifact(**fields)
+from tests.fixtures.records import new_artifact
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -316,39 +304,49 @@ def test_a_registry_path_that_is_a_directory(tmp_path, capsys):
 
 
 def _hold_write_lock(path, seconds):
-    """Another process takes SQLite's write lock and keeps it (as a stuck builder or a backup would)."""
+    """Another process takes SQLite's write lock and keeps it (as a stuck builder or a backup would)
+    until a line arrives on its stdin or ``seconds`` pass."""
     import subprocess
     import sys
     import textwrap
 
     code = textwrap.dedent(f"""
-        import sqlite3, sys, time
+        import select, sqlite3, sys
         db = sqlite3.connect({str(path)!r}, isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         print("locked", flush=True)
-        time.sleep({seconds})
+        select.select([sys.stdin], [], [], {seconds})
         db.execute("ROLLBACK")
         """)
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
 
 def test_a_write_waits_for_a_busy_registry_and_says_so(tmp_path, caplog):
-    """Past SQLite's own busy timeout (5 s) a write retries with backoff instead of failing."""
-    import time
+    """Past SQLite's own busy timeout a write keeps retrying (and says so) instead of failing: the
+    writer is seen waiting after its warning, and its row lands once the lock is let go. No clock
+    is read: the holder lets go when the test tells it to."""
+    import threading
+
+    from tests.fixtures.guards import time_bound
 
     path = tmp_path / "busy.db"
     reg = Registry(f"sqlite:///{path}")
-    holder = _hold_write_lock(path, 8)
-    start = time.monotonic()
+    holder = _hold_write_lock(path, 300)
+    result = {}
+    writer = threading.Thread(target=lambda: result.update(run_id=reg.start_run("a" * 64, "entry")))
     with caplog.at_level("WARNING", logger="buildsys.artifacts.registry"):
-        run_id = reg.start_run("a" * 64, "entry")
-    waited = time.monotonic() - start
-    holder.wait(10)
-    assert 6 <= waited < 30 and run_id >= 1
-    assert "the registry is busy" in caplog.text and "BUILDSYS_REGISTRY_WAIT" in caplog.text
-    assert [r.id for r in reg.runs()] == [run_id]
+        writer.start()
+        with time_bound(120, "waiting for the busy-registry warning"):
+            while "the registry is busy" not in caplog.text:
+                writer.join(0.1)
+        assert writer.is_alive() and not result  # warned, still waiting: not failed, not through
+        holder.communicate("go\n", timeout=60)
+        writer.join(120)
+    assert not writer.is_alive() and result["run_id"] >= 1
+    assert "BUILDSYS_REGISTRY_WAIT" in caplog.text
+    assert [r.id for r in reg.runs()] == [result["run_id"]]
     reg.close()
 
 
