@@ -42,8 +42,10 @@ def run(rounds: int, root: Path, seed: int = 0, latest: float = 1.2) -> dict:
             completed += 1
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
+            if proc.wait() == -signal.SIGKILL:  # killed mid-build (not finished just before the kill)
+                kills += 1
+            else:
+                completed += 1
         result = audit(root)
         rows_checked += result["rows"]
         files_checked += result["files"]
