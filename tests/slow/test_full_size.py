@@ -1,7 +1,7 @@
 """The slow tier (``make test-all``): every full-size detector of builds.yaml, built as
 ``make build-all`` builds it, with its parity gates; and the tutorial's reference, Mask R-CNN at
 300x300 on ``llvm``, with its final detections matched against PyTorch on a real photo through
-the thin runtime. About 15 minutes on a 2-core machine (README "Tests")."""
+the thin runtime. Not yet timed as a whole; see README "Tests"."""
 
 from __future__ import annotations
 
