@@ -63,5 +63,20 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None, *, ne
     return f"{exc.strerror or exc}: {where}"
 
 
+def storage_errno_in(text: str) -> int | None:
+    """The errno of a full disk or a read-only file system that a tool's own words name ("ld: final
+    link failed: No space left on device"), else None. Checking free space after the failure is
+    not enough: by then the tool has removed its partial output, and the room it needed is back."""
+    for code in (*FULL_ERRNOS, errno.EROFS):
+        if os.strerror(code) in text:
+            return code
+    return None
+
+
+def storage_words(code: int) -> str:
+    """How ``storage_problem`` and ``describe_os_error`` name a storage errno."""
+    return "read-only file system" if code == errno.EROFS else "no space left on device"
+
+
 def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (*FULL_ERRNOS, errno.EROFS)

@@ -134,7 +134,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     try:
         compiled.executable.export_library(str(library))
     except Exception as exc:
-        raise BuildError(f"export_library failed: {type(exc).__name__}: {exc}", key=key, stage="serialize") from None
+        raise _serialize_error(exc, library, key) from None
     vm = load_executable(library, key)
     params = exported.params
     if compiled.transforms_params:  # weights prepacked into the layouts the kernels read, once, here
@@ -185,6 +185,25 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     metrics = _metrics(parity, timings, artifact_ms, eager_ms)
     return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
                         manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
+
+
+def _serialize_error(exc: Exception, library: Path, key: str) -> BuildError:
+    """export_library's failure in words. TVM says "Compilation error" whatever stopped the
+    compiler or linker; when their output names a full disk (or a read-only one), that is the
+    error, with the folder it concerns: the library's, or the temporary folder where TVM writes
+    the object files, whichever has less room left (the linker removed its partial output)."""
+    import os
+    import tempfile
+
+    from buildsys.artifacts.space import describe_os_error, free_bytes, storage_errno_in
+
+    text = f"{type(exc).__name__}: {exc}"
+    code = storage_errno_in(text)
+    if code is None:
+        return BuildError(f"export_library failed: {text}", key=key, stage="serialize")
+    where = min((library, Path(tempfile.gettempdir())), key=lambda p: free_bytes(p) or 0)
+    return BuildError(f"writing the library: {describe_os_error(OSError(code, os.strerror(code)), where)}",
+                      key=key, stage="serialize")
 
 
 def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, tuning, params, outputs,

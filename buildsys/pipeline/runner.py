@@ -22,7 +22,8 @@ from typing import Callable, Mapping
 from buildsys.artifacts.registry import RUN_BUILT, RUN_FAILED
 from buildsys.artifacts.store import Store, pid_alive
 from buildsys.config.spec import BuildSpec
-from buildsys.artifacts.space import storage_problem
+from buildsys.artifacts.space import (describe_os_error, is_storage_error, storage_errno_in, storage_problem,
+                                      storage_words, free_bytes)
 from buildsys.errors import BuildError, BuildsysError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
 from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
@@ -84,8 +85,6 @@ class _RunLogs:
             try:
                 path = runlog.new_log_path(self.store.root, entry.key)
             except OSError as exc:
-                from buildsys.artifacts.space import describe_os_error
-
                 raise StoreError(f"cannot make the run's log: {describe_os_error(exc)}") from None
             runlog.append_line(path, f"[buildsys] {entry.spec.describe()} key {entry.key} "
                                      f"({entry.spec.origin}): {entry.reason}")
@@ -129,12 +128,12 @@ def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport
                         raise KeyboardInterrupt from None
                     raise
         except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
-            text = _error_text(exc)
+            text, storage = _failure_text(exc, store)  # a full disk first, as for a build
             logs.note(entry, f"tuning FAILED: {_log_text(exc)}")
             run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=reporter.log_path)
             registry.finish_run(run_id, RUN_FAILED, text)
             report.results.append(BuildResult(entry, Outcome.FAILED, time.perf_counter() - started, error=text,
-                                              log_path=reporter.log_path))
+                                              log_path=reporter.log_path, storage=storage))
             emit(Event(EventKind.FAILED, entry, seconds=time.perf_counter() - started, error=text,
                                    log_path=reporter.log_path))
             if isinstance(exc, KeyboardInterrupt):
@@ -205,13 +204,18 @@ def _failure_text(exc: BaseException, store: Store) -> tuple[str, bool]:
     if isinstance(exc, BuildsysError) and any(f"{why}: " in text for why in ("no space left on device",
                                                                              "read-only file system")):
         return text, True  # a store or registry write said so itself
-    why = None if isinstance(exc, KeyboardInterrupt) else storage_problem(store.tmp)
+    if isinstance(exc, KeyboardInterrupt):
+        return text, False
+    if is_storage_error(exc):  # the file it concerns, not "unexpected OSError" and a traceback
+        return describe_os_error(exc), True
+    why = storage_problem(store.tmp)
+    if why is None:  # the room may be back (a tool removed its partial output): its own words count
+        code = storage_errno_in(text)
+        why = None if code is None else storage_words(code)
     if why is None:
         return text, False
     if text.startswith(why) or f": {why}: " in text or f" {why}: " in text:
         return text, True
-    from buildsys.artifacts.space import free_bytes
-
     return (f"{why}: {store.tmp} ({free_bytes(store.tmp)} bytes free); free space on that disk and build again "
             f"(the build failed with: {text.splitlines()[0] if text else type(exc).__name__})"), True
 
@@ -229,6 +233,8 @@ def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, sto
             return build_artifact(spec, key, material, staging, store_root, on_stage=reporter)
         except BaseException as exc:
             runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {_log_text(exc)}")
+            if is_storage_error(exc):  # the file it concerns, not "unexpected OSError" and a traceback
+                raise BuildError(describe_os_error(exc), key=key) from None
             raise
 
 
@@ -389,8 +395,6 @@ def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_R
         sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies,
                               entry.spec.model.config_dir)
     except OSError as exc:
-        from buildsys.artifacts.space import describe_os_error
-
         logs.note(entry, f"could not write its depfile: {describe_os_error(exc)}")
 
 

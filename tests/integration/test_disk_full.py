@@ -45,6 +45,24 @@ def test_a_build_on_a_full_disk_fails_in_words_and_registers_nothing(tmp_path, c
             assert ws.cli("build", "--progress", "plain") == 0, capsys.readouterr()  # space is back: it builds
 
 
+def test_a_link_that_fills_the_disk_says_so_whatever_room_is_left_after(tmp_path, capsys):
+    """The staging folder on a disk with 96 KiB free: more than counts as nearly full, less than the
+    linker's output (lib.so, about 100 KiB). TVM said "Compilation error:", exit 3; ld's "No space
+    left on device" was only in the log, and the space check after the failure found the room back
+    (ld had removed its partial file). Now: the disk, the library's path, exit 4."""
+    ws = Workspace(tmp_path, ONE)
+    with tmpfs(ws.store / "tmp", "96k"):
+        code = ws.cli("build", "--progress", "plain")
+        out, err = capsys.readouterr()
+        _no_traceback(out + err)
+        assert code == 4, (code, out, err)
+        assert f"serialize: writing the library: no space left on device: {ws.store / 'tmp'}/" in err, err
+        assert "/lib.so (" in err and "free space on that disk" in err, err
+        assert "Compilation error" not in err, err
+        assert list((ws.store / "tmp").iterdir()) == []
+    assert ws.registry.list() == []
+
+
 def _copy_to_disk(built, disk):
     store = disk / "store"
     shutil.copytree(built.store, store, ignore=shutil.ignore_patterns("*.lock", "tmp", "logs"))
