@@ -61,7 +61,7 @@ class BuildError(BuildsysError):
     exit_code = 3
 
     def __init__(self, message: str, *, key: str | None = None, stage: str | None = None):
-        self.key, self.stage = key, stage
+        self.key, self.stage, self.detail = key, stage, message  # detail: the message without key and stage
         prefix = ""
         if key:
             prefix += f"[{key[:12]}] "

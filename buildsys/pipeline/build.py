@@ -83,6 +83,13 @@ def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None,
     return database, applied
 
 
+def model_origin(spec: BuildSpec, field_name: str = "source") -> str:
+    """Where builds.yaml defines the entry's model: ``models.NAME.source (builds.yaml:4; matrix
+    entry at builds.yaml:7)``, for errors the model's own code caused."""
+    where = spec.model.source_origin or spec.origin
+    return f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin})"
+
+
 def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
                    store_root: str | None = None, on_stage: Callable[[str], None] | None = None) -> BuildOutcome:
     """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM.
@@ -106,10 +113,8 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         try:
             module = instantiate(spec.model)
         except BuildError as exc:  # say where the model is defined
-            field_name = "weights" if exc.stage == "weights" else "source"
-            where = spec.model.source_origin or spec.origin
-            raise BuildError(f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin}): "
-                             f"{exc}", key=key, stage=exc.stage) from None
+            raise BuildError(f"{model_origin(spec, 'weights' if exc.stage == 'weights' else 'source')}: {exc}",
+                             key=key, stage=exc.stage) from None
         timings["model_s"] = time.perf_counter() - start
 
         exported = export_model(module, export_examples(spec), spec.model.task, spec.batch, on_stage=stage)

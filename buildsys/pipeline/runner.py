@@ -26,7 +26,7 @@ from buildsys.artifacts.space import (describe_os_error, is_storage_error, stora
                                       storage_words, free_bytes)
 from buildsys.errors import BuildError, BuildsysError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
-from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
+from buildsys.pipeline.build import BuildOutcome, build_artifact, model_origin, tune_entry
 from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
 from buildsys.pipeline.keys import entry_key
 from buildsys.pipeline.plan import plan_builds
@@ -220,6 +220,16 @@ def _failure_text(exc: BaseException, store: Store) -> tuple[str, bool]:
             f"(the build failed with: {text.splitlines()[0] if text else type(exc).__name__})"), True
 
 
+def _in_model_code(exc: BaseException, entry: Job, stage: str | None) -> BaseException:
+    """A build process that crashed, exited or ran out of time while its model was being made or
+    exported (the export stage: the model's own code runs there) is reported as a Python exception
+    of that model is, with the config field and line that name it."""
+    if type(exc) is not BuildError or exc.stage not in ("worker", "timeout") or stage != "export":
+        return exc
+    return BuildError(f"{model_origin(entry.spec)}: {exc.detail} (while the model was made or exported)",
+                      key=exc.key, stage=exc.stage)
+
+
 def _log_text(exc: BaseException) -> str:
     """For the log: always the whole traceback."""
     return "".join(traceback.format_exception(exc)).rstrip()
@@ -329,13 +339,20 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
             started = time.perf_counter()
             args = (entry.spec, entry.key, dict(entry.material), str(staging), str(store.root),
                     logs.reporter(entry, isolation.PARENT_QUEUE if isolate else None))
+            stages: list[str] = []  # the build's stages so far, as its process reported them
+
+            def on_message(item) -> None:
+                stages.append(item[1])
+                on_stage(item)
+
             try:
                 if isolate:
                     outcome = isolation.run_isolated(build_logged, args, key=entry.key, timeout_s=timeout_s,
-                                                     on_message=on_stage)
+                                                     on_message=on_message)
                 else:
                     outcome = build_logged(*args)
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
+                exc = _in_model_code(exc, entry, stages[-1] if stages else None)
                 with guard:
                     finish(entry, run_id, started, exc=exc)
             else:
