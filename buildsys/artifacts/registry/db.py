@@ -250,14 +250,16 @@ def discard_empty(database: str) -> None:
 
 def read_only_engine(database: str, why: str) -> Engine:
     """An engine that only reads the SQLite file ``database`` (see the measurements above)."""
+    from buildsys.artifacts.space import remedy
+
     path = Path(database)
     if not path.is_file() or path.stat().st_size == 0:
         raise RegistryError(f"{why}: {path.parent}: there is no registry at {path} and none can be created "
-                            "there; free space (or make it writable), or pass another --registry")
+                            f"there; {remedy(why)}, or pass another --registry")
     try:
         connect_read_only(path, BUSY_TIMEOUT_MS / 1000).close()  # which way works: said in its error otherwise
     except RegistryError as exc:
-        raise RegistryError(f"{why}: {exc}; free space on that disk (or make it writable) and run again") from None
+        raise RegistryError(f"{why}: {exc}; {remedy(why)} and run again") from None
     engine = create_engine("sqlite://", creator=lambda: connect_read_only(path, BUSY_TIMEOUT_MS / 1000))
     event.listen(engine, "connect", _read_only_pragmas)
     return engine
@@ -270,13 +272,14 @@ def _read_only_pragmas(dbapi_connection, _record) -> None:
 
 
 def storage_refusal(path: str, why: str) -> RegistryError:
-    """A write the registry could not make because its disk is full or read-only."""
-    from buildsys.artifacts.space import free_bytes
+    """A write the registry could not make because its disk is full or read-only, or its folder
+    may not be written."""
+    from buildsys.artifacts.space import free_bytes, remedy, unwritable_place
 
     free = free_bytes(path)
     sizes = f" ({free} bytes free)" if free is not None and why.startswith("no space") else ""
-    return RegistryError(f"{why}: {path}{sizes}; the registry was not changed; free space on that disk (or make "
-                         "it writable) and run the command again")
+    return RegistryError(f"{why}: {unwritable_place(path, why)}{sizes}; the registry was not changed; {remedy(why)}, "
+                         "or pass another --registry, and run the command again")
 
 
 def _is_busy(exc: BaseException) -> bool:
