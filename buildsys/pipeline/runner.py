@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,11 +21,11 @@ from typing import Callable, Mapping
 from buildsys.artifacts.registry import RUN_BUILT, RUN_FAILED
 from buildsys.artifacts.store import Store, pid_alive
 from buildsys.config.spec import BuildSpec
-from buildsys.artifacts.space import (describe_os_error, is_storage_error, storage_errno_in, storage_problem,
-                                      storage_words, free_bytes)
-from buildsys.errors import BuildError, BuildsysError, StoreError
+from buildsys.artifacts.space import describe_os_error, is_storage_error
+from buildsys.errors import BuildError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
-from buildsys.pipeline.build import BuildOutcome, build_artifact, model_origin, tune_entry
+from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
+from buildsys.pipeline.failures import error_text, failure_text, in_model_code, log_text
 from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
 from buildsys.pipeline.keys import entry_key
 from buildsys.pipeline.plan import plan_builds
@@ -128,8 +127,8 @@ def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport
                         raise KeyboardInterrupt from None
                     raise
         except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
-            text, storage = _failure_text(exc, store)  # a full disk first, as for a build
-            logs.note(entry, f"tuning FAILED: {_log_text(exc)}")
+            text, storage = failure_text(exc, store)  # a full disk first, as for a build
+            logs.note(entry, f"tuning FAILED: {log_text(exc)}")
             run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=reporter.log_path)
             registry.finish_run(run_id, RUN_FAILED, text)
             report.results.append(BuildResult(entry, Outcome.FAILED, time.perf_counter() - started, error=text,
@@ -189,52 +188,6 @@ def tune_entries(entries: list[Job], store: Store, registry,
     return report
 
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, BuildsysError):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (Ctrl-C)"
-    return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-
-
-def _failure_text(exc: BaseException, store: Store) -> tuple[str, bool]:
-    """(the error text, whether the store's disk is to blame): a build that failed while the
-    disk is full says so first, whatever TVM or the compiler made of it ("Compilation error")."""
-    text = _error_text(exc)
-    if isinstance(exc, BuildsysError) and any(f"{why}: " in text for why in ("no space left on device",
-                                                                             "read-only file system")):
-        return text, True  # a store or registry write said so itself
-    if isinstance(exc, KeyboardInterrupt):
-        return text, False
-    if is_storage_error(exc):  # the file it concerns, not "unexpected OSError" and a traceback
-        return describe_os_error(exc), True
-    why = storage_problem(store.tmp)
-    if why is None:  # the room may be back (a tool removed its partial output): its own words count
-        code = storage_errno_in(text)
-        why = None if code is None else storage_words(code)
-    if why is None:
-        return text, False
-    if text.startswith(why) or f": {why}: " in text or f" {why}: " in text:
-        return text, True
-    return (f"{why}: {store.tmp} ({free_bytes(store.tmp)} bytes free); free space on that disk and build again "
-            f"(the build failed with: {text.splitlines()[0] if text else type(exc).__name__})"), True
-
-
-def _in_model_code(exc: BaseException, entry: Job, stage: str | None) -> BaseException:
-    """A build process that crashed, exited or ran out of time while its model was being made or
-    exported (the export stage: the model's own code runs there) is reported as a Python exception
-    of that model is, with the config field and line that name it."""
-    if type(exc) is not BuildError or exc.stage not in ("worker", "timeout") or stage != "export":
-        return exc
-    return BuildError(f"{model_origin(entry.spec)}: {exc.detail} (while the model was made or exported)",
-                      key=exc.key, stage=exc.stage)
-
-
-def _log_text(exc: BaseException) -> str:
-    """For the log: always the whole traceback."""
-    return "".join(traceback.format_exception(exc)).rstrip()
-
-
 def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, store_root: str | None,
                  reporter: runlog.StageReporter) -> BuildOutcome:
     """``build_artifact`` with its output in the run's log: in the builder's process or in a worker."""
@@ -242,7 +195,7 @@ def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, sto
         try:
             return build_artifact(spec, key, material, staging, store_root, on_stage=reporter)
         except BaseException as exc:
-            runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {_log_text(exc)}")
+            runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {log_text(exc)}")
             if is_storage_error(exc):  # the file it concerns, not "unexpected OSError" and a traceback
                 raise BuildError(describe_os_error(exc), key=key) from None
             raise
@@ -303,7 +256,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 emit(Event(EventKind.BUILT, entry, seconds=seconds, record=record, manifest=outcome.manifest,
                                       log_path=log_path))
                 return
-        text, storage = _failure_text(exc, store)
+        text, storage = failure_text(exc, store)
         logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
         registry.finish_run(run_id, RUN_FAILED, text)
         report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path,
@@ -352,7 +305,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 else:
                     outcome = build_logged(*args)
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
-                exc = _in_model_code(exc, entry, stages[-1] if stages else None)
+                exc = in_model_code(exc, entry, stages[-1] if stages else None)
                 with guard:
                     finish(entry, run_id, started, exc=exc)
             else:

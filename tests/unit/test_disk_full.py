@@ -121,18 +121,18 @@ def test_a_failure_whose_own_words_name_a_full_disk_is_the_disk_whatever_room_is
     """A tool that removed its partial output leaves the room it needed free again: the space
     check after the failure finds nothing, and "Compilation error" was reported (exit 3). The
     tool's own words ("No space left on device", "Read-only file system") now count."""
-    from buildsys.pipeline.runner import _failure_text
+    from buildsys.pipeline.failures import failure_text
 
     store = Store(tmp_path / "store")
     store.put_bytes(b"x", "warm")  # store/tmp exists, on a disk with room
     linker = BuildError("export_library failed: RuntimeError: Compilation error:\n/usr/bin/ld: final link "
                         "failed: No space left on device\nCommand line: g++ -shared", key="ab" * 32, stage="serialize")
-    text, storage = _failure_text(linker, store)
+    text, storage = failure_text(linker, store)
     assert storage, text
     assert text.startswith(f"no space left on device: {store.tmp} (") and "free space on that disk" in text, text
-    text, storage = _failure_text(OSError("cannot write: Read-only file system"), store)
+    text, storage = failure_text(OSError("cannot write: Read-only file system"), store)
     assert storage and text.startswith(f"read-only file system: {store.tmp} ("), text
-    text, storage = _failure_text(RuntimeError("Compilation error: undefined reference"), store)
+    text, storage = failure_text(RuntimeError("Compilation error: undefined reference"), store)
     assert not storage and "no space" not in text, text
 
 
