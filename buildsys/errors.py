@@ -61,7 +61,7 @@ class BuildError(BuildsysError):
     exit_code = 3
 
     def __init__(self, message: str, *, key: str | None = None, stage: str | None = None):
-        self.key, self.stage = key, stage
+        self.key, self.stage, self.detail = key, stage, message  # detail: the message without key and stage
         prefix = ""
         if key:
             prefix += f"[{key[:12]}] "
@@ -125,10 +125,26 @@ class Interrupted(BuildsysError):
     exit_code = 130
 
 
+def _edits(a: str, b: str) -> int:
+    """Letters inserted, removed, replaced or swapped with a neighbour to turn ``a`` into ``b``."""
+    a, b = a.lower(), b.lower()
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """A 'did you mean' hint for a typo, or None when nothing is close."""
+    """A 'did you mean' hint for a typo, or None when nothing is close: a name a slip or two away
+    (two edits, a third of a long word), not any name that shares letters ('garbage' is no 'armeb')."""
     choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    close = [c for c in difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+             if _edits(word, c) <= max(2, len(word) // 3)]
     # a fragment of a longer name ("size" for "input_size") is a likely slip too
     close += [c for c in choices if word and word in c and c not in close][: 3 - len(close)]
     if not close:

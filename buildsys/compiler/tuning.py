@@ -31,7 +31,12 @@ RUNNER_TIMEOUT_S = 60.0
 
 _WORKER_SITECUSTOMIZE = '''\
 # Written by buildsys.compiler.tuning for MetaSchedule's builder/runner workers only.
-import os, sys, types
+import ctypes, os, signal, sys, types
+try:  # PR_SET_PDEATHSIG: a worker dies with its tuner (a worker mid-job outlived a killed builder,
+    # then wrote a BrokenPipeError's traceback when it answered)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+except (OSError, AttributeError):  # not Linux
+    pass
 _stub = types.ModuleType("tvm.s_tir.tensor_intrin")
 _stub.__path__ = [os.environ["BUILDSYS_TENSOR_INTRIN_DIR"]]
 sys.modules["tvm.s_tir.tensor_intrin"] = _stub
@@ -77,7 +82,8 @@ def install_intrin_stub() -> str:
 
 @contextlib.contextmanager
 def worker_environment(intrin_dir: str) -> Iterator[None]:
-    """PYTHONPATH for MetaSchedule's popen workers: the intrinsics stub and no torch."""
+    """PYTHONPATH for MetaSchedule's popen workers: the intrinsics stub, no torch, and death with
+    their tuner."""
     folder = Path(tempfile.mkdtemp(prefix="buildsys-msworker-"))
     (folder / "sitecustomize.py").write_text(_WORKER_SITECUSTOMIZE)
     (folder / "torch").mkdir()

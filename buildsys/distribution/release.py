@@ -125,7 +125,10 @@ def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
             raise TrustError(f"the archive has more than {MAX_MEMBERS} members")
         name = member.name
         path = PurePosixPath(name)
-        if path.is_absolute() or name.startswith("/") or "\\" in name:
+        if "\\" in name:  # a Windows separator: neither absolute nor a plain name
+            raise TrustError(f"archive member {name!r}: backslashes are refused (a release's names use '/', "
+                             f"all under {ROOT}/)")
+        if path.is_absolute() or name.startswith("/"):
             raise TrustError(f"archive member {name!r}: absolute paths are refused")
         if ".." in path.parts or path.parts[:1] != (ROOT,):
             raise TrustError(f"archive member {name!r}: only paths under {ROOT}/ without '..' are accepted")
@@ -139,7 +142,23 @@ def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
         if name in members:
             raise TrustError(f"archive member {name!r} appears twice")
         members[name] = member
+    _check_archive_end(tar)
     return members
+
+
+def _check_archive_end(tar: tarfile.TarFile) -> None:
+    """tarfile stops listing members, without a word, at a header it cannot read past the first:
+    a damaged stream then read as a shorter archive ("lib.so is listed but missing"). The members
+    must end at the end-of-archive marker (a zero block), and a compressed stream must end whole
+    (gzip checks its CRC there: corruption that still inflates is found)."""
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if block.count(0) != tarfile.BLOCKSIZE:
+        what = "ends before its end-of-archive marker" if len(block) < tarfile.BLOCKSIZE else \
+            f"has a damaged member header at byte {tar.offset}"
+        raise TrustError(f"the archive {what}: it is truncated or corrupt; get the release again")
+    while tar.fileobj.read(1 << 20):  # the rest: padding, then a compressed stream's own check
+        pass
 
 
 def _release_entries(manifest, path) -> list[dict]:

@@ -83,6 +83,13 @@ def _tuning_database(spec: BuildSpec, material: Mapping, store_root: str | None,
     return database, applied
 
 
+def model_origin(spec: BuildSpec, field_name: str = "source") -> str:
+    """Where builds.yaml defines the entry's model: ``models.NAME.source (builds.yaml:4; matrix
+    entry at builds.yaml:7)``, for errors the model's own code caused."""
+    where = spec.model.source_origin or spec.origin
+    return f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin})"
+
+
 def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
                    store_root: str | None = None, on_stage: Callable[[str], None] | None = None) -> BuildOutcome:
     """Export, compile, serialize and verify one entry into ``staging``. Runs torch and TVM.
@@ -106,10 +113,8 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         try:
             module = instantiate(spec.model)
         except BuildError as exc:  # say where the model is defined
-            field_name = "weights" if exc.stage == "weights" else "source"
-            where = spec.model.source_origin or spec.origin
-            raise BuildError(f"models.{spec.model.name}.{field_name} ({where}; matrix entry at {spec.origin}): "
-                             f"{exc}", key=key, stage=exc.stage) from None
+            raise BuildError(f"{model_origin(spec, 'weights' if exc.stage == 'weights' else 'source')}: {exc}",
+                             key=key, stage=exc.stage) from None
         timings["model_s"] = time.perf_counter() - start
 
         exported = export_model(module, export_examples(spec), spec.model.task, spec.batch, on_stage=stage)
@@ -134,7 +139,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     try:
         compiled.executable.export_library(str(library))
     except Exception as exc:
-        raise BuildError(f"export_library failed: {type(exc).__name__}: {exc}", key=key, stage="serialize") from None
+        raise _serialize_error(exc, library, key) from None
     vm = load_executable(library, key)
     params = exported.params
     if compiled.transforms_params:  # weights prepacked into the layouts the kernels read, once, here
@@ -185,6 +190,25 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     metrics = _metrics(parity, timings, artifact_ms, eager_ms)
     return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
                         manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
+
+
+def _serialize_error(exc: Exception, library: Path, key: str) -> BuildError:
+    """export_library's failure in words. TVM says "Compilation error" whatever stopped the
+    compiler or linker; when their output names a full disk (or a read-only one), that is the
+    error, with the folder it concerns: the library's, or the temporary folder where TVM writes
+    the object files, whichever has less room left (the linker removed its partial output)."""
+    import os
+    import tempfile
+
+    from buildsys.artifacts.space import describe_os_error, free_bytes, storage_errno_in
+
+    text = f"{type(exc).__name__}: {exc}"
+    code = storage_errno_in(text)
+    if code is None:
+        return BuildError(f"export_library failed: {text}", key=key, stage="serialize")
+    where = min((library, Path(tempfile.gettempdir())), key=lambda p: free_bytes(p) or 0)
+    return BuildError(f"writing the library: {describe_os_error(OSError(code, os.strerror(code)), where)}",
+                      key=key, stage="serialize")
 
 
 def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, tuning, params, outputs,

@@ -16,7 +16,11 @@ before the model).
 
 The child asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``;
 the fork server exits with the builder), so a builder killed with ``kill -9``
-leaves no compiler running into its staging directory. ``BUILDSYS_BUILD_IN_PROCESS=1`` builds in the builder's own process
+leaves no compiler running into its staging directory; one that finds the builder's end of its
+pipe closed first (the kernel closes it before it signals) ends without a word
+(``ORPHANED_EXIT``): nobody is left to read a traceback. multiprocessing's resource tracker,
+which the builder's build processes share, removes the semaphores a killed build left without
+warning about them on the user's terminal. ``BUILDSYS_BUILD_IN_PROCESS=1`` builds in the builder's own process
 instead (for a debugger, or tests that patch the build).
 """
 
@@ -40,6 +44,8 @@ _LIVE: set = set()  # build processes running now, for kill_all
 DEFAULT_TIMEOUT_S = 2 * 3600  # a full-size detector builds in minutes; an untuned hang never ends
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+ORPHANED_EXIT = 1  # a build process whose builder is gone: no one reads it, the fork server reaps it
+_GONE = (BrokenPipeError, ConnectionResetError)  # writing into the pipe of a builder that is gone
 
 
 def in_process() -> bool:
@@ -63,12 +69,22 @@ def _die_with_parent() -> None:
 PARENT_QUEUE = "buildsys:parent-queue"
 
 
+def _orphaned():
+    """The builder is gone (``kill -9``: its end of the pipe is closed): nobody is left to tell,
+    and a traceback would land on the user's terminal. End quietly, with what the model started."""
+    kill_tree(os.getpid(), include_root=False)
+    os._exit(ORPHANED_EXIT)
+
+
 class _PipeQueue:
     def __init__(self, connection):
         self.connection = connection
 
     def put(self, item) -> None:
-        self.connection.send(("message", item))
+        try:
+            self.connection.send(("message", item))
+        except _GONE:
+            _orphaned()
 
 
 def subreaper() -> None:
@@ -137,10 +153,15 @@ def _child(connection, environment: dict, cwd: str, path: list, function: Callab
                                       + "".join(traceback.format_exception(exc, limit=8))))
     kill_tree(os.getpid(), include_root=False)  # nothing the model started outlives its build
     try:
-        connection.send(result)
-    except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
-        connection.send(("error", BuildError(f"{type(result[1]).__name__}: {result[1]}"
-                                             if result[0] == "error" else f"cannot return the result: {exc}")))
+        try:
+            connection.send(result)
+        except _GONE:
+            _orphaned()
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle (pickled before sending)
+            connection.send(("error", BuildError(f"{type(result[1]).__name__}: {result[1]}"
+                                                 if result[0] == "error" else f"cannot return the result: {exc}")))
+    except _GONE:
+        _orphaned()
     finally:
         connection.close()
 
@@ -181,8 +202,24 @@ def _describe_exit(code: int | None) -> str:
 PRELOAD = ["buildsys.pipeline._forkserver", "buildsys.pipeline.runner", "torch", "torchvision", "tvm", "tvm.relax", "onnx"]
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the builder's; its build processes share it)
+    without its "leaked semaphore objects" warning: a build killed for a crash, a timeout or the
+    builder's own ``kill -9`` cannot release what the model allocated, and the tracker removes it
+    when the builder exits, as it should, but said so on the user's terminal."""
+    from multiprocessing import resource_tracker
+
+    saved = list(sys.warnoptions)
+    sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")  # its command line's -W
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions[:] = saved
+
+
 @functools.lru_cache(maxsize=1)
 def _context():
+    _quiet_resource_tracker()
     if os.environ.get("BUILDSYS_BUILD_START", "").strip().lower() == "spawn":
         return get_context("spawn")  # a fresh interpreter per build: slower, shares nothing
     context = get_context("forkserver")

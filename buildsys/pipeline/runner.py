@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,10 +21,11 @@ from typing import Callable, Mapping
 from buildsys.artifacts.registry import RUN_BUILT, RUN_FAILED
 from buildsys.artifacts.store import Store, pid_alive
 from buildsys.config.spec import BuildSpec
-from buildsys.artifacts.space import storage_problem
-from buildsys.errors import BuildError, BuildsysError, StoreError
+from buildsys.artifacts.space import describe_os_error, is_storage_error
+from buildsys.errors import BuildError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
 from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
+from buildsys.pipeline.failures import error_text, failure_text, in_model_code, log_text
 from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
 from buildsys.pipeline.keys import entry_key
 from buildsys.pipeline.plan import plan_builds
@@ -84,8 +84,6 @@ class _RunLogs:
             try:
                 path = runlog.new_log_path(self.store.root, entry.key)
             except OSError as exc:
-                from buildsys.artifacts.space import describe_os_error
-
                 raise StoreError(f"cannot make the run's log: {describe_os_error(exc)}") from None
             runlog.append_line(path, f"[buildsys] {entry.spec.describe()} key {entry.key} "
                                      f"({entry.spec.origin}): {entry.reason}")
@@ -129,12 +127,12 @@ def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport
                         raise KeyboardInterrupt from None
                     raise
         except BaseException as exc:  # noqa: BLE001 - recorded per entry; the records made so far stay
-            text = _error_text(exc)
-            logs.note(entry, f"tuning FAILED: {_log_text(exc)}")
+            text, storage = failure_text(exc, store)  # a full disk first, as for a build
+            logs.note(entry, f"tuning FAILED: {log_text(exc)}")
             run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=reporter.log_path)
             registry.finish_run(run_id, RUN_FAILED, text)
             report.results.append(BuildResult(entry, Outcome.FAILED, time.perf_counter() - started, error=text,
-                                              log_path=reporter.log_path))
+                                              log_path=reporter.log_path, storage=storage))
             emit(Event(EventKind.FAILED, entry, seconds=time.perf_counter() - started, error=text,
                                    log_path=reporter.log_path))
             if isinstance(exc, KeyboardInterrupt):
@@ -190,37 +188,6 @@ def tune_entries(entries: list[Job], store: Store, registry,
     return report
 
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, BuildsysError):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (Ctrl-C)"
-    return f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-
-
-def _failure_text(exc: BaseException, store: Store) -> tuple[str, bool]:
-    """(the error text, whether the store's disk is to blame): a build that failed while the
-    disk is full says so first, whatever TVM or the compiler made of it ("Compilation error")."""
-    text = _error_text(exc)
-    if isinstance(exc, BuildsysError) and any(f"{why}: " in text for why in ("no space left on device",
-                                                                             "read-only file system")):
-        return text, True  # a store or registry write said so itself
-    why = None if isinstance(exc, KeyboardInterrupt) else storage_problem(store.tmp)
-    if why is None:
-        return text, False
-    if text.startswith(why) or f": {why}: " in text or f" {why}: " in text:
-        return text, True
-    from buildsys.artifacts.space import free_bytes
-
-    return (f"{why}: {store.tmp} ({free_bytes(store.tmp)} bytes free); free space on that disk and build again "
-            f"(the build failed with: {text.splitlines()[0] if text else type(exc).__name__})"), True
-
-
-def _log_text(exc: BaseException) -> str:
-    """For the log: always the whole traceback."""
-    return "".join(traceback.format_exception(exc)).rstrip()
-
-
 def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, store_root: str | None,
                  reporter: runlog.StageReporter) -> BuildOutcome:
     """``build_artifact`` with its output in the run's log: in the builder's process or in a worker."""
@@ -228,7 +195,9 @@ def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, sto
         try:
             return build_artifact(spec, key, material, staging, store_root, on_stage=reporter)
         except BaseException as exc:
-            runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {_log_text(exc)}")
+            runlog.append_line(reporter.log_path, f"[buildsys] the build raised: {log_text(exc)}")
+            if is_storage_error(exc):  # the file it concerns, not "unexpected OSError" and a traceback
+                raise BuildError(describe_os_error(exc), key=key) from None
             raise
 
 
@@ -287,7 +256,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 emit(Event(EventKind.BUILT, entry, seconds=seconds, record=record, manifest=outcome.manifest,
                                       log_path=log_path))
                 return
-        text, storage = _failure_text(exc, store)
+        text, storage = failure_text(exc, store)
         logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
         registry.finish_run(run_id, RUN_FAILED, text)
         report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path,
@@ -323,13 +292,20 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
             started = time.perf_counter()
             args = (entry.spec, entry.key, dict(entry.material), str(staging), str(store.root),
                     logs.reporter(entry, isolation.PARENT_QUEUE if isolate else None))
+            stages: list[str] = []  # the build's stages so far, as its process reported them
+
+            def on_message(item) -> None:
+                stages.append(item[1])
+                on_stage(item)
+
             try:
                 if isolate:
                     outcome = isolation.run_isolated(build_logged, args, key=entry.key, timeout_s=timeout_s,
-                                                     on_message=on_stage)
+                                                     on_message=on_message)
                 else:
                     outcome = build_logged(*args)
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
+                exc = in_model_code(exc, entry, stages[-1] if stages else None)
                 with guard:
                     finish(entry, run_id, started, exc=exc)
             else:
@@ -389,8 +365,6 @@ def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_R
         sources.write_depfile(store.root, entry.entry_key or entry_key(outcome.material), outcome.dependencies,
                               entry.spec.model.config_dir)
     except OSError as exc:
-        from buildsys.artifacts.space import describe_os_error
-
         logs.note(entry, f"could not write its depfile: {describe_os_error(exc)}")
 
 

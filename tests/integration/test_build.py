@@ -422,6 +422,26 @@ def test_a_missing_store_object_makes_the_entry_build_again_and_verify_clean(fre
 
 
 @pytest.mark.parametrize("source, cause", [
+    ("raises_on_build", "raised RuntimeError: model function failed on purpose"),
+    ("segfaults_on_build", "the build process was killed by SIGSEGV"),
+    ("exits_on_build", "the build process exited with code 0 before returning a result"),
+])
+def test_a_model_that_crashes_or_exits_is_named_by_its_config_field_and_line(fresh, capsys, source, cause):
+    """A Python exception in the model's function was reported with ``models.NAME.source`` and
+    where builds.yaml says so; a segfault or os._exit in the same function was not (only the key)."""
+    ws = fresh(f"""
+models:
+  bad: {{source: "tests.fixtures.models:{source}"}}
+matrix: {{model: [bad], input_size: [32]}}
+""")
+    assert ws.cli("build", "--progress", "plain") == 3
+    out, err = capsys.readouterr()
+    assert f"models.bad.source ({ws.config}:3; matrix entry at {ws.config}:4): " in err, err
+    assert cause in err, err
+    assert cause in ws.registry.runs(limit=1)[0].error
+
+
+@pytest.mark.parametrize("source, cause", [
     ("exits_on_build", "exited with code 0 before returning a result"),
     ("sys_exits_on_build", "called sys.exit('giving up')"),
     ("hangs_on_build", "took longer than 45 s"),
@@ -436,7 +456,7 @@ matrix: {{model: [bad, fine], input_size: [32]}}
     assert ws.cli("build", "--jobs", "1", "--timeout", "45") == 3  # room for the fine entry on a busy CI
     out, err = capsys.readouterr()
     assert "done: 1 built, 0 cached, 0 skipped, 1 failed" in out
-    assert cause in err and "models.bad.source" in err or cause in err
+    assert cause in err and f"models.bad.source ({ws.config}:3; matrix entry at {ws.config}:5): " in err, err
     assert [r.model for r in ws.registry.list()] == ["fine"]
 
 

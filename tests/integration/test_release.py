@@ -302,6 +302,52 @@ def test_truncated_archives_are_refused_not_aborted(release, tmp_path, cut):
     assert registry.list() == [] and not list(store.iter_objects())
 
 
+def test_a_member_name_with_backslashes_is_refused_for_them(release, tmp_path):
+    """``release\\..\\x.txt`` was refused as "an absolute path", which it is not."""
+    out, _ = release
+    crafted = tmp_path / "backslash.tar"
+
+    def inject(member, data):
+        rows = [(member, data)]
+        if member.name == "release/manifest.json":
+            extra = tarfile.TarInfo("release\\..\\x.txt")
+            extra.size = 1
+            rows.append((extra, b"x"))
+        return rows
+    _rewrite(out, crafted, inject)
+    with pytest.raises(TrustError) as info:
+        _refused_quietly(crafted, tmp_path)
+    assert "backslashes are refused" in str(info.value) and "absolute" not in str(info.value), info.value
+
+
+def _refused_quietly(path, tmp_path):
+    store, registry = _empty(tmp_path)
+    try:
+        import_release(path, store, registry)
+    finally:
+        assert registry.list() == [] and not list(store.iter_objects())
+
+
+def test_a_corrupt_gzip_stream_is_called_corrupt_not_a_missing_member(release, tmp_path):
+    """A byte flipped in a gzip stream that still inflates (stored blocks): the damaged header
+    ended tarfile's listing without a word, and the import said "lib.so is listed but missing"."""
+    import gzip
+
+    out, records = release
+    data = out.read_bytes()
+    packed = bytearray(gzip.compress(data, compresslevel=0))  # stored: the tar's bytes appear as they are
+    name = f"release/{sorted(r.key for r in records)[0]}/lib.so".encode()
+    at = packed.index(name)
+    packed[at + len(name) - 1] ^= 0x20  # "lib.so" -> "lib.sO": its header's checksum no longer matches
+    crafted = tmp_path / "corrupt.tar.gz"
+    crafted.write_bytes(bytes(packed))
+    with pytest.raises(TrustError) as info:
+        _refused_quietly(crafted, tmp_path)
+    message = str(info.value)
+    assert "truncated or corrupt" in message and "damaged member header" in message, message
+    assert "listed but missing" not in message, message
+
+
 def test_import_of_a_directory_or_fifo_is_a_usage_error(tmp_path):
     import os
 

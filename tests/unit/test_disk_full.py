@@ -7,6 +7,7 @@ then opened read-only: see the measurements in buildsys/artifacts/registry/db.py
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -16,7 +17,7 @@ from buildsys.artifacts.registry import FileRecord, Registry
 from buildsys.artifacts.registry.db import read_only_engine
 from buildsys.artifacts.store import Store
 from buildsys.cli import main
-from buildsys.errors import RegistryError, StoreError
+from buildsys.errors import BuildError, RegistryError, StoreError
 from tests.fixtures.tmpfs import fill, read_only, tmpfs
 from tests.fixtures.records import new_artifact
 
@@ -114,3 +115,50 @@ def test_sqlite_wal_reads_without_shm_as_measured(tmp_path):
         with read_only_engine(str(db), "no space left on device").connect() as conn:
             assert conn.execute(text("SELECT x FROM t")).fetchall() == [(1,)]
         writer.close()
+
+
+def test_a_failure_whose_own_words_name_a_full_disk_is_the_disk_whatever_room_is_left(tmp_path):
+    """A tool that removed its partial output leaves the room it needed free again: the space
+    check after the failure finds nothing, and "Compilation error" was reported (exit 3). The
+    tool's own words ("No space left on device", "Read-only file system") now count."""
+    from buildsys.pipeline.failures import failure_text
+
+    store = Store(tmp_path / "store")
+    store.put_bytes(b"x", "warm")  # store/tmp exists, on a disk with room
+    linker = BuildError("export_library failed: RuntimeError: Compilation error:\n/usr/bin/ld: final link "
+                        "failed: No space left on device\nCommand line: g++ -shared", key="ab" * 32, stage="serialize")
+    text, storage = failure_text(linker, store)
+    assert storage, text
+    assert text.startswith(f"no space left on device: {store.tmp} (") and "free space on that disk" in text, text
+    text, storage = failure_text(OSError("cannot write: Read-only file system"), store)
+    assert storage and text.startswith(f"read-only file system: {store.tmp} ("), text
+    text, storage = failure_text(RuntimeError("Compilation error: undefined reference"), store)
+    assert not storage and "no space" not in text, text
+
+
+def test_a_tuning_failure_on_a_full_disk_exits_4_naming_the_file(tmp_path, monkeypatch):
+    """Tuning wrote its records into the store's tuning database: a full disk there was reported
+    as "unexpected OSError" with a traceback, exit 3."""
+    import errno
+
+    from buildsys.config.spec import parse_specs
+    from buildsys.pipeline import runner
+    from buildsys.pipeline.jobs import Action, Job
+
+    spec = parse_specs("models: {tiny: {source: 'tests.fixtures.models:tiny_cnn'}}\n"
+                       "matrix: {model: [tiny], input_size: [32], tuning: [64]}\n", base_dir=tmp_path)[0]
+    store = Store(tmp_path / "store")
+    registry = Registry(f"sqlite:///{tmp_path / 'store' / 'registry.db'}")
+    records = tmp_path / "store" / "tuning" / "records.json"
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(records))
+
+    monkeypatch.setattr(runner, "tune_entry", full)
+    job = Job(spec, "cd" * 32, {}, Action.BUILD, "new", tune_first=True, entry_key="ef" * 32)
+    report = runner.tune_entries([job], store, registry)
+    assert report.results[0].storage, report.results[0].error
+    assert report.results[0].error.startswith(f"no space left on device: {records} ("), report.results[0].error
+    with pytest.raises(StoreError, match="no space left on device: "):
+        report.raise_for_failures(tuning=True)
+    assert registry.runs(limit=1)[0].error == report.results[0].error

@@ -363,3 +363,20 @@ def test_a_registry_busy_past_the_bound_fails_with_what_to_do(tmp_path, monkeypa
         holder.wait()
     assert reg.runs() == []
     reg.close()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("postgresql://u:secret@127.0.0.1:1/db", "Connection refused"),  # nothing listens on port 1
+    ("postgresql://u@[::1/db", "not a database URL: 'postgresql://u@[::1/db'"),  # was a ValueError traceback
+    ("foo://x", "Can't load plugin: sqlalchemy.dialects:foo"),
+])
+def test_bad_registry_urls_say_what_to_do_without_sqlalchemy_links(url, words, tmp_path, capsys):
+    """A --registry that cannot be used: exit 6, the cause and what to check; no "(Background on
+    this error at: https://sqlalche.me/...)" line, no traceback, no password."""
+    from buildsys.cli import main
+
+    assert main(["--store", str(tmp_path / "store"), "--registry", url, "ls"]) == 6
+    err = capsys.readouterr().err
+    assert words in err and "--registry" in err, err
+    assert "sqlalche.me" not in err and "Background on this" not in err and "Traceback" not in err, err
+    assert "secret" not in err, err

@@ -75,6 +75,20 @@ def test_hostile_triples_are_refused_before_any_llvm_call(triple, message):
             normalize_target(raw)
 
 
+def test_a_name_far_from_every_choice_gets_no_suggestion():
+    """`-mtriple=garbage-...` was answered "did you mean 'armeb'?" (difflib found shared letters);
+    a hint now needs a name a slip or two away."""
+    with pytest.raises(TargetError) as info:
+        normalize_target({"kind": "llvm", "mtriple": "garbage-unknown-linux"})
+    assert "LLVM has no architecture 'garbage'" in str(info.value)
+    assert "did you mean" not in str(info.value) and "e.g. x86_64-linux-gnu" in str(info.value)
+    from buildsys.errors import did_you_mean
+
+    assert did_you_mean("garbage", ["armeb", "arm", "aarch64"]) is None
+    assert did_you_mean("tyni", ["tiny", "upsample"]) == "did you mean 'tiny'?"
+    assert did_you_mean("FoldConstnt", ["FoldConstant", "FuseOps"]) == "did you mean 'FoldConstant'?"
+
+
 def test_cpus_of_a_foreign_triple_are_validated_too():
     assert normalize_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})["mcpu"] == \
         "cortex-a72"

@@ -21,6 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from buildsys.errors import RegistryError, UsageError, did_you_mean
+from buildsys.artifacts.space import remedy
 from buildsys.artifacts.registry.db import (HEAD_REVISION, discard_empty, ensure_schema, make_engine, read_only_engine, retrying,
                                             session_scope, sqlite_storage_problem, storage_refusal, writable_problem)
 from buildsys.artifacts.registry.lookup import is_key_prefix, pick_prefix_match, refuse_reference
@@ -178,8 +179,8 @@ class Registry:
                 if not existed and database:
                     discard_empty(database)
                 raise RegistryError(f"{why}: {self._engine.url.database}: the registry could not be created or "
-                                    f"migrated to schema revision {HEAD_REVISION} (nothing was changed); free space "
-                                    "on that disk (or make it writable) and run the command again") from None
+                                    f"migrated to schema revision {HEAD_REVISION} (nothing was changed); "
+                                    f"{remedy(why)} and run the command again") from None
         else:
             self._database = self._engine.url.database
             self._engine.dispose()
@@ -195,8 +196,8 @@ class Registry:
                         if inspect(conn).has_table("alembic_version") else None)
         if revision != HEAD_REVISION:
             raise RegistryError(f"{self.read_only}: {self._database}: the registry is at schema revision "
-                                f"{revision or 'none'} and needs migrating to {HEAD_REVISION}, which writes; free "
-                                "space on that disk (or make it writable) and run the command again")
+                                f"{revision or 'none'} and needs migrating to {HEAD_REVISION}, which writes; "
+                                f"{remedy(self.read_only)} and run the command again")
 
     def close(self) -> None:
         self._engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,15 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 5_000
 
 
+REACH = "; check the URL (--registry, BUILDSYS_REGISTRY) and that the database can be reached"
+
+
+def said(exc: BaseException) -> str:
+    """A SQLAlchemy error's own words, without its "(Background on this error at: https://sqlalche.me/...)"
+    line: a link into SQLAlchemy's documentation is no next step for someone running buildsys."""
+    return re.sub(r"\s*\(Background on this \w+ at: [^)]*\)", "", str(exc)).strip()
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
@@ -37,8 +47,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise RegistryError(f"not a database URL: {url!r} ({exc})") from None
+    except (ArgumentError, ValueError) as exc:  # a port that is no number: ValueError
+        raise RegistryError(f"not a database URL: {url!r} ({said(exc)}); pass --registry (BUILDSYS_REGISTRY) as "
+                            "dialect://user@host/database, or sqlite:///PATH") from None
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
         try:
@@ -49,7 +60,8 @@ def make_engine(url: str) -> Engine:
     try:
         engine = create_engine(parsed)
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
-        raise RegistryError(f"cannot open registry {url!r}: {exc}") from None
+        raise RegistryError(f"cannot open registry {url!r}: {said(exc)}; pass a URL of an installed database driver "
+                            "as --registry (BUILDSYS_REGISTRY), or leave it out for SQLite in the store") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -87,7 +99,7 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+        raise RegistryError(f"registry {engine.url!r}: {said(exc)}{REACH}") from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -101,7 +113,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as conn:
             command.upgrade(alembic_config(engine, conn), revision)
     except (SQLAlchemyError, CommandError) as exc:
-        raise RegistryError(f"registry {engine.url!r}: migration failed: {exc}") from None
+        raise RegistryError(f"registry {engine.url!r}: migration failed: {said(exc)}") from None
 
 
 def _stored_revision(engine: Engine) -> str | None:
@@ -198,7 +210,7 @@ def ensure_schema(engine: Engine) -> None:
             if not _at_head(engine):  # another process may have migrated while we waited
                 upgrade(engine)
     except SQLAlchemyError as exc:
-        raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+        raise RegistryError(f"registry {engine.url!r}: {said(exc)}{REACH}") from None
 
 
 # ---------------------------------------------------------------- a full disk, a read-only store
@@ -235,7 +247,7 @@ def writable_problem(engine: Engine) -> str | None:
         engine.dispose()
         why = sqlite_storage_problem(engine)
         if why is None:
-            raise RegistryError(f"registry {engine.url!r}: {exc}") from None
+            raise RegistryError(f"registry {engine.url!r}: {said(exc)}{REACH}") from None
         return why
 
 
@@ -250,14 +262,16 @@ def discard_empty(database: str) -> None:
 
 def read_only_engine(database: str, why: str) -> Engine:
     """An engine that only reads the SQLite file ``database`` (see the measurements above)."""
+    from buildsys.artifacts.space import remedy
+
     path = Path(database)
     if not path.is_file() or path.stat().st_size == 0:
         raise RegistryError(f"{why}: {path.parent}: there is no registry at {path} and none can be created "
-                            "there; free space (or make it writable), or pass another --registry")
+                            f"there; {remedy(why)}, or pass another --registry")
     try:
         connect_read_only(path, BUSY_TIMEOUT_MS / 1000).close()  # which way works: said in its error otherwise
     except RegistryError as exc:
-        raise RegistryError(f"{why}: {exc}; free space on that disk (or make it writable) and run again") from None
+        raise RegistryError(f"{why}: {exc}; {remedy(why)} and run again") from None
     engine = create_engine("sqlite://", creator=lambda: connect_read_only(path, BUSY_TIMEOUT_MS / 1000))
     event.listen(engine, "connect", _read_only_pragmas)
     return engine
@@ -270,13 +284,14 @@ def _read_only_pragmas(dbapi_connection, _record) -> None:
 
 
 def storage_refusal(path: str, why: str) -> RegistryError:
-    """A write the registry could not make because its disk is full or read-only."""
-    from buildsys.artifacts.space import free_bytes
+    """A write the registry could not make because its disk is full or read-only, or its folder
+    may not be written."""
+    from buildsys.artifacts.space import free_bytes, remedy, unwritable_place
 
     free = free_bytes(path)
     sizes = f" ({free} bytes free)" if free is not None and why.startswith("no space") else ""
-    return RegistryError(f"{why}: {path}{sizes}; the registry was not changed; free space on that disk (or make "
-                         "it writable) and run the command again")
+    return RegistryError(f"{why}: {unwritable_place(path, why)}{sizes}; the registry was not changed; {remedy(why)}, "
+                         "or pass another --registry, and run the command again")
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -329,7 +344,7 @@ def session_scope(factory: sessionmaker) -> Iterator[Session]:
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        error = RegistryError(f"registry error: {exc.__class__.__name__}: {exc}")
+        error = RegistryError(f"registry error: {exc.__class__.__name__}: {said(exc)}")
         error.busy = _is_busy(exc)
         error.sqlite_error = getattr(getattr(exc, "orig", None), "sqlite_errorname", None)
         raise error from None
