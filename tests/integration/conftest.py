@@ -19,6 +19,13 @@ matrix:
 """
 
 
+def tiny_cnn_config(*matrix_lines: str) -> str:
+    """The 10-class tiny CNN at 32x32, with ``matrix_lines`` (e.g. ``target: [...]``) added to its matrix."""
+    axes = "".join(f"  {line}\n" for line in matrix_lines)
+    return ("models:\n  tiny_cnn:\n    source: tests.fixtures.models:tiny_cnn\n    kwargs: {classes: 10}\n"
+            f"matrix:\n  model: [tiny_cnn]\n  input_size: [32]\n{axes}")
+
+
 class Workspace:
     def __init__(self, root, config_text):
         self.root = root
