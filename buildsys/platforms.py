@@ -134,3 +134,20 @@ def describe_elf(machine: int, elf_class: int = 0) -> str:
     found = for_elf_machine(machine)
     return found.arch if found is not None else f"ELF machine {machine}" + (
         f" ({32 if elf_class == 1 else 64}-bit)" if elf_class else "")
+
+
+def host_packages(arch: str) -> list[tuple[str, str]]:
+    """(command, Debian package) pairs a host of another architecture needs to build for ``arch`` and
+    verify under emulation (mmdebstrap makes the sysroot)."""
+    row = PLATFORMS[ARCH_ALIASES.get(arch, arch)]
+    pairs = [(row.compiler, row.compiler_package), ("mmdebstrap", "mmdebstrap")]
+    return pairs + ([(row.emulator, row.emulator_package)] if row.emulator else [])
+
+
+if __name__ == "__main__":  # `python -m buildsys.platforms aarch64`: what .ci/cross-deps installs
+    import sys
+
+    for name in sys.argv[1:]:
+        if host_arch() != ARCH_ALIASES.get(name, name):
+            for command, package in host_packages(name):
+                print(command, package)

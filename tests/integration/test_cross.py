@@ -103,3 +103,31 @@ def test_without_an_emulator_it_is_built_but_not_verified(fresh, aarch64_linker,
     assert not (tmp_path / "r.tar").exists()
     assert ws.cli("export", record.key[:8], "-o", str(tmp_path / "r.tar"), "--sign-key", str(key),
                   "--allow-unverified") == 0
+
+
+EVERY_KERNEL = """
+models:
+  every_kernel: {source: "tests.fixtures.models:every_kernel"}
+matrix:
+  model: [every_kernel]
+  input_size: [32]
+  target: [llvm, "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72"]
+"""
+
+
+def test_every_kernel_the_host_schedules_is_scheduled_for_aarch64_and_correct(fresh, aarch64_sysroot):
+    """The default schedules are not x86-only: each kernel gets the same schedule for NEON (4 lanes),
+    none falls back to TVM's loop nests, and the result matches PyTorch under qemu-user."""
+    ws = fresh(EVERY_KERNEL)
+    assert ws.cli("build") == 0
+    store = Store(ws.store)
+    built = {m["cpu"]["arch"]: m for m in (manifest_format.read_stored(store, r) for r in ws.registry.list())}
+    host, arm = built[platforms.host_arch()], built["aarch64"]
+    assert arm["default_schedules"]["note"] is None and host["default_schedules"]["note"] is None
+    assert arm["default_schedules"]["functions"] == host["default_schedules"]["functions"]
+    functions = " ".join(arm["default_schedules"]["functions"])
+    for kind in ("conv2d_packed", "depthwise_conv2d", "matmul_packed", "mean"):
+        assert kind in functions, (kind, functions)
+    assert arm["default_schedules"]["packed_weights"] == host["default_schedules"]["packed_weights"] >= 4
+    assert arm["verification"]["how"] == "qemu-user" and arm["parity"]["passed"]
+    assert arm["parity"]["max_rel"] < 1e-5
