@@ -10,8 +10,11 @@ PYTEST_ARGS ?=
 RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
+# Architectures builds.yaml builds for besides this host's: their cross compiler, qemu-user and
+# mmdebstrap are installed by .ci/cross-deps (names from buildsys/platforms.py).
+CROSS_ARCHS ?= aarch64
 
-.PHONY: venv build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
+.PHONY: venv cross-deps runtime-smoke-aarch64 build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,16 +23,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+## Cross compilers, qemu-user and mmdebstrap for CROSS_ARCHS (apt-get when root, else a note).
+cross-deps: $(STAMP)
+	.ci/cross-deps $(BIN)/python $(CROSS_ARCHS)
+
 ## Build the default matrix in builds.yaml (cached entries are not rebuilt).
-build-all: $(STAMP)
+build-all: $(STAMP) cross-deps
 	$(BIN)/buildsys build $(BUILD_ARGS)
 
 ## Fast default test run: unit tests plus small model builds (the slow tier is deselected).
-test: $(STAMP)
+test: $(STAMP) cross-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Everything: the fast run plus the slow tier (every full-size detector of builds.yaml with parity).
-test-all: $(STAMP)
+test-all: $(STAMP) cross-deps
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The slow tier alone (tests/slow: about 15 minutes on 2 cores).
@@ -49,6 +56,11 @@ runtime-smoke: $(STAMP) $(RUNTIME_STAMP)
 	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	$(BIN)/buildsys -c tests/smoke/builds.yaml --store $(SMOKE_DIR)/artifacts build
 	$(RUNTIME_VENV)/bin/python tests/smoke/runtime_smoke.py $(SMOKE_DIR)
+
+## The same on aarch64: a tiny detector built here for aarch64 (parity under qemu-user), then loaded by
+## key, alias and bundle by the runtime alone in an aarch64 sysroot under qemu-user.
+runtime-smoke-aarch64: $(STAMP) cross-deps
+	$(BIN)/python tests/smoke/cross_smoke.py $(SMOKE_DIR)-aarch64
 
 ## MetaSchedule tuning (resumable) and the tuned builds of builds.tune.yaml (kept out of build-all).
 TUNE_CONFIG ?= builds.tune.yaml

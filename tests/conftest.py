@@ -86,6 +86,34 @@ def postgres_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def aarch64_linker():
+    """The aarch64 cross compiler (Debian g++-aarch64-linux-gnu); skipped where it is missing,
+    except under CI=true (.ci/run installs it)."""
+    from buildsys.compiler.cross import linker_for
+    from buildsys.errors import BuildError
+
+    try:
+        return linker_for({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    except BuildError as exc:
+        missing(f"the aarch64 cross-build tests need a cross compiler: {exc}")
+
+
+@pytest.fixture(scope="session")
+def aarch64_sysroot(aarch64_linker):
+    """qemu-user and an aarch64 sysroot with numpy and TVM's runtime (buildsys/pipeline/emulation.py,
+    made once and cached); skipped where they cannot be had, except under CI=true."""
+    from buildsys import platforms
+    from buildsys.pipeline import emulation
+
+    row = platforms.PLATFORMS["aarch64"]
+    try:
+        emulation.emulator(row)
+        return emulation.sysroot(row)
+    except emulation.Unavailable as exc:
+        missing(f"the emulated aarch64 tests need qemu-user and a sysroot: {exc}")
+
+
 def pytest_terminal_summary(terminalreporter):
     """What the generated hostile-input suites tried (tests/fixtures/fuzz.py), by suite and outcome."""
     from tests.fixtures.fuzz import SCALE, TRIED

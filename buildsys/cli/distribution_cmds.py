@@ -16,12 +16,16 @@ from buildsys.workspace import Workspace
                    "directory per artifact).")
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="ed25519 private key (PEM) to sign with [env BUILDSYS_SIGNING_KEY]; see `buildsys keygen`.")
+@click.option("--allow-unverified", is_flag=True,
+              help="Sign artifacts that were never verified against PyTorch (built for a machine nothing "
+                   "here could run); refused without it.")
 @pass_ws
-def export_cmd(ws: Workspace, refs, export_all, out_path, sign_key):
+def export_cmd(ws: Workspace, refs, export_all, out_path, sign_key, allow_unverified):
     """Copy artifacts out: a release tar for `buildsys import`, or bundle directories to load directly."""
     from buildsys.distribution.outbound import export_artifacts
 
-    for line in export_artifacts(ws, refs, export_all=export_all, out_path=out_path, sign_key=sign_key):
+    for line in export_artifacts(ws, refs, export_all=export_all, out_path=out_path, sign_key=sign_key,
+                                 allow_unverified=allow_unverified):
         click.echo(line)
 
 

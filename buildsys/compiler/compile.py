@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from buildsys.errors import BuildError
 from buildsys.config.passes import OPAQUE_DYNAMIC_PASS_NAME, PACK_PASS_NAME, PASS_NAME, TO_DATAFLOW_PASS_NAME
 from buildsys.config.spec import BuildSpec
-from buildsys.config.targets import to_tvm
+from buildsys.compiler.cross import host_transform
+from buildsys.config.targets import is_cross, to_tvm
 
 
 @dataclass
@@ -25,6 +26,7 @@ class CompiledModel:
     schedules_note: str | None = None  # why the default schedules were turned off, when they were
     packed_weights: int = 0  # weights transformed at build time: batch norms folded (folding.py), ops packed (schedules.py)
     kernel_flops: dict[str, float | None] | None = None  # kernel -> floating-point ops per call (None: symbolic shape)
+    host_transform: object | None = None  # a cross build's main_transform_params, built for the build host
 
 
 def _pass_recorder():
@@ -148,11 +150,12 @@ def _legalize_passes(target, converted: list | None = None):
 
 
 def _pipeline(target, scheduled: list[str], default_schedules: bool = True, packed: list | None = None,
-              flops: dict | None = None, converted: list | None = None):
+              flops: dict | None = None, converted: list | None = None, lifted: list | None = None):
     """TVM's CPU pipeline (relax.backend.cpu_generic) with buildsys' default schedules applied
     to the fused kernels that tuning records did not schedule (unless ``default_schedules`` is off).
     With a ``packed`` list, dense and convolution weights are first packed by a transform lifted
-    into ``main_transform_params`` (the list gets the number of ops rewritten)."""
+    into ``main_transform_params`` (the list gets the number of ops rewritten; ``lifted``, when given,
+    the module right after it, for ``cross.host_transform``)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -168,6 +171,8 @@ def _pipeline(target, scheduled: list[str], default_schedules: bool = True, pack
     def pack_pass(mod, _ctx):
         packed.append(0)  # it ran: should the build fail from here on, it is retried without it
         mod, packed[-1] = pack_weights(mod, vector_lanes(target))
+        if lifted is not None:
+            lifted.append(mod)
         return mod
 
     @tvm.transform.module_pass(opt_level=0, name="buildsys.CPUPipeline")
@@ -209,6 +214,10 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
     import tvm
     from tvm import relax
 
+    cross = is_cross(target_dict)
+    if cross and tuned is not None:
+        raise BuildError("tuning measures on the machine that runs the code: a target of another architecture "
+                         "cannot be tuned here (untuned entries build)", stage="tune")
     target = to_tvm(target_dict)
     recorder = _pass_recorder()
     start = time.perf_counter()
@@ -223,10 +232,12 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
             packed: list[int] | None = [] if tuned is None else None
             flops: dict[str, float | None] = {}
             converted: list[bool] = []  # whether plain binding blocks were made dataflow blocks
+            lifted: list = []  # the module with main_transform_params lifted (a cross build runs it on the host)
             try:
                 executable = relax.build(mod, target=target,
                                          relax_pipeline=_pipeline(target, default_scheduled, packed=packed,
-                                                                  flops=flops, converted=converted))
+                                                                  flops=flops, converted=converted,
+                                                                  lifted=lifted if cross else None))
             except Exception as exc:  # noqa: BLE001 - retried without them below, or raised
                 if not default_scheduled and not packed and not any(converted):
                     raise
@@ -239,12 +250,14 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
                 logging.getLogger(__name__).warning("%s; building again without them", schedules_note)
                 default_scheduled, packed = [], None
                 flops.clear()
+                lifted.clear()
                 executable = relax.build(mod, target=target,
                                          relax_pipeline=_pipeline(target, [], default_schedules=False, flops=flops))
     except BuildError:
         raise
     except Exception as exc:
         raise BuildError(f"relax.build failed: {type(exc).__name__}: {str(exc)[-2000:]}", stage="compile") from None
+    transform = host_transform(lifted[-1]) if cross and sum(packed or []) else None
     seconds = time.perf_counter() - start
     trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
     ran = set(recorder.counts)
@@ -255,4 +268,4 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
                          transforms_params=tuned is not None or bool(sum(packed or [])),
                          packed_weights=sum(packed or []), prepack_note=prepack_note,
                          default_scheduled=default_scheduled, schedules_note=schedules_note,
-                         kernel_flops=flops)
+                         kernel_flops=flops, host_transform=transform)

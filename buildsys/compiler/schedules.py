@@ -50,17 +50,22 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 
 def vector_lanes(target) -> int:
-    """float32 lanes of the target's vectors: 16 (AVX-512), 8 (AVX2), else 4 (SSE2, NEON)."""
+    """float32 lanes of the target's vectors: on x86 16 (AVX-512), 8 (AVX2), else 4 (SSE2); on other
+    architectures their baseline width from ``buildsys/platforms.py`` (NEON: 128 bits, 4 lanes;
+    SVE code is generated for 128-bit NEON vectors too)."""
     from tvm.target import codegen
+
+    from buildsys import platforms
 
     if target is None or target.kind.name != "llvm":
         return 4
+    triple = str(target.attrs.get("mtriple", "") or "")
+    row = platforms.for_triple(triple) if triple else platforms.host()
+    if row is not None and row.arch != "x86_64":
+        return row.vector_lanes
     for feature, lanes in (("avx512f", 16), ("avx2", 8)):
-        try:
-            if codegen.llvm_cpu_has_features(feature, target):
-                return lanes
-        except Exception:  # noqa: BLE001 - not an x86 target
-            return 4
+        if codegen.llvm_cpu_has_features(feature, target):
+            return lanes
     return 4
 
 

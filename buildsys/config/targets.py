@@ -13,7 +13,9 @@ import json
 import shlex
 from typing import Any, Mapping
 
+from buildsys import platforms
 from buildsys.errors import TargetError, did_you_mean
+from buildsys.platforms import Platform
 
 SUPPORTED_KINDS = ("llvm",)
 # option name -> parser of its value
@@ -157,6 +159,10 @@ def _validate_mtriple(mtriple: str, where: str) -> str:
     if arch not in archs:
         raise TargetError(f"LLVM has no architecture {arch!r} (from triple {mtriple!r})", field=where,
                           hint=did_you_mean(arch, archs) or "e.g. x86_64-linux-gnu")
+    if platforms.for_arch(arch) is None:
+        raise TargetError(f"buildsys cannot link or load code for architecture {arch!r} (from triple {mtriple!r})",
+                          field=where, hint=f"architectures with a row in buildsys/platforms.py: "
+                                            f"{', '.join(platforms.PLATFORMS)}")
     return mtriple
 
 
@@ -177,22 +183,34 @@ def to_tvm(target: Mapping[str, Any]):
         raise TargetError(f"TVM rejected target {json.dumps(tvm_dict)}: {exc}") from None
 
 
-# LLVM feature name -> /proc/cpuinfo flag, for the SIMD families generated code uses.
-LLVM_TO_CPUINFO = {
-    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
-    "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512cd": "avx512cd",
-    "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
-    "avx512fp16": "avx512_fp16", "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2",
-    "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq", "avx512ifma": "avx512ifma",
-    "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
-}
+def target_platform(target: Mapping[str, Any]) -> Platform:
+    """The row of ``buildsys/platforms.py`` for a normalized target: its ``mtriple``'s architecture,
+    or this host's."""
+    arch = platforms.triple_arch(target["mtriple"]) if "mtriple" in target else platforms.host_arch()
+    found = platforms.for_arch(arch)
+    if found is None:
+        raise TargetError(f"buildsys has no platform row for architecture {arch!r}",
+                          hint=f"known: {', '.join(platforms.PLATFORMS)}; add a row to buildsys/platforms.py")
+    return found
+
+
+def is_cross(target: Mapping[str, Any]) -> bool:
+    """Whether code built for ``target`` cannot run on this host (another architecture)."""
+    return "mtriple" in target and platforms.triple_arch(target["mtriple"]) != platforms.host_arch()
+
+
+def target_triple(target: Mapping[str, Any]) -> str:
+    """The triple the code is for, as the target names it (this host's GNU triple when it names none)."""
+    return target.get("mtriple") or target_platform(target).triple
 
 
 def required_features(target: Mapping) -> list[str]:
-    """cpuinfo flags the code compiled for ``target`` (normalized dict) may use. Build side (needs TVM)."""
+    """/proc/cpuinfo names of the features the code compiled for ``target`` (normalized dict) may use,
+    from its platform's row. Build side (needs TVM)."""
     if "mcpu" not in target and "mattr" not in target:
-        return []  # generic x86-64: baseline instructions only
+        return []  # the architecture's baseline instructions only
     from tvm.target import codegen
 
+    names = target_platform(target).features
     enabled = {str(f) for f in codegen.llvm_get_cpu_features(to_tvm(target))}
-    return sorted(LLVM_TO_CPUINFO[f] for f in enabled if f in LLVM_TO_CPUINFO)
+    return sorted({names[f] for f in enabled if f in names})

@@ -27,13 +27,10 @@ import tempfile
 from pathlib import Path
 
 from buildsys.errors import TargetError
+from buildsys.platforms import ARCH_ALIASES, triple_arch  # noqa: F401 - part of this module's interface
 from buildsys.config.toolchain import package_version
 
 FACTS_FORMAT = 1
-# LLVM architecture spellings that triples use but `llvm_get_targets` names otherwise.
-ARCH_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "i686": "i386", "i586": "i386", "i486": "i386",
-                "arm64": "aarch64", "armv7": "arm", "armv7a": "arm", "armv8": "aarch64", "ppc64le": "powerpc64le",
-                "ppc64": "powerpc64"}
 GENERATE_TIMEOUT_S = 300
 # TVM registers each pass's constructor as a global function; these give the names PassContext compares.
 _PREFIXES = {"tirx.transform.": "tirx.", "s_tir.transform.": "s_tir."}
@@ -82,11 +79,6 @@ def _host_fingerprint() -> str:
 def facts_path() -> Path:
     version = package_version("apache-tvm") or "none"
     return cache_dir() / f"tvm-facts-{version}-{_host_fingerprint()}.json"
-
-
-def triple_arch(triple: str) -> str:
-    arch = triple.split("-", 1)[0].lower()
-    return ARCH_ALIASES.get(arch, arch)
 
 
 @functools.lru_cache(maxsize=1)

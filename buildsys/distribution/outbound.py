@@ -5,15 +5,27 @@ from __future__ import annotations
 from buildsys.errors import UsageError
 
 
-def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_key: str | None = None) -> list[str]:
+def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_key: str | None = None,
+                     allow_unverified: bool = False) -> list[str]:
     """A release tar when ``out_path`` ends in .tar (artifacts + a signed manifest, for ``buildsys
-    import``), else a bundle directory per artifact (loadable directly). Returns a line per result."""
+    import``), else a bundle directory per artifact (loadable directly). Returns a line per result.
+    A signature vouches for what it signs: artifacts never verified against PyTorch (built for a
+    machine nothing here could run) are refused when signing, unless ``allow_unverified``."""
+    from buildsys.artifacts.registry import STATUS_UNVERIFIED
     from buildsys.distribution.signing import load_private_key
 
     if not refs and not export_all:
         raise UsageError("name artifacts to export (KEY, prefix or alias), or pass --all")
     private_key = load_private_key(sign_key)
     records = ws.records(() if export_all else refs)
+    unverified = [r for r in records if r.status == STATUS_UNVERIFIED]
+    if unverified and private_key is not None and not allow_unverified:
+        named = ", ".join(f"{r.key[:12]} ({r.model}, {r.target.get('mtriple', 'host')})" for r in unverified)
+        raise UsageError(
+            f"{len(unverified)} of the artifacts to sign were never verified against PyTorch (no machine or emulator "
+            f"could run them): {named}; "
+            "verify them (install qemu-user-static and rebuild with --force, or on a board over RPC) or pass "
+            "--allow-unverified to sign them anyway")
     if out_path.endswith(".tar"):
         from buildsys.distribution.release import export_release
 

@@ -93,7 +93,8 @@ def export_release(records, store: Store, registry, out: str | os.PathLike, priv
             bench = registry.benchmarks(record.key, limit=1)
             artifacts.append({"key": record.key, "model": record.model, "input_size": record.input_size,
                               "files": files, "spec": record.spec, "toolchain": record.toolchain,
-                              "parity_max_rel": record.parity_max_rel, "metrics": dict(record.metrics),
+                              "parity_max_rel": record.parity_max_rel, "status": record.status,
+                              "metrics": dict(record.metrics),
                               "aliases": list(record.aliases), "manifest_digest": record.manifest_digest,
                               "bench": bench[0].results if bench else None})
         manifest = {"release_format": RELEASE_FORMAT, "created_at": _created_at(), "artifacts": artifacts}

@@ -296,7 +296,9 @@ def bench_refs(ws, refs, *, filters=(), threads: int = 1, rounds: int = 5, numbe
     from buildsys.errors import UsageError
 
     configure_threads(threads)  # before TVM's thread pool or torch's start
+    from buildsys.artifacts import manifest as manifest_format
     from buildsys.runtime import load_artifact
+    from buildsys.runtime.loader import foreign_build
 
     matrix = ws.matrix_specs(filters=filters, cached_only=True) if not refs or filters else {}
     records = [ws.registry.resolve(ref) for ref in refs] if refs else [ws.registry.get(k) for k in matrix]
@@ -307,6 +309,13 @@ def bench_refs(ws, refs, *, filters=(), threads: int = 1, rounds: int = 5, numbe
         spec = ws.spec_of(record, matrix)
         label = f"{spec.describe()} ({record.key[:12]})"
         status = (lambda text, label=label: on_status(f"{label}: {text}")) if on_status else None
+        foreign = foreign_build(manifest_format.read_stored(ws.store, record))
+        if foreign is not None:  # no number: emulated time is not latency, and this host cannot run it
+            results.append(BenchResult(record.key, label, threads, rounds, number, cpu_model(), runners={
+                "artifact": {"error": f"built for {foreign}: this {platform.machine()} host cannot time it, and "
+                                      "time under emulation (qemu-user) is not latency; run `buildsys bench` on "
+                                      "such a machine (or over TVM's RPC, README \"Other architectures\")"}}))
+            continue
         if status:
             status("loading ...")
         predictor = load_artifact(record.key, registry=ws.registry, store=ws.store)

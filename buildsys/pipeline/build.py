@@ -21,8 +21,11 @@ from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NA
 from buildsys.artifacts.store import Store
 from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
-from buildsys.config.targets import required_features
+from buildsys import platforms
+from buildsys.compiler.cross import export_library, linker_for
+from buildsys.config.targets import is_cross, required_features, target_platform, target_triple
 from buildsys.errors import BuildError, ParityError
+from buildsys.platforms import elf_header
 from buildsys.pipeline import sources
 from buildsys.pipeline.keys import build_key, entry_key
 from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
@@ -30,6 +33,7 @@ from buildsys.pipeline.samples import export_examples, input_description, sample
 from buildsys.config.toolchain import toolchain_versions
 from buildsys.runtime.versions import runtime_versions
 
+VERIFIED, UNVERIFIED = "verified", "unverified"  # the manifest's verification.status
 TIMING_RUNS = 3
 TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken (untuned detectors: minutes)
 
@@ -96,6 +100,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
 
     ``on_stage`` is called with each stage's name as the build enters it (runlog.STAGES)."""
     stage = on_stage or (lambda _name: None)
+    linker_for(spec.target, key=key)  # a missing cross compiler fails the build before minutes of work
     stage("export")  # importing torch and TVM is part of it
     import torch
 
@@ -136,27 +141,26 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
 
     start = time.perf_counter()
     library = staging_dir / LIBRARY_NAME
-    try:
-        compiled.executable.export_library(str(library))
-    except Exception as exc:
-        raise _serialize_error(exc, library, key) from None
-    vm = load_executable(library, key)
+    cross = is_cross(spec.target)
+    export_library(compiled.executable, str(library), spec.target, key=key)
+    elf_machine, _ = elf_header(library)
+    vm = None if cross else load_executable(library, key)  # nothing built for the target runs here
     params = exported.params
     if compiled.transforms_params:  # weights prepacked into the layouts the kernels read, once, here
-        params = outputs_to_numpy(vm["main_transform_params"]([to_device(p) for p in params]))
+        transform = _host_vm(compiled.host_transform) if cross else vm
+        params = outputs_to_numpy(transform["main_transform_params"]([to_device(p) for p in params]))
     manifest_format.write_params(staging_dir / PARAMS_NAME, params)
     timings["serialize_s"] = time.perf_counter() - start
 
-    # Verify what will be shipped: the serialized library, reloaded the way the loader does.
+    # Verify what will be shipped: the serialized library, reloaded the way the loader does (here, or
+    # for another architecture under emulation); where it cannot run, it is published unverified.
     stage("verify")
     start = time.perf_counter()
-    weights = [to_device(p) for p in params]
+    ran, verification = _run_checks(spec, key, library, vm, params, checked)
     by_batch, first_run_ms = {}, {}
-    for size, (inputs, reference) in checked.items():
-        args = [to_device(t.numpy()) for t in inputs] + weights
-        run_start = time.perf_counter()
-        actual = outputs_to_numpy(vm["main"](*args))
-        first_run_ms[size] = (time.perf_counter() - run_start) * 1e3
+    for size, (actual, ms) in ran.items():
+        inputs, reference = checked[size]
+        first_run_ms[size] = ms
         if spec.model.task == "detection":
             second_stage = getattr(exported.reference, "second_stage_given_boxes", None)
             x = inputs[0]
@@ -165,57 +169,85 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
                 second_stage=(lambda b, l: second_stage(x, b, l)) if second_stage else None)
         else:
             by_batch[size] = compare_outputs(reference, actual, spec.model.tolerance, key=key)
-    parity = worst_parity(by_batch)
+    parity = worst_parity(by_batch) if by_batch else None
     timings["verify_s"] = time.perf_counter() - start
     timed = spec.batch.opt  # latency at the representative batch size
     inputs, reference = checked[timed]
     outputs = _output_specs(exported, reference, timed if spec.batch.dynamic else None)
-    if not parity.passed:
+    if parity is not None and not parity.passed:
         at = f" at batch {min(by_batch, key=lambda b: by_batch[b].passed)}" if len(by_batch) > 1 else ""
         raise ParityError(f"{parity.explain([o['name'] for o in outputs])}{at}; the artifact is not published",
                           key=key, stage="verify")
 
-    args = [to_device(t.numpy()) for t in inputs] + weights
-    runs = TIMING_RUNS if first_run_ms[timed] < TIMING_BUDGET_S * 1e3 else 0
-    with torch.no_grad():
-        eager_ms = _median_ms(lambda: exported.reference(*inputs), runs or 1)
-    artifact_ms = _median_ms(lambda: vm["main"](*args)) if runs else first_run_ms[timed]
+    if cross:  # emulated time is not latency, and eager on this host is no peer of the target
+        artifact_ms = eager_ms = None
+        runs = 0
+        verification["emulated_ms"] = round(first_run_ms[timed], 3) if timed in first_run_ms else None
+    else:
+        args = [to_device(t.numpy()) for t in inputs] + [to_device(p) for p in params]
+        runs = TIMING_RUNS if first_run_ms[timed] < TIMING_BUDGET_S * 1e3 else 0
+        with torch.no_grad():
+            eager_ms = _median_ms(lambda: exported.reference(*inputs), runs or 1)
+        artifact_ms = _median_ms(lambda: vm["main"](*args)) if runs else first_run_ms[timed]
 
     manifest = _manifest(spec, key, material, exported, compiled, tuning, params, outputs, dependencies, parity,
-                         timings, artifact_ms, eager_ms, torch.get_num_threads(), runs or 1)
+                         timings, artifact_ms, eager_ms, torch.get_num_threads(), runs or 1, verification,
+                         elf_machine)
     if len(by_batch) > 1:
         manifest["parity"]["batches"] = {str(size): {"max_abs": p.max_abs, "max_rel": p.max_rel, "passed": p.passed}
                                          for size, p in by_batch.items()}
     manifest["latency"]["batch"] = timed
-    metrics = _metrics(parity, timings, artifact_ms, eager_ms)
+    metrics = _metrics(parity, timings, artifact_ms, eager_ms, verification.get("emulated_ms"))
     return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
                         manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
 
 
-def _serialize_error(exc: Exception, library: Path, key: str) -> BuildError:
-    """export_library's failure in words. TVM says "Compilation error" whatever stopped the
-    compiler or linker; when their output names a full disk (or a read-only one), that is the
-    error, with the folder it concerns: the library's, or the temporary folder where TVM writes
-    the object files, whichever has less room left (the linker removed its partial output)."""
-    import os
-    import tempfile
+def _host_vm(executable):
+    """A VM over a host executable held in memory (a cross build's weight transform)."""
+    import tvm
+    from tvm import relax
 
-    from buildsys.artifacts.space import describe_os_error, free_bytes, storage_errno_in
+    return relax.VirtualMachine(executable, tvm.cpu())
 
-    text = f"{type(exc).__name__}: {exc}"
-    code = storage_errno_in(text)
-    if code is None:
-        return BuildError(f"export_library failed: {text}", key=key, stage="serialize")
-    where = min((library, Path(tempfile.gettempdir())), key=lambda p: free_bytes(p) or 0)
-    return BuildError(f"writing the library: {describe_os_error(OSError(code, os.strerror(code)), where)}",
-                      key=key, stage="serialize")
+
+def _run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Mapping):
+    """Run the library on each parity input: here (``vm``), or for another architecture under
+    qemu-user (``emulation``). Returns ({batch: (outputs, ms)}, the manifest's ``verification``);
+    no runs when nothing can run it (then the reason is in ``verification``)."""
+    from buildsys.runtime.ffi import outputs_to_numpy, to_device
+
+    if vm is not None:
+        weights = [to_device(p) for p in params]
+        ran = {}
+        for size, (inputs, _reference) in checked.items():
+            args = [to_device(t.numpy()) for t in inputs] + weights
+            run_start = time.perf_counter()
+            actual = outputs_to_numpy(vm["main"](*args))
+            ran[size] = (actual, (time.perf_counter() - run_start) * 1e3)
+        return ran, {"status": VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
+    from buildsys.pipeline import emulation
+
+    row = target_platform(spec.target)
+    try:
+        ran = emulation.run(row, library, params, {size: [t.numpy() for t in inputs]
+                                                   for size, (inputs, _reference) in checked.items()}, key=key)
+    except emulation.Unavailable as exc:
+        print(f"[buildsys] {key[:12]}: built for {target_triple(spec.target)}, NOT verified: {exc}", flush=True)
+        return {}, {"status": UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
+                    "reason": f"no way to run {row.arch} code on this {platforms.host_arch()} host: {exc}"}
+    return ran, {"status": VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
+                 "sysroot": emulation.sysroot_path(row).name}
 
 
 def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, tuning, params, outputs,
-              dependencies, parity, timings: dict, artifact_ms: float, eager_ms: float, torch_threads: int,
-              runs: int) -> dict:
-    """The artifact's manifest.json (``artifacts.manifest`` reads it back)."""
+              dependencies, parity, timings: dict, artifact_ms: float | None, eager_ms: float | None,
+              torch_threads: int, runs: int, verification: dict, elf_machine: int) -> dict:
+    """The artifact's manifest.json (``artifacts.manifest`` reads it back). ``parity`` is None for an
+    artifact nothing could run (``verification`` says why); ``artifact_ms`` None for one built for
+    another architecture (its emulated time is in ``verification``, and is no latency)."""
     from buildsys.models import category_names
+
+    row = target_platform(spec.target)
 
     return {
         "manifest_format": MANIFEST_FORMAT,
@@ -229,7 +261,12 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
         "io": {**io_signature(spec),
                "params": len(params),
                "outputs": outputs},
-        "cpu": {"required_features": required_features(spec.target)},
+        # what the library needs of the machine that loads it (runtime/loader.py checks it before dlopen)
+        "cpu": {"arch": platforms.describe_elf(elf_machine), "triple": target_triple(spec.target),
+                "elf_machine": elf_machine, "mcpu": spec.target.get("mcpu"), "mattr": spec.target.get("mattr", []),
+                "required_features": required_features(spec.target),
+                "features_from": f"/proc/cpuinfo {row.cpuinfo_field}"},
+        "verification": verification,
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),
         "sources": [{"kind": d.kind, "name": d.name, "digest": d.digest, "version": d.version}
@@ -246,16 +283,31 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
             "records_applied": tuning[1]["records"], "trials": sum(tuning[1]["trials"].values()),
             "functions_scheduled": compiled.scheduled,
             "weights_prepacked": compiled.prepack_note is None, "note": compiled.prepack_note},
-        "parity": {**parity.to_dict(), "input": input_description(spec),
-                   "batch_sizes": list(spec.batch.parity_sizes)},
+        "parity": {**(parity.to_dict() if parity is not None else
+                      {"max_abs": None, "max_rel": None, "outputs": len(outputs), "tolerance": spec.model.tolerance,
+                       "passed": None, "not_verified": verification.get("reason")}),
+                   "input": input_description(spec), "batch_sizes": list(spec.batch.parity_sizes)},
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "latency": {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
-                    "ratio_vs_eager": round(artifact_ms / eager_ms, 3), "torch_threads": torch_threads,
-                    "runs": runs, "note": "build-time estimate; use a benchmark for decisions"},
+        "latency": _latency(spec, artifact_ms, eager_ms, torch_threads, runs, verification),
         "build_host": {"host": socket.gethostname(), "machine": platform.machine(),
                        "python": platform.python_version()},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _latency(spec: BuildSpec, artifact_ms: float | None, eager_ms: float | None, torch_threads: int, runs: int,
+             verification: dict) -> dict:
+    if artifact_ms is not None and eager_ms is not None:
+        return {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
+                "ratio_vs_eager": round(artifact_ms / eager_ms, 3), "torch_threads": torch_threads,
+                "runs": runs, "note": "build-time estimate; use a benchmark for decisions"}
+    emulated = verification.get("emulated_ms")
+    return {"artifact_ms": None, "torch_eager_ms": None, "ratio_vs_eager": None, "torch_threads": torch_threads,
+            "runs": 0, "emulated": verification.get("how") == "qemu-user", "emulated_ms": emulated,
+            "note": (f"not measured: built for {target_triple(spec.target)} on this {platforms.host_arch()} host"
+                     + (f"; the parity run took {emulated:.0f} ms under qemu-user emulation, which is not latency"
+                        if emulated is not None else "")
+                     + "; measure on the target (`buildsys bench` there)")}
 
 
 def io_signature(spec: BuildSpec) -> dict:
@@ -268,21 +320,27 @@ def io_signature(spec: BuildSpec) -> dict:
             "batch": {"min": spec.batch.min, "max": spec.batch.max, "opt": spec.batch.opt}}
 
 
-def _metrics(parity, timings: dict, artifact_ms: float, eager_ms: float) -> dict[str, tuple[float, str]]:
-    """The figures the registry keeps beside the row (name -> (value, unit))."""
-    return {
-        "parity_max_abs": (parity.max_abs, "abs"),
-        "parity_max_rel": (parity.max_rel, "rel"),
-        **{f"parity_{name}": (float(value), unit) for name, value, unit in (
-            ("detections", parity.detections, "count"), ("matched_fraction", parity.matched_fraction, "fraction"),
-            ("pre_nms_max_rel", parity.pre_nms_max_rel, "rel"), ("final_max_rel", parity.final_max_rel, "rel"),
-            ("second_stage_max_rel", parity.second_stage_max_rel, "rel"))
-           if value is not None},
-        "artifact_ms": (artifact_ms, "ms"),
-        "torch_eager_ms": (eager_ms, "ms"),
-        "ratio_vs_eager": (artifact_ms / eager_ms, "x"),
-        **{k: (v, "s") for k, v in timings.items()},
-    }
+def _metrics(parity, timings: dict, artifact_ms: float | None, eager_ms: float | None,
+             emulated_ms: float | None = None) -> dict[str, tuple[float, str]]:
+    """The figures the registry keeps beside the row (name -> (value, unit)); an artifact built for
+    another architecture has no latency figures (its emulated time is kept apart: it is no latency)."""
+    metrics = {k: (v, "s") for k, v in timings.items()}
+    if parity is not None:
+        metrics.update({
+            "parity_max_abs": (parity.max_abs, "abs"),
+            "parity_max_rel": (parity.max_rel, "rel"),
+            **{f"parity_{name}": (float(value), unit) for name, value, unit in (
+                ("detections", parity.detections, "count"),
+                ("matched_fraction", parity.matched_fraction, "fraction"),
+                ("pre_nms_max_rel", parity.pre_nms_max_rel, "rel"), ("final_max_rel", parity.final_max_rel, "rel"),
+                ("second_stage_max_rel", parity.second_stage_max_rel, "rel"))
+               if value is not None}})
+    if artifact_ms is not None and eager_ms is not None:
+        metrics.update({"artifact_ms": (artifact_ms, "ms"), "torch_eager_ms": (eager_ms, "ms"),
+                        "ratio_vs_eager": (artifact_ms / eager_ms, "x")})
+    if emulated_ms is not None:
+        metrics["emulated_ms"] = (emulated_ms, "ms")
+    return metrics
 
 
 def exported_digests(exported) -> dict:

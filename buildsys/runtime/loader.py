@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from buildsys.artifacts import manifest as manifest_format
-from buildsys.runtime.cpu import host_flags, missing_features
+from buildsys import platforms
+from buildsys.runtime.cpu import HostFacts, host_facts, missing_features
 from buildsys.errors import CompatibilityError, IntegrityError, TrustError
 from buildsys.artifacts.locations import resolve_locations
 from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
@@ -33,14 +34,53 @@ def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
 
 
-def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[str] | None = None) -> None:
-    """Refuse an artifact built for another TVM runtime, or for CPU features this host lacks."""
+def _built_for(manifest: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(architecture, "triple (cpu)" in words) an artifact was built for, from its manifest; the
+    architecture is None for a manifest from before buildsys recorded it (its ELF header decides)."""
+    cpu = manifest.get("cpu", {})
+    target = manifest.get("spec", {}).get("target", {})
+    if not isinstance(target, Mapping):
+        target = {}
+    arch = cpu.get("arch") if isinstance(cpu.get("arch"), str) else None
+    triple = cpu.get("triple") or target.get("mtriple")
+    if arch is None and isinstance(triple, str):
+        arch = platforms.triple_arch(triple)
+    mcpu = target.get("mcpu")
+    words = (f"{triple} ({mcpu})" if triple and mcpu else str(triple or mcpu or arch or "a generic target"))
+    return arch, words
+
+
+def _foreign(built_arch: str, words: str, host: HostFacts, key: str, what: str = "") -> CompatibilityError:
+    return CompatibilityError(
+        f"artifact {key[:12]} was built for {words}{what}; this machine is {host.machine}, which cannot run it. "
+        f"Load it on a machine of that architecture ({built_arch}), or build the entry for this one (target \"llvm -mcpu=native\") "
+        "and load that key instead")
+
+
+def foreign_build(manifest: Mapping[str, Any], host: HostFacts | None = None) -> str | None:
+    """"aarch64-linux-gnu (cortex-a72)" when the artifact was built for another architecture than
+    ``host``'s (default: this machine), else None."""
+    host = host or host_facts()
+    built_arch, words = _built_for(manifest)
+    return words if built_arch is not None and built_arch != host.arch else None
+
+
+def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[str] | None = None,
+                        host: HostFacts | None = None) -> None:
+    """Refuse an artifact built for another architecture, for CPU features this host lacks, or for
+    another TVM runtime. ``host`` (default: this machine) and ``cpu_flags`` (its features) are
+    injectable: a test checks an ARM machine's refusals on any host."""
+    host = host or host_facts()
+    if cpu_flags is not None:
+        host = HostFacts(host.machine, frozenset(cpu_flags))
+    built_arch, words = _built_for(manifest)
+    if foreign_build(manifest, host) is not None:
+        raise _foreign(built_arch, words, host, key)
     required = manifest.get("cpu", {}).get("required_features", [])
-    lacking = missing_features(required, host_flags() if cpu_flags is None else cpu_flags)
+    lacking = missing_features(required, host.flags)
     if lacking:
-        target = manifest.get("spec", {}).get("target", {})
         raise CompatibilityError(
-            f"artifact {key[:12]} was compiled for {target.get('mcpu', target)} and uses CPU features this host "
+            f"artifact {key[:12]} was compiled for {words} and uses CPU features this host "
             f"lacks: {', '.join(lacking)}; running it would crash (SIGILL). Build it for this host "
             "(target \"llvm -mcpu=native\") and load that key instead")
 
@@ -53,6 +93,20 @@ def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[st
             f"artifact {key[:12]} was built with TVM {built}, this runtime is TVM {installed}; the executable "
             f"format is not stable across TVM releases. Rebuild it here (`buildsys build --force --only "
             f"key={key[:12]}`) or install apache-tvm=={built}")
+
+
+def check_library(library: str | os.PathLike, manifest: Mapping[str, Any], key: str,
+                  host: HostFacts | None = None) -> None:
+    """The library's own ELF header against this machine, before dlopen (which, for another
+    architecture, fails with a misleading "No such file or directory")."""
+    host = host or host_facts()
+    own = platforms.for_arch(host.arch)
+    machine, elf_class = platforms.elf_header(library)
+    if own is None or machine == own.elf_machine:
+        return
+    _, words = _built_for(manifest)
+    found = platforms.describe_elf(machine, elf_class)
+    raise _foreign(found, words, host, key, f": its {LIBRARY_NAME} is {found} code")
 
 
 @dataclass
@@ -292,12 +346,14 @@ def load_artifact(ref: str | os.PathLike, *, registry=None, store: Store | None 
         key, manifest, files = _from_bundle(path)
     else:
         key, manifest, files = _from_registry(str(ref), registry, store)
-    check_compatibility(manifest, key)
+    host = host_facts()
+    check_compatibility(manifest, key, host=host)
 
     params_data = files.read(PARAMS_NAME)
     workdir = Path(tempfile.mkdtemp(prefix="buildsys-load-"))
     try:
         library = files.copy(LIBRARY_NAME, workdir / LIBRARY_NAME)
+        check_library(library, manifest, key, host)
         if num_threads:
             os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the runtime's pool starts
         vm = load_executable(library, key)

@@ -72,10 +72,21 @@ def built_text(event: Event) -> str:
             f"; {p['detections']} final detections matched ({p['matched_fraction']:.0%})")
         if p.get("tied_scores"):
             compared += ", scores tied: final order not enforced"
+    verification = m.get("verification") or {}
+    if p.get("max_rel") is None:
+        checked = f"NOT verified ({verification.get('reason') or 'no run'})"
+    else:
+        how = verification.get("how")
+        checked = (f"parity max_rel {p['max_rel']:.2e} (tol {p['tolerance']:g}{compared}"
+                   + (f", under {how}" if how not in (None, "native") else "") + ")")
+    if lat.get("artifact_ms") is not None:
+        speed = (f"{lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f} ms = "
+                 f"{lat['ratio_vs_eager']:.1f}x")
+    else:
+        speed = f"no latency ({m.get('cpu', {}).get('arch', 'another')} code" + (
+            f"; {lat['emulated_ms'] / 1e3:.1f} s emulated, not latency)" if lat.get("emulated_ms") is not None else ")")
     return (f"built in {event.seconds:.1f}s (export {t['export_s']:.1f}s, import {t['import_s']:.1f}s, "
-            f"compile {t['compile_s']:.1f}s, verify {t.get('verify_s', 0.0):.1f}s); parity max_rel "
-            f"{p['max_rel']:.2e} (tol {p['tolerance']:g}{compared}); {lat['artifact_ms']:.1f} ms vs eager "
-            f"{lat['torch_eager_ms']:.1f} ms = {lat['ratio_vs_eager']:.1f}x")
+            f"compile {t['compile_s']:.1f}s, verify {t.get('verify_s', 0.0):.1f}s); {checked}; {speed}")
 
 
 def tuned_text(report) -> str:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from buildsys.artifacts.registry.api import RUN_FAILED
+from buildsys.artifacts.registry.api import RUN_FAILED, STATUS_UNVERIFIED
+from buildsys.config.targets import is_cross
 from buildsys.errors import BuildsysError
 from buildsys.pipeline.jobs import Action
 
@@ -122,8 +124,9 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
             last = registry.runs(entry.key, limit=1)
             runs[entry.key] = last[0] if last else None
         spec = entry.spec
+        foreign = record is not None and is_cross(record.target)  # another architecture: nothing runs here
         if record is not None:
-            status, css = "built", ""
+            status, css = ("built", "") if record.status != STATUS_UNVERIFIED else ("built, NOT verified", "pending")
             sizes = sum(f.size for f in record.files)
             timings = record.metrics
             build_s = sum(timings.get(k, 0.0) for k in ("export_s", "import_s", "compile_s", "serialize_s",
@@ -160,7 +163,10 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
             kernels.append((spec.describe(), _kernel_rows(predictor, not_loadable)))
         if record is not None and record.task == "detection" and photo is not None:
             caption = f"{spec.describe()}"
-            if estimate_s <= photo_budget_s:
+            if foreign:
+                photos.append((None, f"{caption}: built for {record.target.get('mtriple')}, not run on this "
+                                     f"{platform.machine()} host"))
+            elif estimate_s <= photo_budget_s:
                 if not_loadable is not None:
                     raise not_loadable
                 start = time.perf_counter()

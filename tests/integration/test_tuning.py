@@ -9,21 +9,12 @@ from buildsys.pipeline.plan import plan_builds
 from buildsys.config.spec import load_specs
 from buildsys.compiler.tuning_db import RECORD_FILE, WORKLOAD_FILE, TuningDatabase
 
-from tests.fixtures.workspace import Workspace
+from tests.fixtures.workspace import Workspace, tiny_cnn_config
 
 pytestmark = pytest.mark.model
 
-TUNED_CONFIG = """
-models:
-  tiny_cnn:
-    source: tests.fixtures.models:tiny_cnn
-    kwargs: {classes: 10}
-matrix:
-  model: [tiny_cnn]
-  input_size: [32]
-  target: ["llvm -mcpu=native"]
-  tuning: [{trials: 12, per_iter: 4, population: 16, genetic_iters: 1}]
-"""
+TUNED_CONFIG = tiny_cnn_config('target: ["llvm -mcpu=native"]',
+                               "tuning: [{trials: 12, per_iter: 4, population: 16, genetic_iters: 1}]")
 
 OTHER_TARGET = """
   include:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, TrustError
 from buildsys.runtime import load_artifact, loader
+from buildsys import platforms
 from buildsys.runtime.versions import runtime_versions
 from buildsys.runtime.signature import Signature
 from tests.fixtures.fuzz import examples, paths, suite_timeout
@@ -37,7 +38,9 @@ pytestmark = suite_timeout(300)  # a hang guard for the whole generated suite
 LOAD_BOUND_S = 60  # a hang guard (a FIFO read blocks forever), not a speed test
 
 KEY = "ab" * 32
-LIB = b"\x7fELF not really a library" * 40
+# An ELF header for this host's architecture (the loader reads it before dlopen), then no library.
+LIB = (b"\x7fELF\x02\x01\x01" + bytes(9) + (3).to_bytes(2, "little")
+       + platforms.host().elf_machine.to_bytes(2, "little") + b" not really a library" * 40)
 
 
 def digest(data: bytes) -> str:
@@ -340,6 +343,10 @@ def test_a_truncated_library_with_matching_digest_reaches_loading_only(tmp_path)
 
 def test_a_library_that_is_no_library_is_a_compatibility_error(tmp_path, private_tmp):
     bundle = write_bundle(tmp_path / "b", lib=b"\x7fELF\x02\x01\x01" + b"\x00" * 57)  # a cut ELF header
+    with time_bound(LOAD_BOUND_S, "load_artifact"), pytest.raises(CompatibilityError, match="lib.so is ELF machine 0"):  # refused before dlopen
+        load_artifact(bundle)
+    cut = LIB[:64]  # this host's architecture in the header, then nothing: dlopen refuses it
+    bundle = write_bundle(tmp_path / "c", lib=cut)
     with time_bound(LOAD_BOUND_S, "load_artifact"), pytest.raises(CompatibilityError, match="lib.so cannot be loaded by this runtime"):
         load_artifact(bundle)
     assert list(private_tmp.iterdir()) == []

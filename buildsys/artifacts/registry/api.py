@@ -28,6 +28,7 @@ from buildsys.artifacts.registry.lookup import is_key_prefix, pick_prefix_match,
 from buildsys.artifacts.registry.tables import Alias, Artifact, ArtifactFile, Benchmark, BuildRun, Metric, TuningDatabaseRow
 
 STATUS_OK = "ok"
+STATUS_UNVERIFIED = "unverified"  # built for a machine nothing here could run: parity never measured
 
 
 class RunStatus(StrEnum):
@@ -78,6 +79,7 @@ class NewArtifact(_ArtifactFields):
 
     files: tuple[FileRecord, ...] = ()
     metrics: Mapping[str, tuple[float, str]] = field(default_factory=dict)  # name -> (value, unit)
+    status: str = STATUS_OK  # or STATUS_UNVERIFIED
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ class Registry:
             row.disabled_passes = _dumps(list(new.disabled_passes))
             row.spec_json, row.key_material_json = _dumps(new.spec), _dumps(new.key_material)
             row.toolchain_json, row.manifest_digest = _dumps(new.toolchain), new.manifest_digest
-            row.status, row.created_at = STATUS_OK, _now()
+            row.status, row.created_at = new.status, _now()
             row.parity_max_abs, row.parity_max_rel = new.parity_max_abs, new.parity_max_rel
             row.files.extend(ArtifactFile(name=f.name, digest=f.digest, size=f.size) for f in new.files)
             row.metrics.extend(Metric(name=n, value=float(v), unit=u) for n, (v, u) in sorted(new.metrics.items()))
