@@ -11,7 +11,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
 SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 
-.PHONY: venv build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
+.PHONY: venv build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-fairness bench-kernels bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench-plan: $(STAMP)
 ## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
 bench-loader: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python
+
+## Is `buildsys bench` fair? REF timed interleaved, interleaved with waiting runners left running, and each alone.
+bench-fairness: $(STAMP)
+	$(BIN)/python benchmarks/bench_fairness.py $(REF) $(FAIR_ARGS)
 
 ## Full-size reliability runs: 50 kill -9 rounds, 4 concurrent builders (prints the counts).
 stress: $(STAMP)
