@@ -14,7 +14,7 @@ SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 # mmdebstrap are installed by .ci/cross-deps (names from buildsys/platforms.py).
 CROSS_ARCHS ?= aarch64
 
-.PHONY: venv cross-deps runtime-smoke-aarch64 build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-kernels bench-plan stress clean-artifacts
+.PHONY: venv cross-deps runtime-smoke-aarch64 build-all tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-fairness bench-kernels bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,10 @@ bench-plan: $(STAMP)
 ## Thin loader vs torch + torchvision: start-up, first inference, RSS (needs a built REF).
 bench-loader: $(STAMP) $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/loader_bench.py $(REF) --runtime-python $(RUNTIME_VENV)/bin/python
+
+## Is `buildsys bench` fair? REF timed interleaved, interleaved with waiting runners left running, and each alone.
+bench-fairness: $(STAMP)
+	$(BIN)/python benchmarks/bench_fairness.py $(REF) $(FAIR_ARGS)
 
 ## Full-size reliability runs: 50 kill -9 rounds, 4 concurrent builders (prints the counts).
 stress: $(STAMP)

@@ -164,9 +164,19 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+PARAMS_ALIGNMENT = 64  # bytes: where each array's data starts in params.npz (TVM's kernels want it)
+_ALIGNMENT_EXTRA_ID = 0xD935  # the zip extra field Android's zipalign pads with; readers skip it
+
+
 def write_params(path, arrays) -> None:
     """``params.npz`` that ``np.load`` reads, byte-identical for identical arrays: np.savez
-    stamps each zip member with the current time, which would make every rebuild differ."""
+    stamps each zip member with the current time, which would make every rebuild differ.
+
+    Members are stored, and each one's local header is padded (an extra field, as zipalign
+    does) so that its data starts at a multiple of PARAMS_ALIGNMENT; npy pads its own header to
+    64 bytes, so every array's data is aligned in the file, and the loader's views into the
+    file's bytes can go to TVM without a copy."""
+    import struct
     import zipfile
 
     import numpy as np
@@ -175,5 +185,10 @@ def write_params(path, arrays) -> None:
         for i, array in enumerate(arrays):
             info = zipfile.ZipInfo(f"p{i:05d}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
+            info.extra = struct.pack("<HH", _ALIGNMENT_EXTRA_ID, 0)
+            info.CRC = info.compress_size = info.file_size = 0  # set again by open(); FileHeader needs them
+            data_at = archive.fp.tell() + len(info.FileHeader(zip64=True))  # the header open() writes next
+            padding = -data_at % PARAMS_ALIGNMENT
+            info.extra = struct.pack("<HH", _ALIGNMENT_EXTRA_ID, padding) + bytes(padding)
             with archive.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)

@@ -24,29 +24,38 @@ from buildsys.workspace import Workspace
 @click.option("--batch", "batches", default=None, metavar="N[,N...]",
               help="Batch sizes to time, within the artifact's range [default: a static batch, or a range's "
                    "min, opt and max].")
+@click.option("--alone", is_flag=True,
+              help="Time each runner alone (its process the only one, all its rounds in a row) instead of in "
+                   "interleaved rounds: the reference for the interleaved figures; not recorded.")
 @json_option
 @pass_ws
-def bench(ws: Workspace, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, batches,
-          as_json):
+@click.pass_context
+def bench(ctx, ws: Workspace, refs, filters, threads, rounds, number, budget_s, with_compile, with_ort, batches,
+          alone, as_json):
     """Time artifacts against PyTorch eager, torch.compile and onnxruntime (interleaved).
 
     REFS are keys, prefixes or aliases; without them, the built entries of the matrix.
+    Each runner runs in a process of its own; one waiting for its turn is stopped.
     Results are recorded in the registry with the CPU model; `buildsys ls` shows the ratio.
+    Exits 1 when an artifact could not be timed (its error is printed).
     """
     from buildsys.ops.bench import bench_refs, parse_batches
 
     results = bench_refs(ws, refs, filters=filters, threads=threads, rounds=rounds, number=number,
                          budget_s=budget_s, with_compile=with_compile, with_ort=with_ort,
-                         batches=parse_batches(batches), on_status=None if as_json else click.echo)
+                         batches=parse_batches(batches), mode="alone" if alone else "interleaved",
+                         record=not alone, on_status=None if as_json else click.echo)
+    artifact_failed = any("ms" not in r.runners.get("artifact", {}) for r in results)
     if as_json:
         from buildsys.ui import jsonout
 
         click.echo(jsonout.dumps("bench", {"results": [r.to_dict() for r in results]}))
-        return
+        ctx.exit(1 if artifact_failed else 0)
     from buildsys.ui.tables import BATCH_HEADER, BENCH_HEADER, batch_rows, bench_row
 
+    how = "each runner alone, its rounds in a row" if alone else "interleaved rounds, one process per runner"
     click.echo(f"\nCPU: {results[0].cpu_model}; {threads} thread(s) for every runner; medians of {rounds} "
-               f"interleaved rounds; ratios per round, then median")
+               f"rounds ({how}); ratios per round, then median")
     echo_table([BENCH_HEADER, *map(bench_row, results)])
     if any(len(r.batches) > 1 or r.batch != 1 for r in results):
         click.echo("\nper batch size (items/s = batch / latency):")
@@ -55,6 +64,7 @@ def bench(ws: Workspace, refs, filters, threads, rounds, number, budget_s, with_
         for name, figures in r.runners.items():
             if "error" in figures:
                 click.echo(f"{r.label}: {name}: {figures['error']}")
+    ctx.exit(1 if artifact_failed else 0)
 
 
 @cli.command()

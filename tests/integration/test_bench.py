@@ -30,15 +30,25 @@ def _buildsys(ws, *args):
                            *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_bench_times_every_runner_records_and_lists_the_ratio(tmp_path):
-    ws = Workspace(tmp_path, CONFIG)
+def _built(tmp_path, config: str = CONFIG) -> tuple[Workspace, str]:
+    ws = Workspace(tmp_path, config)
     assert ws.cli("build") == 0
-    key = ws.registry.list()[0].key
-    done = _buildsys(ws, "bench", "--threads", "1", "--rounds", "2", "--number", "3", "--json")
+    return ws, ws.registry.list()[0].key
+
+
+def _bench_json(ws, *args) -> dict:
+    """``buildsys bench ARGS --json``: it succeeded, its document fits the schema; its one result."""
+    done = _buildsys(ws, "bench", *args, "--json")
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     jsonschema.validate(document, load_schema("bench"))
     (result,) = document["results"]
+    return result
+
+
+def test_bench_times_every_runner_records_and_lists_the_ratio(tmp_path):
+    ws, key = _built(tmp_path)
+    result = _bench_json(ws, "--threads", "1", "--rounds", "2", "--number", "3")
     assert result["key"] == key and result["threads"] == 1 and result["rounds"] == 2 and result["cpu_model"]
     runners = result["runners"]
     for name in ("artifact", "torch_eager", "torch_compile", "onnxruntime"):
@@ -47,6 +57,16 @@ def test_bench_times_every_runner_records_and_lists_the_ratio(tmp_path):
     for name in ("artifact", "onnxruntime", "torch_compile"):  # measured, and right
         assert runners[name]["max_rel_vs_eager"] < 1e-4, name
     assert runners["artifact"]["ratio_vs_onnxruntime"] > 0
+    # each runner in a process of its own, set up with the thread count, none with another's runtime
+    assert result["isolation"] == "process" and result["mode"] == "interleaved"
+    processes = {name: runners[name]["process"] for name in ("artifact", "torch_eager", "torch_compile", "onnxruntime")}
+    assert len({p["pid"] for p in processes.values()}) == 4 and os.getpid() not in {p["pid"] for p in processes.values()}
+    assert processes["artifact"]["modules"] == ["tvm_ffi"] and processes["artifact"]["threads"] == {"TVM_NUM_THREADS": "1"}
+    assert processes["onnxruntime"]["modules"] == ["onnxruntime"]
+    assert processes["onnxruntime"]["threads"] == {"intra_op": 1, "inter_op": 1}
+    for name in ("torch_eager", "torch_compile"):
+        assert processes[name]["threads"] == {"torch": 1, "OMP_NUM_THREADS": "1"} and "torch" in processes[name]["modules"]
+    assert runners["torch_compile"]["compile_s"] > 0
 
     (row,) = ws.registry.benchmarks(key)
     assert row.threads == 1 and row.cpu_model == result["cpu_model"] and row.results["runners"].keys() == runners.keys()
@@ -84,3 +104,13 @@ def test_bench_times_a_batch_range_at_each_size_against_the_same_dynamic_shapes(
     assert [cells[5] for cells in rows if cells[5].isdigit()] == ["1", "3", "6"]  # min, opt, max by default
     refused = _buildsys(ws, "bench", "--batch", "7")
     assert refused.returncode == 2 and "takes batch 1 to 6" in refused.stderr
+
+
+def test_bench_alone_times_each_runner_by_itself_and_records_nothing(tmp_path):
+    ws, key = _built(tmp_path)
+    result = _bench_json(ws, "--alone", "--no-compile", "--rounds", "2", "--number", "2")
+    assert result["mode"] == "alone"
+    for name in ("artifact", "torch_eager", "onnxruntime"):
+        assert len(result["runners"][name]["rounds_ms"]) == 2, name
+        assert name == "torch_eager" or result["runners"][name]["max_rel_vs_eager"] < 1e-4, name
+    assert ws.registry.benchmarks(key) == []

@@ -412,3 +412,47 @@ def test_params_zip_bombs_are_refused_before_decompressing(case, tmp_path, priva
         with pytest.raises(TrustError, match=f"params.npz is not a parameter archive .*{why}"):
             load_artifact(bundle)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_written_params_are_aligned_views_of_the_verified_bytes_handed_to_tvm_uncopied(tmp_path):
+    """write_params pads each member so its array starts 64-byte aligned in the file; the loader
+    reads the file once into memory of its own (hashed meanwhile) and its arrays are views into
+    that memory, equal to what np.load reads, aligned, so to_device copies none of them."""
+    from buildsys.artifacts.store import read_verified
+    from buildsys.runtime import ffi
+
+    arrays = [np.arange(n, dtype=np.float32) for n in (1, 3, 17, 1000)] + [
+        np.ones((3, 5), np.int64), np.zeros((0, 4), np.float32), np.float32(2.5).reshape(()),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.arange(7, dtype=np.uint8)]
+    path = tmp_path / "params.npz"
+    manifest_format.write_params(path, arrays)
+    data = path.read_bytes()
+    buffer = read_verified(path, digest(data), private=True)
+    assert isinstance(buffer, memoryview) and bytes(buffer) == data
+    got = loader._read_params(buffer, KEY)
+    with np.load(path) as npz:
+        expected = [npz[name] for name in sorted(npz.files)]
+    assert len(got) == len(expected) == len(arrays)
+    base = np.frombuffer(buffer, np.uint8).ctypes.data
+    for array, want in zip(got, expected):
+        assert array.dtype == want.dtype and array.shape == want.shape and np.array_equal(array, want)
+        assert base <= array.ctypes.data < base + len(data) and array.ctypes.data % ffi.ALIGNMENT == 0
+        assert array.size == 0 or ffi.aligned(array) is array  # to_device takes it as it is
+
+
+def test_stored_params_that_lie_about_their_arrays_are_refused(tmp_path, private_tmp):
+    """Stored members are read in place, without np.load: a header larger than its member, an
+    object array, or no npy at all is still a TrustError, not a crash or a wrong view."""
+    import zipfile
+
+    cases = {"declares": _npy((1 << 20,), payload=b"\0" * 8), "objects": _npy((1,), dtype="|O"),
+             "magic": b"not an array at all" * 4}
+    for why, member in cases.items():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("p0.npy", member)
+        bundle = write_bundle(tmp_path / why, params=buffer.getvalue())
+        with mock.patch.object(loader, "load_executable", return_value=object()):
+            with pytest.raises(TrustError, match="params.npz is not a parameter archive"):
+                load_artifact(bundle)
+    assert list(private_tmp.iterdir()) == []

@@ -24,3 +24,20 @@ def test_importing_tvm_relax_after_the_thin_runtime_takes_the_builtins_back():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[2, 3]"
+
+
+def test_the_thin_runtime_imports_neither_torch_nor_ml_dtypes():
+    """tvm_ffi imports both when it can: torch costs 2 s, ml_dtypes 0.5-1 s (numpy registers its
+    ufunc loops one by one); an artifact's tensors need neither. A process that has them keeps them."""
+    code = textwrap.dedent("""
+        import sys
+        from buildsys.runtime.ffi import runtime_ffi, to_device, to_numpy
+        import numpy as np
+        runtime_ffi()
+        print(sorted(m for m in ("torch", "ml_dtypes", "tvm") if m in sys.modules))
+        print(to_numpy(to_device(np.arange(3, dtype=np.float32))).tolist())
+        import ml_dtypes  # still importable afterwards
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines() == ["[]", "[0.0, 1.0, 2.0]"]
