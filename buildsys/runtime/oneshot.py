@@ -24,7 +24,8 @@ import numpy as np
 
 from buildsys.artifacts.manifest import LIBRARY_NAME, PARAMS_NAME
 from buildsys.runtime.ffi import outputs_to_numpy, to_device
-from buildsys.runtime.loader import _read_params, load_executable
+from buildsys.runtime.loader import load_executable
+from buildsys.runtime.params import read_params
 
 RESULT = "result.json"
 
@@ -48,7 +49,7 @@ def mapped_tvm_libraries() -> list[str]:
 
 def run_directory(directory: Path) -> dict:
     vm = load_executable(directory / LIBRARY_NAME)
-    weights = [to_device(p) for p in _read_params((directory / PARAMS_NAME).read_bytes(), "oneshot")]
+    weights = [to_device(p) for p in read_params((directory / PARAMS_NAME).read_bytes(), "oneshot")]
     runs = {}
     for path in sorted(directory.glob("inputs-*.npz")):
         batch = path.stem.split("-", 1)[1]

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, TrustError
 from buildsys.runtime import load_artifact, loader
+from buildsys.runtime import params as params_reader
 from buildsys import platforms
 from buildsys.runtime.versions import runtime_versions
 from buildsys.runtime.signature import Signature
@@ -402,7 +403,7 @@ def test_params_zip_bombs_are_refused_before_decompressing(case, tmp_path, priva
         monkeypatch.setenv("BUILDSYS_MAX_PARAMS_BYTES", str(1 << 20))
         params, why = _npz({"p0.npy": _npy((1 << 19,))}), "more than the 1048576 allowed"  # 2 MiB of zeros
     elif case == "members":
-        monkeypatch.setattr(loader, "MAX_PARAM_ARRAYS", 10)
+        monkeypatch.setattr(params_reader, "MAX_PARAM_ARRAYS", 10)
         params, why = _npz({f"p{i}.npy": _npy((1,)) for i in range(11)}), "11 members, more than the 10"
     else:
         params, why = _npz({"p0.npy": _npy((1 << 40,), payload=b"")}), "declares"
@@ -429,7 +430,7 @@ def test_written_params_are_aligned_views_of_the_verified_bytes_handed_to_tvm_un
     data = path.read_bytes()
     buffer = read_verified(path, digest(data), private=True)
     assert isinstance(buffer, memoryview) and bytes(buffer) == data
-    got = loader._read_params(buffer, KEY)
+    got = params_reader.read_params(buffer, KEY)
     with np.load(path) as npz:
         expected = [npz[name] for name in sorted(npz.files)]
     assert len(got) == len(expected) == len(arrays)
