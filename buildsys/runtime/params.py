@@ -122,7 +122,12 @@ class _BufferReader(io.RawIOBase):
 
 def read_params(data: bytes | memoryview, key: str) -> list[np.ndarray]:
     """The arrays of params.npz, in name order. Its digest matched, so a failure here is a bundle
-    whose manifest vouches for bytes that are no parameter archive."""
+    whose manifest vouches for bytes that are no parameter archive.
+
+    The arrays are views into ``data`` when it is writable memory (what the loader reads); read-only
+    bytes are copied once first, since DLPack cannot hand a read-only array to TVM."""
+    if memoryview(data).readonly:
+        data = bytearray(data)
     try:
         arrays = _stored_arrays(memoryview(data))
         if arrays is not None:

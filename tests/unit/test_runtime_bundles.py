@@ -457,3 +457,17 @@ def test_stored_params_that_lie_about_their_arrays_are_refused(tmp_path, private
             with pytest.raises(TrustError, match="params.npz is not a parameter archive"):
                 load_artifact(bundle)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_params_read_from_read_only_bytes_still_go_to_tvm(tmp_path):
+    """bytes (read-only) give arrays TVM can take: views of read-only memory cannot pass DLPack
+    ("Cannot export readonly array"), which is how the emulated parity run (runtime/oneshot.py,
+    reading params.npz with read_bytes) failed."""
+    from buildsys.runtime import ffi
+
+    path = tmp_path / "params.npz"
+    manifest_format.write_params(path, [np.arange(5, dtype=np.float32), np.ones((2, 3), np.int64)])
+    arrays = params_reader.read_params(path.read_bytes(), KEY)
+    assert [a.flags.writeable for a in arrays] == [True, True]
+    tensors = [ffi.to_device(a) for a in arrays]
+    assert [tuple(t.shape) for t in tensors] == [(5,), (2, 3)]
