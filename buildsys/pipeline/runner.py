@@ -25,7 +25,7 @@ from buildsys.artifacts.space import describe_os_error, is_storage_error
 from buildsys.errors import BuildError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
 from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
-from buildsys.pipeline.failures import error_text, failure_text, in_model_code, log_text
+from buildsys.pipeline.failures import failure_text, in_model_code, log_text
 from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
 from buildsys.pipeline.keys import entry_key
 from buildsys.pipeline.plan import plan_builds

@@ -38,7 +38,6 @@ classification here.
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import importlib.machinery
 import importlib.util
@@ -47,7 +46,6 @@ import os
 import re
 import sys
 import sysconfig
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -57,6 +55,7 @@ from typing import Iterable, Iterator, Mapping
 
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.artifacts.digests import canonical_json, digest_bytes, digest_file
+from buildsys.format.files import atomic_write
 
 DEPS_FORMAT = 2
 MODEL_ZOO = "buildsys.models"
@@ -423,15 +422,7 @@ def write_depfile(store_root: str | os.PathLike, entry_key: str, deps: Iterable[
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"deps_format": DEPS_FORMAT, "entry_key": entry_key, "config_dir": config_dir,
             "dependencies": [asdict(d) for d in deps]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{entry_key[:12]}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no half-written depfile stays behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))  # a full disk leaves no half-written depfile
 
 
 def read_depfile(store_root: str | os.PathLike, entry_key: str, config_dir: str = "") -> list[Dependency] | None:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from buildsys.errors import TrustError
-from buildsys.artifacts.registry import Registry
 from buildsys.distribution.release import export_release, import_release
 from buildsys.distribution.signing import generate_keypair, load_private_key, load_public_key
 from buildsys.artifacts.store import Store

@@ -1,0 +1,5 @@
+"""What an artifact is, said once: the vocabulary the builder, the store, the registry and the thin
+runtime share. Standard library (and numpy) only, so that the runtime can import all of it.
+
+- ``files.py``: the file primitives (an atomic write with one fsync rule, a lock, a durable rename).
+"""
