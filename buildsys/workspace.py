@@ -46,7 +46,7 @@ class Workspace:
 
     def matrix_specs(self, *, filters: Iterable[str] = (), cached_only: bool = False) -> dict:
         """key -> BuildSpec of the matrix's entries (the cached ones only, with ``cached_only``)."""
-        from buildsys.pipeline.jobs import Action
+        from buildsys.format.status import Action
 
         return {job.key: job.spec for job in self.plan(filters=filters, include_skipped=True)
                 if not cached_only or job.action == Action.CACHED}

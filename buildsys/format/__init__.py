@@ -2,4 +2,5 @@
 runtime share. Standard library (and numpy) only, so that the runtime can import all of it.
 
 - ``files.py``: the file primitives (an atomic write with one fsync rule, a lock, a durable rename).
+- ``status.py``: every status word, from the plan to the registry, the manifest and the JSON output.
 """

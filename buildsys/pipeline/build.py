@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 from buildsys.artifacts import manifest as manifest_format
 from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NAME
 from buildsys.artifacts.store import Store
+from buildsys.format.status import Verification
 from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys import platforms
@@ -33,7 +34,6 @@ from buildsys.pipeline.samples import export_examples, input_description, sample
 from buildsys.config.toolchain import toolchain_versions
 from buildsys.runtime.versions import runtime_versions
 
-VERIFIED, UNVERIFIED = "verified", "unverified"  # the manifest's verification.status
 TIMING_RUNS = 3
 TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken (untuned detectors: minutes)
 
@@ -224,7 +224,7 @@ def _run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: M
             run_start = time.perf_counter()
             actual = outputs_to_numpy(vm["main"](*args))
             ran[size] = (actual, (time.perf_counter() - run_start) * 1e3)
-        return ran, {"status": VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
+        return ran, {"status": Verification.VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
     from buildsys.pipeline import emulation
 
     row = target_platform(spec.target)
@@ -233,9 +233,9 @@ def _run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: M
                                                    for size, (inputs, _reference) in checked.items()}, key=key)
     except emulation.Unavailable as exc:
         print(f"[buildsys] {key[:12]}: built for {target_triple(spec.target)}, NOT verified: {exc}", flush=True)
-        return {}, {"status": UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
+        return {}, {"status": Verification.UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
                     "reason": f"no way to run {row.arch} code on this {platforms.host_arch()} host: {exc}"}
-    return ran, {"status": VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
+    return ran, {"status": Verification.VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
                  "sysroot": emulation.sysroot_path(row).name}
 
 
