@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 from buildsys.artifacts import manifest as manifest_format
 from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NAME
 from buildsys.artifacts.store import Store
+from buildsys.format.signature import Signature
 from buildsys.format.status import Verification
 from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
@@ -311,13 +312,8 @@ def _latency(spec: BuildSpec, artifact_ms: float | None, eager_ms: float | None,
 
 
 def io_signature(spec: BuildSpec) -> dict:
-    """The manifest's input signature: ``inputs`` (names, shapes with "batch" first, dtypes, the
-    ranges integer values must keep to), the ``batch`` range, and ``input``, the first input at
-    the smallest batch, for readers that know one input only."""
-    first = spec.inputs[0]
-    return {"input": {"shape": list(first.shape_at(spec.batch.min)), "dtype": first.dtype},
-            "inputs": [i.to_dict() for i in spec.inputs],
-            "batch": {"min": spec.batch.min, "max": spec.batch.max, "opt": spec.batch.opt}}
+    """The manifest's input signature (``buildsys.format.signature.Signature.to_io``)."""
+    return Signature(spec.inputs, spec.batch).to_io()
 
 
 def _metrics(parity, timings: dict, artifact_ms: float | None, eager_ms: float | None,

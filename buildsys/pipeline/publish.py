@@ -69,7 +69,7 @@ def check_files(key: str, staged: Mapping[str, Path], metrics: Mapping[str, floa
     must be what it lists, and the fields the registry row needs must be there with the right types.
     Raises TrustError; never a KeyError or TypeError from a hostile manifest."""
     from buildsys.artifacts.digests import digest_file
-    from buildsys.config.spec import spec_from_dict
+    from buildsys.config.spec import spec_from_manifest
 
     if MANIFEST_NAME not in staged:
         raise TrustError(f"artifact {key[:12]} comes without its {MANIFEST_NAME}")
@@ -99,7 +99,7 @@ def check_files(key: str, staged: Mapping[str, Path], metrics: Mapping[str, floa
                 raise TrustError(f"artifact {key[:12]}: parity.{field_name} is not a number")
         if not isinstance(manifest["toolchain"], dict) or not isinstance(manifest["key_material"], dict):
             raise TrustError(f"artifact {key[:12]}: toolchain and key_material must be mappings")
-        spec = spec_from_dict(manifest["spec"])
+        spec = spec_from_manifest(manifest)
     except TrustError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

@@ -27,7 +27,7 @@ from buildsys.runtime.versions import runtime_versions
 from buildsys.runtime.detections import image_to_input, to_detections
 from buildsys.runtime.ffi import outputs_to_numpy, runtime_ffi, to_device
 from buildsys.runtime.params import read_params
-from buildsys.runtime.signature import Signature
+from buildsys.format.signature import Signature
 
 def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
