@@ -12,7 +12,7 @@ def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_
     A signature vouches for what it signs: artifacts never verified against PyTorch (built for a
     machine nothing here could run) are refused when signing, unless ``allow_unverified``."""
     from buildsys.format.status import ArtifactStatus
-    from buildsys.distribution.signing import load_private_key
+    from buildsys.artifacts.signing import load_private_key
 
     if not refs and not export_all:
         raise UsageError("name artifacts to export (KEY, prefix or alias), or pass --all")

@@ -33,7 +33,7 @@ from buildsys.pipeline.keys import build_key, entry_key
 from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
 from buildsys.pipeline.samples import export_examples, input_description, sample_inputs
 from buildsys.config.toolchain import toolchain_versions
-from buildsys.runtime.versions import runtime_versions
+from buildsys.format.versions import runtime_versions
 
 TIMING_RUNS = 3
 TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken (untuned detectors: minutes)

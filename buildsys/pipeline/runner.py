@@ -9,7 +9,6 @@ through ``jobs.Event``s.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -366,7 +365,3 @@ def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_R
                               entry.spec.model.config_dir)
     except OSError as exc:
         logs.note(entry, f"could not write its depfile: {describe_os_error(exc)}")
-
-
-def default_jobs() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

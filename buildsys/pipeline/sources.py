@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.artifacts.digests import canonical_json, digest_bytes, digest_file
@@ -596,18 +596,7 @@ def predict_dependencies(source: str, search_path: Iterable[str]) -> list[Depend
     return deps
 
 
-def ensure_on_path(directories: Iterable[str]) -> None:
-    """Model sources resolve beside the config file first (documented in README)."""
-    for directory in reversed([d for d in directories if d]):
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-
-
 def describe_changes(changes: Iterable[str], limit: int = 3) -> str:
     changes = list(changes)
     text = ", ".join(changes[:limit])
     return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
-
-
-def dependencies_from_json(items: Iterable[Mapping]) -> list[Dependency]:
-    return [Dependency(**dict(item)) for item in items]
