@@ -7,7 +7,6 @@ first use, so a command that only reads the registry never parses the matrix.
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from typing import Iterable
 
@@ -46,7 +45,7 @@ class Workspace:
 
     def matrix_specs(self, *, filters: Iterable[str] = (), cached_only: bool = False) -> dict:
         """key -> BuildSpec of the matrix's entries (the cached ones only, with ``cached_only``)."""
-        from buildsys.pipeline.jobs import Action
+        from buildsys.format.status import Action
 
         return {job.key: job.spec for job in self.plan(filters=filters, include_skipped=True)
                 if not cached_only or job.action == Action.CACHED}
@@ -56,17 +55,13 @@ class Workspace:
         and its weights file), else the one its registry row keeps (with the tolerance its
         manifest recorded)."""
         from buildsys.artifacts import manifest as manifest_format
-        from buildsys.config.spec import spec_from_dict
+        from buildsys.config.spec import spec_from_manifest
 
         matrix = self.matrix_specs() if matrix is None else matrix
         spec = matrix.get(record.key)
         if spec is not None:
             return spec
-        parity = manifest_format.read_stored(self.store, record).get("parity")
-        tolerance = parity.get("tolerance") if isinstance(parity, dict) else None
-        usable = (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
-                  and math.isfinite(tolerance) and tolerance > 0)
-        spec = spec_from_dict(record.spec, **({"tolerance": float(tolerance)} if usable else {}))
+        spec = spec_from_manifest(manifest_format.read_stored(self.store, record), record.spec)
         if spec.model.weights.source == "file":
             raise UsageError(f"{record.key[:12]} was built from a weights file that the current matrix does not "
                              "name; use the builds.yaml that built it")

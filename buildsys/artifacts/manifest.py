@@ -13,6 +13,7 @@ import re
 from typing import Any, Mapping
 
 from buildsys.errors import CompatibilityError, TrustError
+from buildsys.format.signature import check_io
 
 MANIFEST_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -111,7 +112,7 @@ def check_loadable(manifest: Mapping[str, Any], where: str) -> None:
     if len(shape) < 2:
         refuse(f"field io.input.shape is {_shown(shape)}, not an image shape")
     if "inputs" in io:
-        _check_signature(io, refuse)
+        check_io(io, refuse, _shown)
     detection = mapping(manifest, "detection", "detection", required=False)
     frame = detection.get("boxes_frame")
     if frame is not None and not (isinstance(frame, list) and len(frame) == 2 and all(
@@ -122,36 +123,6 @@ def check_loadable(manifest: Mapping[str, Any], where: str) -> None:
         refuse("field detection.categories is not a list of names")
     if not isinstance(manifest.get("label"), str):
         refuse(f"field label is {_shown(manifest.get('label'))}, not text")
-
-
-_DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
-
-
-def _check_signature(io: Mapping, refuse) -> None:
-    """``io.inputs`` and ``io.batch``, as the runtime's Signature reads them."""
-    def whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    batch = io.get("batch")
-    if not isinstance(batch, dict) or not all(whole(batch.get(k)) and batch[k] > 0 for k in ("min", "max")) \
-            or batch["min"] > batch["max"]:
-        refuse(f"field io.batch is {_shown(batch)}, not {{min, max}} batch sizes")
-    inputs = io["inputs"]
-    if not isinstance(inputs, list) or not 1 <= len(inputs) <= 16:
-        refuse(f"field io.inputs is {_shown(inputs)}, not a list of 1..16 inputs")
-    for n, item in enumerate(inputs):
-        where = f"io.inputs[{n}]"
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            refuse(f"field {where} is {_shown(item)}, not an input with a name")
-        shape, rng = item.get("shape"), item.get("range")
-        if not isinstance(shape, list) or not 2 <= len(shape) <= 8 or shape[0] != "batch" or not all(
-                whole(d) and d > 0 for d in shape[1:]):
-            refuse(f"field {where}.shape is {_shown(shape)}, not [\"batch\", sizes...]")
-        if item.get("dtype") not in _DTYPES:
-            refuse(f"field {where}.dtype is {_shown(item.get('dtype'))}, not one of {', '.join(_DTYPES)}")
-        if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)):
-            refuse(f"field {where}.range is {_shown(rng)}, not [low, high]")
 
 
 def _kind(value: Any) -> str:

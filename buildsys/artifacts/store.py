@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import hashlib
 import mmap
@@ -25,6 +24,7 @@ from typing import Iterator
 
 from buildsys.errors import IntegrityError, StoreError
 from buildsys.artifacts.digests import CHUNK, HASH_ALGORITHM, digest_file, split_digest
+from buildsys.format.files import durable_replace, file_lock
 from buildsys.artifacts.space import describe_os_error
 
 
@@ -158,14 +158,6 @@ def copy_verified(src: str | os.PathLike, digest: str, dest: str | os.PathLike, 
     return dest
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Store:
     """Content-addressed objects on local disk; with ``remote`` (an S3-compatible bucket,
     ``buildsys.artifacts.remote``) every object put is uploaded too, and an object missing here is
@@ -227,21 +219,13 @@ class Store:
         """An exclusive per-key lock, so two builders never compile the same key at once.
         Yields whether it was acquired (always True when ``blocking``)."""
         self._ensure_dirs()
-        try:
-            handle = open(self.locks / f"{key}.lock", "a+")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise StoreError(f"cannot take the lock of {key[:12]}: "
-                             f"{describe_os_error(exc, self.locks / f'{key}.lock')}") from None
-        with handle:
+        path = self.locks / f"{key}.lock"
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                acquired = stack.enter_context(file_lock(path, blocking=blocking))
+            except OSError as exc:
+                raise StoreError(f"cannot take the lock of {key[:12]}: {describe_os_error(exc, path)}") from None
+            yield acquired
 
     def put(self, staged: str | os.PathLike, upload: bool = True) -> tuple[str, int]:
         """Move a staged file (inside ``tmp``) into the store (and the remote); return ``(digest, size)``."""
@@ -261,11 +245,8 @@ class Store:
                 os.utime(dest)  # in use again: gc's grace period counts from now
                 return digest, size
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(staged, "rb") as f:
-                os.fsync(f.fileno())
             os.chmod(staged, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            os.replace(staged, dest)
-            _fsync_dir(dest.parent)
+            durable_replace(staged, dest)
         except OSError as exc:
             size = staged.stat().st_size if staged.exists() else None
             raise StoreError(f"cannot store {staged.name} in {self.root}: "

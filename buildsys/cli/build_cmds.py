@@ -22,7 +22,7 @@ from buildsys.workspace import Workspace
 @pass_ws
 def plan(ws: Workspace, filters, force, include_skipped, shard, deep, as_json):
     """Print what would build and why."""
-    from buildsys.pipeline.jobs import Action
+    from buildsys.format.status import Action
 
     jobs = ws.plan(filters=filters, force=force, include_skipped=include_skipped, shard=shard)
     if deep:
@@ -67,7 +67,7 @@ def build(ws: Workspace, filters, force, include_skipped, jobs, shard, timeout_s
     if repro_ref is not None:
         _check_repro(ws, repro_ref, as_json)
         return
-    from buildsys.pipeline.jobs import Outcome
+    from buildsys.format.status import Outcome
     from buildsys.pipeline.runner import run_builds
     from buildsys.ui.progress import make_display
 

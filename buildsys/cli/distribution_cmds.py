@@ -38,7 +38,7 @@ def export_cmd(ws: Workspace, refs, export_all, out_path, sign_key, allow_unveri
 def import_cmd(ws: Workspace, archive, public_key, no_aliases):
     """Verify a release tar and register its artifacts in this store and registry."""
     from buildsys.distribution.release import import_release
-    from buildsys.distribution.signing import load_public_key
+    from buildsys.artifacts.signing import load_public_key
 
     key = load_public_key(public_key)
     imported = import_release(archive, ws.store, ws.registry, key, set_aliases=not no_aliases)
@@ -66,7 +66,7 @@ def push(ws: Workspace, refs):
               help="Private key file to create (the public key goes to FILE.pub).")
 def keygen(out_path):
     """Create an ed25519 key pair for signing releases."""
-    from buildsys.distribution.signing import generate_keypair
+    from buildsys.artifacts.signing import generate_keypair
 
     private, public = generate_keypair(out_path)
     click.echo(f"private key: {private} (keep it secret; BUILDSYS_SIGNING_KEY)\npublic key: {public} "

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from buildsys.errors import BuildError
-from buildsys.compiler.tuning_db import RECORD_FILE, WORKLOAD_FILE, TuningDatabase, _atomic_write
+from buildsys.format.files import atomic_write
+from buildsys.compiler.tuning_db import RECORD_FILE, WORKLOAD_FILE, TuningDatabase
 from buildsys.config.spec import BuildSpec
 
 INTRIN_SUBMODULES = ("x86",)  # the CPU targets buildsys accepts are x86 (targets.py)
@@ -227,7 +228,7 @@ def tune(mod, spec: BuildSpec, database: TuningDatabase, entry_id: str,
                             trials_before=before, untunable=len(extracted) - len(tasks))
         info = {"entry": entry_id, "label": spec.describe(), "workloads": hashes, "trials": settings.trials,
                 "per_task": settings.cap, "task_names": [t.task_name for t in tasks], "complete": False}
-        _atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
+        atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
         # Resuming (or sharing workloads with models tuned before): what is there counts.
         budget = settings.trials - before
         todo = [(t, settings.cap - trials[h]) for t, h in zip(tasks, hashes) if trials[h] < settings.cap]
@@ -267,7 +268,7 @@ def tune(mod, spec: BuildSpec, database: TuningDatabase, entry_id: str,
         report.trials_run = sum(after.values()) - report.trials_before
         report.complete = True
         info["complete"] = True
-        _atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
+        atomic_write(database.entry_file(entry_id), json.dumps(info, indent=1))
     report.seconds = time.perf_counter() - started
     return report
 

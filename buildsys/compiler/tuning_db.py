@@ -29,14 +29,13 @@ The tuner that fills a database is ``buildsys.compiler.tuning`` (TVM).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from buildsys.artifacts.digests import canonical_json, digest_bytes
+from buildsys.format.files import atomic_write, file_lock
 from buildsys.config.spec import TuningSettings
 
 WORKLOAD_FILE = "database_workload.json"
@@ -70,7 +69,7 @@ class TuningDatabase:
         (self.path / "models").mkdir(parents=True, exist_ok=True)
         scope_file = self.path / "scope.json"
         if not scope_file.exists():
-            _atomic_write(scope_file, json.dumps({"target": self.target, "tvm": self.tvm_version}, indent=1))
+            atomic_write(scope_file, json.dumps({"target": self.target, "tvm": self.tvm_version}, indent=1))
         for name in (WORKLOAD_FILE, RECORD_FILE):
             (self.path / name).touch()
 
@@ -78,12 +77,8 @@ class TuningDatabase:
     def lock(self) -> Iterator[None]:
         """One tuner per scope (others wait, then find the records and skip)."""
         self.ensure()
-        with open(self.path / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.path / ".lock"):
+            yield
 
     def repair(self) -> int:
         """Drop a torn last line (a tuner killed mid-write); returns lines dropped."""
@@ -95,7 +90,7 @@ class TuningDatabase:
             data = path.read_bytes()
             if data and not data.endswith(b"\n"):
                 keep = data[:data.rfind(b"\n") + 1]
-                _atomic_write_bytes(path, keep)
+                atomic_write(path, keep)
                 dropped += 1
         return dropped
 
@@ -175,16 +170,3 @@ def _mean_seconds(record) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return sum(secs) / len(secs) if secs and all(s < 1e9 for s in secs) else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""Input signatures in builds.yaml: the ``batch`` axis and the ``inputs`` a model declares.
+"""Input signatures in builds.yaml: the ``batch`` axis and the ``inputs`` a model declares, parsed
+into ``buildsys.format.signature``'s types (the ones the manifest and the runtime use).
 
 ``batch`` is a static size (``8``) or a range compiled once with a symbolic batch dimension
 (``{min: 1, max: 32}``, optionally ``opt:``, the representative size parity, tuning and bench
@@ -22,91 +23,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
-MAX_BATCH = 4096
-BATCH = "batch"  # the name of the batch dimension in a declared shape
+from buildsys.format.signature import (BATCH, DTYPES, INT_DTYPES, MAX_BATCH, MAX_DIM, MAX_ELEMENTS, MAX_INPUTS,
+                                       Batch, Input)
+
 BATCH_FIELDS = ("min", "max", "opt")
 INPUT_FIELDS = ("name", "shape", "dtype", "range")
-FLOAT_DTYPES = ("float32", "float16")
-INT_DTYPES = ("int64", "int32", "uint8", "bool")
-DTYPES = FLOAT_DTYPES + INT_DTYPES
-MAX_INPUTS = 16
-MAX_DIM = 1 << 20
-MAX_ELEMENTS = 1 << 28  # one item of one input; more is a typo
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A static batch (min == max) or a range with a representative size ``opt``."""
-
-    min: int
-    max: int
-    opt: int
-
-    @classmethod
-    def static(cls, size: int) -> "Batch":
-        return cls(size, size, size)
-
-    @property
-    def dynamic(self) -> bool:
-        return self.min != self.max
-
-    @property
-    def label(self) -> str:
-        return f"{self.min}-{self.max}" if self.dynamic else str(self.min)
-
-    def to_dict(self) -> int | dict:
-        return {"min": self.min, "max": self.max, "opt": self.opt} if self.dynamic else self.min
-
-    @property
-    def parity_sizes(self) -> tuple[int, ...]:
-        """The sizes a build checks parity at: the ends and the representative size."""
-        return tuple(sorted({self.min, self.opt, self.max}))
-
-    @property
-    def export_size(self) -> int:
-        """The example batch torch.export traces a range with: torch specializes sizes 0 and 1."""
-        return self.opt if self.opt >= 2 else max(2, self.min)
-
-
-STATIC_1 = Batch.static(1)
-
-
-def batch_from_dict(value: Any) -> Batch:
-    """``Batch.to_dict`` back (absent: 1)."""
-    if value is None:
-        return STATIC_1
-    if isinstance(value, int):
-        return Batch.static(value)
-    return Batch(value["min"], value["max"], value.get("opt", value["min"]))
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple  # "batch" first, then whole numbers
-    dtype: str
-    range: tuple | None = None  # (low, high) sample inputs are drawn from (see the module's text)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "range": None if self.range is None else list(self.range)}
-
-    def shape_at(self, batch: int) -> tuple[int, ...]:
-        return tuple(batch if d == BATCH else d for d in self.shape)
-
-
-def image_input(size: tuple[int, int]) -> InputSpec:
-    """What ``input_size`` stands for: one float32 NCHW image in [0, 1)."""
-    return InputSpec("input", (BATCH, 3, *size), "float32", (0.0, 1.0))
-
-
-def input_from_dict(data: dict) -> InputSpec:
-    rng = data.get("range")
-    return InputSpec(data["name"], tuple(data["shape"]), data["dtype"], None if rng is None else tuple(rng))
 
 
 def _whole(value: Any) -> bool:
@@ -144,7 +68,7 @@ def parse_batch(value: Any, reader, line: int | None, where: str) -> Batch:
     return Batch(low, high, opt)
 
 
-def parse_inputs(value: Any, reader, line: int | None, where: str) -> tuple[InputSpec, ...]:
+def parse_inputs(value: Any, reader, line: int | None, where: str) -> tuple[Input, ...]:
     items = reader.sequence(value, line, where)
     if not 1 <= len(items) <= MAX_INPUTS:
         raise reader.error(f"a model has 1..{MAX_INPUTS} inputs, got {len(items)}", line, where)
@@ -158,7 +82,7 @@ def parse_inputs(value: Any, reader, line: int | None, where: str) -> tuple[Inpu
     return tuple(inputs)
 
 
-def _parse_input(raw: Any, reader, line: int | None, where: str) -> InputSpec:
+def _parse_input(raw: Any, reader, line: int | None, where: str) -> Input:
     raw = reader.mapping(raw, line, where)
     reader.check_keys(raw, INPUT_FIELDS, where)
 
@@ -191,7 +115,7 @@ def _parse_input(raw: Any, reader, line: int | None, where: str) -> InputSpec:
         from buildsys.errors import did_you_mean
         raise reader.error(f"unknown dtype {dtype!r}", at("dtype"), f"{where}.dtype",
                            hint=did_you_mean(str(dtype), DTYPES) or f"one of: {', '.join(DTYPES)}")
-    return InputSpec(name, tuple(shape), dtype, _parse_range(raw.get("range"), name, dtype, reader, at("range"),
+    return Input(name, tuple(shape), dtype, _parse_range(raw.get("range"), name, dtype, reader, at("range"),
                                                            f"{where}.range"))
 
 

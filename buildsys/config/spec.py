@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping
 
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.config.passes import validate_disabled_passes
-from buildsys.config.signature import (STATIC_1, Batch, InputSpec, batch_from_dict, image_input, input_from_dict,
-                                       parse_batch, parse_inputs)
+from buildsys.config.signature import parse_batch, parse_inputs
+from buildsys.format.signature import STATIC_1, Batch, Input, image_input
 from buildsys.config.targets import format_cli_target, normalize_target
 from buildsys.config.yamlsource import LocatedDict, LocatedList, load_yaml
 
@@ -91,7 +91,7 @@ class ModelSpec:
     kwargs_json: str = "{}"  # canonical JSON keeps the spec hashable and immutable
     tolerance: float = DEFAULT_TOLERANCE
     skip: str | None = None
-    inputs: tuple[InputSpec, ...] | None = None  # declared inputs (config/signature.py); None: one image
+    inputs: tuple[Input, ...] | None = None  # declared inputs (buildsys/format/signature.py); None: one image
     # Where the model was declared: its sources resolve beside the config file first, and
     # errors about them name this place. Neither is part of the key (a moved checkout keeps its keys).
     config_dir: str = field(default="", compare=False)
@@ -139,7 +139,7 @@ class BuildSpec:
         return (1, 3, *self.input_size)
 
     @property
-    def inputs(self) -> tuple[InputSpec, ...]:
+    def inputs(self) -> tuple[Input, ...]:
         """The signature: the declared inputs, or the one image ``input_size`` stands for."""
         return self.model.inputs if self.model.inputs is not None else (image_input(self.input_size),)
 
@@ -186,13 +186,26 @@ def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpe
     return BuildSpec(model=ModelSpec(name=model["name"], source=model["source"], task=model["task"], weights=weights,
                                      kwargs_json=json.dumps(model["kwargs"], sort_keys=True, separators=(",", ":")),
                                      tolerance=tolerance,
-                                     inputs=None if inputs is None else tuple(input_from_dict(i) for i in inputs)),
+                                     inputs=None if inputs is None else tuple(Input.from_dict(i) for i in inputs)),
                      input_size=tuple(data["input_shape"][2:]) if "input_shape" in data else None,
-                     batch=batch_from_dict(data.get("batch")),
+                     batch=Batch.from_dict(data.get("batch")),
                      target_json=json.dumps(data["target"], sort_keys=True, separators=(",", ":")),
                      opt_level=data["opt_level"], disabled_passes=tuple(data["disabled_passes"]),
                      tuning_json="null" if tuning is None else json.dumps(tuning, sort_keys=True,
                                                                            separators=(",", ":")))
+
+
+def spec_from_manifest(manifest: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> BuildSpec:
+    """The spec an artifact was built from, read back from its manifest: the key's ``spec`` (or
+    ``spec``, the registry row's copy of it) with the parity tolerance the artifact was accepted
+    with, which the key leaves out (``manifest.parity.tolerance``; the default when it is absent
+    or no positive finite number)."""
+    parity = manifest.get("parity")
+    tolerance = parity.get("tolerance") if isinstance(parity, Mapping) else None
+    usable = (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+              and math.isfinite(tolerance) and tolerance > 0)
+    return spec_from_dict(manifest["spec"] if spec is None else spec,
+                          **({"tolerance": float(tolerance)} if usable else {}))
 
 
 # ---------------------------------------------------------------- parsing

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from buildsys.runtime.versions import package_version
+from buildsys.format.versions import package_version
 
 # distribution name -> short name used in keys and manifests
 TOOLCHAIN_PACKAGES = {

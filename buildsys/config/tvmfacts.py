@@ -23,10 +23,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from buildsys.errors import TargetError
+from buildsys.format.files import atomic_write
 from buildsys.platforms import ARCH_ALIASES, triple_arch  # noqa: F401 - part of this module's interface
 from buildsys.config.toolchain import package_version
 
@@ -120,10 +120,7 @@ def _write(path: Path, data: dict) -> None:
     """Atomic; a cache that cannot be written is only slower next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, sort_keys=True))
     except OSError:
         pass
 

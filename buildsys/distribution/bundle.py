@@ -16,7 +16,7 @@ from pathlib import Path
 
 from buildsys.errors import StoreError
 from buildsys.artifacts.manifest import MANIFEST_NAME
-from buildsys.distribution.signing import SIGNATURE_NAME
+from buildsys.artifacts.signing import SIGNATURE_NAME
 from buildsys.artifacts.space import describe_os_error
 from buildsys.artifacts.store import Store
 

@@ -11,14 +11,14 @@ def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_
     import``), else a bundle directory per artifact (loadable directly). Returns a line per result.
     A signature vouches for what it signs: artifacts never verified against PyTorch (built for a
     machine nothing here could run) are refused when signing, unless ``allow_unverified``."""
-    from buildsys.artifacts.registry import STATUS_UNVERIFIED
-    from buildsys.distribution.signing import load_private_key
+    from buildsys.format.status import ArtifactStatus
+    from buildsys.artifacts.signing import load_private_key
 
     if not refs and not export_all:
         raise UsageError("name artifacts to export (KEY, prefix or alias), or pass --all")
     private_key = load_private_key(sign_key)
     records = ws.records(() if export_all else refs)
-    unverified = [r for r in records if r.status == STATUS_UNVERIFIED]
+    unverified = [r for r in records if r.status == ArtifactStatus.UNVERIFIED]
     if unverified and private_key is not None and not allow_unverified:
         named = ", ".join(f"{r.key[:12]} ({r.model}, {r.target.get('mtriple', 'host')})" for r in unverified)
         raise UsageError(

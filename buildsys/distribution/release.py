@@ -37,7 +37,7 @@ from buildsys.artifacts.space import describe_os_error
 from buildsys.errors import StoreError, TrustError, UsageError
 from buildsys.artifacts.digests import HASH_ALGORITHM, canonical_json, split_digest
 from buildsys.artifacts.manifest import MANIFEST_NAME
-from buildsys.distribution.signing import SIGNATURE_NAME, generate_keypair, load_private_key, load_public_key, verify_signature
+from buildsys.artifacts.signing import SIGNATURE_NAME, generate_keypair, load_private_key, load_public_key, verify_signature
 from buildsys.artifacts.store import Store
 
 __all__ = ["export_release", "import_release", "generate_keypair", "load_private_key", "load_public_key"]

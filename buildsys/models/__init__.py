@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from pathlib import Path
+from typing import Iterable
 
 from buildsys.errors import BuildError
 from buildsys.artifacts.digests import digest_file
 from buildsys.config.spec import ModelSpec, WeightsSpec
 
 
+def ensure_on_path(directories: Iterable[str]) -> None:
+    """Model sources resolve beside the config file first (documented in README)."""
+    for directory in reversed([d for d in directories if d]):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+
+
 def load_function(source: str, search_path: tuple[str, ...] = ()):
     """``module:function`` -> the function; modules resolve beside the config file first."""
-    from buildsys.pipeline.sources import ensure_on_path
-
     ensure_on_path(search_path)
     module_name, _, attr = source.partition(":")
     try:

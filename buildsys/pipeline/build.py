@@ -19,6 +19,8 @@ from typing import Callable, Mapping
 from buildsys.artifacts import manifest as manifest_format
 from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NAME
 from buildsys.artifacts.store import Store
+from buildsys.format.signature import Signature
+from buildsys.format.status import Verification
 from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys import platforms
@@ -31,9 +33,8 @@ from buildsys.pipeline.keys import build_key, entry_key
 from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
 from buildsys.pipeline.samples import export_examples, input_description, sample_inputs
 from buildsys.config.toolchain import toolchain_versions
-from buildsys.runtime.versions import runtime_versions
+from buildsys.format.versions import runtime_versions
 
-VERIFIED, UNVERIFIED = "verified", "unverified"  # the manifest's verification.status
 TIMING_RUNS = 3
 TIMING_BUDGET_S = 2.0  # a verify run slower than this is the only timing taken (untuned detectors: minutes)
 
@@ -224,7 +225,7 @@ def _run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: M
             run_start = time.perf_counter()
             actual = outputs_to_numpy(vm["main"](*args))
             ran[size] = (actual, (time.perf_counter() - run_start) * 1e3)
-        return ran, {"status": VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
+        return ran, {"status": Verification.VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
     from buildsys.pipeline import emulation
 
     row = target_platform(spec.target)
@@ -233,9 +234,9 @@ def _run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: M
                                                    for size, (inputs, _reference) in checked.items()}, key=key)
     except emulation.Unavailable as exc:
         print(f"[buildsys] {key[:12]}: built for {target_triple(spec.target)}, NOT verified: {exc}", flush=True)
-        return {}, {"status": UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
+        return {}, {"status": Verification.UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
                     "reason": f"no way to run {row.arch} code on this {platforms.host_arch()} host: {exc}"}
-    return ran, {"status": VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
+    return ran, {"status": Verification.VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
                  "sysroot": emulation.sysroot_path(row).name}
 
 
@@ -311,13 +312,8 @@ def _latency(spec: BuildSpec, artifact_ms: float | None, eager_ms: float | None,
 
 
 def io_signature(spec: BuildSpec) -> dict:
-    """The manifest's input signature: ``inputs`` (names, shapes with "batch" first, dtypes, the
-    ranges integer values must keep to), the ``batch`` range, and ``input``, the first input at
-    the smallest batch, for readers that know one input only."""
-    first = spec.inputs[0]
-    return {"input": {"shape": list(first.shape_at(spec.batch.min)), "dtype": first.dtype},
-            "inputs": [i.to_dict() for i in spec.inputs],
-            "batch": {"min": spec.batch.min, "max": spec.batch.max, "opt": spec.batch.opt}}
+    """The manifest's input signature (``buildsys.format.signature.Signature.to_io``)."""
+    return Signature(spec.inputs, spec.batch).to_io()
 
 
 def _metrics(parity, timings: dict, artifact_ms: float | None, eager_ms: float | None,

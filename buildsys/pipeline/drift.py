@@ -21,7 +21,8 @@ from buildsys.errors import BuildsysError
 from buildsys.pipeline import isolation
 from buildsys.pipeline.build import exported_digests
 from buildsys.pipeline.samples import export_examples
-from buildsys.pipeline.jobs import Action, Job
+from buildsys.format.status import Action
+from buildsys.pipeline.jobs import Job
 
 
 def find_drift(entries: list[Job], store: Store, registry,

@@ -16,7 +16,6 @@ but not verified. A library that fails under emulation is a failed build.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from buildsys.config.toolchain import package_version
 from buildsys.config.tvmfacts import cache_dir
 from buildsys.errors import BuildError
+from buildsys.format.files import file_lock
 from buildsys.platforms import Platform
 
 SUITE = "bookworm"
@@ -89,8 +89,7 @@ def sysroot(row: Platform, log=lambda text: print(text, file=sys.stderr, flush=T
     if (root / RECIPE).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root.parent / f".{root.name}.lock"):
         if (root / RECIPE).is_file():  # made by another builder meanwhile
             return root
         if shutil.which("mmdebstrap") is None:

@@ -333,11 +333,6 @@ def kill_all() -> None:
 _stopping = False
 
 
-def stopping() -> bool:
-    """True once kill_all ran: builds queued behind the interrupted ones must not start."""
-    return _stopping
-
-
 def reset() -> None:
     global _stopping
     _stopping = False

@@ -1,9 +1,6 @@
-"""The vocabulary of the flow: what the plan decides, what a build ends as, what the builder
-tells a display, and the job that carries one matrix entry from the plan to its build.
-
-Every status word is a ``StrEnum``: it compares equal to the string the JSON documents and
-the registry have always held, so schemas and rows are unchanged.
-"""
+"""What the builder tells a display, and the job that carries one matrix entry from the plan to
+its build. The status words (what the plan decides, what a build ends as) are
+``buildsys.format.status``'s."""
 
 from __future__ import annotations
 
@@ -12,23 +9,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 from buildsys.config.spec import BuildSpec
-
-
-class Action(StrEnum):
-    """What the plan decides for an entry."""
-
-    BUILD = "build"
-    CACHED = "cached"
-    SKIP = "skip"
-
-
-class Outcome(StrEnum):
-    """How an entry ends in ``buildsys build`` (and ``tune``)."""
-
-    BUILT = "built"
-    CACHED = "cached"
-    SKIPPED = "skipped"
-    FAILED = "failed"
+from buildsys.format.status import Action
 
 
 class EventKind(StrEnum):

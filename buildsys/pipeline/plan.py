@@ -10,8 +10,9 @@ from buildsys.errors import BuildError, ConfigError, UsageError, did_you_mean
 from buildsys.pipeline.keys import build_key, key_material
 from buildsys.models import weights_digest
 from buildsys.config.spec import BuildSpec
-from buildsys.pipeline.jobs import Action, Job
-from buildsys.artifacts.registry.api import RUN_FAILED, RUN_RUNNING
+from buildsys.format.status import Action
+from buildsys.pipeline.jobs import Job
+from buildsys.format.status import RunStatus
 from buildsys.artifacts.store import Store
 from buildsys.config.toolchain import toolchain_versions
 
@@ -183,10 +184,10 @@ def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bo
             why = "not built yet"
             if changed:
                 why = f"model sources changed: {changed}"
-            elif last is not None and last.status == RUN_FAILED:
+            elif last is not None and last.status == RunStatus.FAILED:
                 first_line = (last.error or "").strip().splitlines()[0:1]
                 why = f"last attempt failed: {first_line[0][:120] if first_line else 'unknown error'}"
-            elif last is not None and last.status == RUN_RUNNING:
+            elif last is not None and last.status == RunStatus.RUNNING:
                 why = "an earlier build did not finish (crashed or still running elsewhere)"
             entries.append(Job(spec, key, material, Action.BUILD, why, entry_key=entry_key))
             continue

@@ -17,7 +17,8 @@ from buildsys.artifacts import manifest as manifest_format
 from buildsys.errors import BuildsysError, TrustError
 from buildsys.pipeline.keys import build_key
 from buildsys.artifacts.manifest import MANIFEST_NAME
-from buildsys.artifacts.registry import STATUS_OK, STATUS_UNVERIFIED, FileRecord, NewArtifact
+from buildsys.artifacts.registry import FileRecord, NewArtifact
+from buildsys.format.status import ArtifactStatus, artifact_status
 from buildsys.config.spec import BuildSpec
 from buildsys.artifacts.store import Store
 
@@ -41,15 +42,13 @@ def _register(registry, key: str, spec: BuildSpec, manifest: Mapping, manifest_d
     """The registry row, written last (its files are already in the store). An artifact whose
     manifest says nothing could run it is registered as unverified."""
     parity = manifest["parity"]
-    verification = manifest.get("verification")
-    unverified = isinstance(verification, Mapping) and verification.get("status") == "unverified"
     return registry.publish(NewArtifact(
         key=key, model=spec.model.name, task=spec.model.task, input_size=spec.size_label,
         target=spec.target, opt_level=spec.opt_level, disabled_passes=spec.disabled_passes,
         spec=spec.to_dict(), key_material=manifest["key_material"], toolchain=manifest["toolchain"],
         manifest_digest=manifest_digest, files=tuple(files), metrics=metrics,
         parity_max_abs=parity["max_abs"], parity_max_rel=parity["max_rel"],
-        status=STATUS_UNVERIFIED if unverified else STATUS_OK))
+        status=artifact_status(manifest)))
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ def check_files(key: str, staged: Mapping[str, Path], metrics: Mapping[str, floa
     must be what it lists, and the fields the registry row needs must be there with the right types.
     Raises TrustError; never a KeyError or TypeError from a hostile manifest."""
     from buildsys.artifacts.digests import digest_file
-    from buildsys.config.spec import spec_from_dict
+    from buildsys.config.spec import spec_from_manifest
 
     if MANIFEST_NAME not in staged:
         raise TrustError(f"artifact {key[:12]} comes without its {MANIFEST_NAME}")
@@ -92,8 +91,7 @@ def check_files(key: str, staged: Mapping[str, Path], metrics: Mapping[str, floa
             if digest_file(staged[name]) != info.get("digest"):
                 raise TrustError(f"artifact {key[:12]}: {name} does not match its manifest")
         parity = manifest["parity"]
-        unverified = isinstance(manifest.get("verification"), dict) and \
-            manifest["verification"].get("status") == "unverified"
+        unverified = artifact_status(manifest) == ArtifactStatus.UNVERIFIED
         for field_name in ("max_abs", "max_rel"):
             if unverified and parity[field_name] is None:
                 continue  # never measured, and the row says so
@@ -101,7 +99,7 @@ def check_files(key: str, staged: Mapping[str, Path], metrics: Mapping[str, floa
                 raise TrustError(f"artifact {key[:12]}: parity.{field_name} is not a number")
         if not isinstance(manifest["toolchain"], dict) or not isinstance(manifest["key_material"], dict):
             raise TrustError(f"artifact {key[:12]}: toolchain and key_material must be mappings")
-        spec = spec_from_dict(manifest["spec"])
+        spec = spec_from_manifest(manifest)
     except TrustError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

@@ -9,7 +9,6 @@ through ``jobs.Event``s.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from buildsys.artifacts.registry import RUN_BUILT, RUN_FAILED
 from buildsys.artifacts.store import Store, pid_alive
 from buildsys.config.spec import BuildSpec
 from buildsys.artifacts.space import describe_os_error, is_storage_error
 from buildsys.errors import BuildError, StoreError
 from buildsys.pipeline import isolation, runlog, sources
 from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
-from buildsys.pipeline.failures import error_text, failure_text, in_model_code, log_text
-from buildsys.pipeline.jobs import Action, Event, EventKind, Job, Outcome
+from buildsys.pipeline.failures import failure_text, in_model_code, log_text
+from buildsys.format.status import Action, Outcome, RunStatus
+from buildsys.pipeline.jobs import Event, EventKind, Job
 from buildsys.pipeline.keys import entry_key
 from buildsys.pipeline.plan import plan_builds
 from buildsys.pipeline.publish import publish
@@ -130,7 +129,7 @@ def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport
             text, storage = failure_text(exc, store)  # a full disk first, as for a build
             logs.note(entry, f"tuning FAILED: {log_text(exc)}")
             run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=reporter.log_path)
-            registry.finish_run(run_id, RUN_FAILED, text)
+            registry.finish_run(run_id, RunStatus.FAILED, text)
             report.results.append(BuildResult(entry, Outcome.FAILED, time.perf_counter() - started, error=text,
                                               log_path=reporter.log_path, storage=storage))
             emit(Event(EventKind.FAILED, entry, seconds=time.perf_counter() - started, error=text,
@@ -238,7 +237,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
             existing = None if entry.forced else registry.get(entry.key)
             if existing is not None and all(store.has(f.digest) for f in existing.files):  # built before, same sources
                 _remember_sources(store, entry, outcome, logs)
-                registry.finish_run(run_id, RUN_BUILT, key=entry.key)
+                registry.finish_run(run_id, RunStatus.BUILT, key=entry.key)
                 report.results.append(BuildResult(entry, Outcome.CACHED, seconds, log_path=log_path))
                 emit(Event(EventKind.CACHED, entry, reason="its recorded sources name an artifact already built"))
                 return
@@ -250,7 +249,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 exc = publish_exc
             else:
                 _remember_sources(store, entry, outcome, logs)
-                registry.finish_run(run_id, RUN_BUILT, key=entry.key)
+                registry.finish_run(run_id, RunStatus.BUILT, key=entry.key)
                 logs.note(entry, f"built and published {entry.key} in {seconds:.1f}s")
                 report.results.append(BuildResult(entry, Outcome.BUILT, seconds, record=record, log_path=log_path))
                 emit(Event(EventKind.BUILT, entry, seconds=seconds, record=record, manifest=outcome.manifest,
@@ -258,7 +257,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 return
         text, storage = failure_text(exc, store)
         logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
-        registry.finish_run(run_id, RUN_FAILED, text)
+        registry.finish_run(run_id, RunStatus.FAILED, text)
         report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path,
                                           storage=storage))
         emit(Event(EventKind.FAILED, entry, seconds=seconds, error=text, log_path=log_path))
@@ -354,7 +353,7 @@ def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
                 if future.cancelled():  # never started: its lock and staging go, its run says why
                     stack.close()
                     with guard:
-                        registry.finish_run(run_id, RUN_FAILED, "interrupted (Ctrl-C) before it started")
+                        registry.finish_run(run_id, RunStatus.FAILED, "interrupted (Ctrl-C) before it started")
         raise
     return report
 
@@ -366,7 +365,3 @@ def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_R
                               entry.spec.model.config_dir)
     except OSError as exc:
         logs.note(entry, f"could not write its depfile: {describe_os_error(exc)}")
-
-
-def default_jobs() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

@@ -38,7 +38,6 @@ classification here.
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import importlib.machinery
 import importlib.util
@@ -47,16 +46,16 @@ import os
 import re
 import sys
 import sysconfig
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.artifacts.digests import canonical_json, digest_bytes, digest_file
+from buildsys.format.files import atomic_write
 
 DEPS_FORMAT = 2
 MODEL_ZOO = "buildsys.models"
@@ -423,15 +422,7 @@ def write_depfile(store_root: str | os.PathLike, entry_key: str, deps: Iterable[
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"deps_format": DEPS_FORMAT, "entry_key": entry_key, "config_dir": config_dir,
             "dependencies": [asdict(d) for d in deps]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{entry_key[:12]}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no half-written depfile stays behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True))  # a full disk leaves no half-written depfile
 
 
 def read_depfile(store_root: str | os.PathLike, entry_key: str, config_dir: str = "") -> list[Dependency] | None:
@@ -605,18 +596,7 @@ def predict_dependencies(source: str, search_path: Iterable[str]) -> list[Depend
     return deps
 
 
-def ensure_on_path(directories: Iterable[str]) -> None:
-    """Model sources resolve beside the config file first (documented in README)."""
-    for directory in reversed([d for d in directories if d]):
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-
-
 def describe_changes(changes: Iterable[str], limit: int = 3) -> str:
     changes = list(changes)
     text = ", ".join(changes[:limit])
     return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
-
-
-def dependencies_from_json(items: Iterable[Mapping]) -> list[Dependency]:
-    return [Dependency(**dict(item)) for item in items]

@@ -23,11 +23,11 @@ from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_NAME, PARAMS_NAME
 from buildsys.artifacts.registry.lookup import resolve as resolve_sqlite
 from buildsys.artifacts.registry.lookup import sqlite_path
 from buildsys.artifacts.store import Store, copy_verified, read_verified
-from buildsys.runtime.versions import runtime_versions
+from buildsys.format.versions import runtime_versions
 from buildsys.runtime.detections import image_to_input, to_detections
 from buildsys.runtime.ffi import outputs_to_numpy, runtime_ffi, to_device
 from buildsys.runtime.params import read_params
-from buildsys.runtime.signature import Signature
+from buildsys.format.signature import Signature
 
 def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
@@ -279,7 +279,7 @@ def _from_bundle(directory: Path):
     if data is None:
         raise CompatibilityError(f"{directory} is not an artifact bundle: it has no {MANIFEST_NAME}")
     if os.environ.get("BUILDSYS_PUBLIC_KEY"):  # a deployment that only trusts signed bundles
-        from buildsys.distribution.signing import SIGNATURE_NAME, load_public_key, verify_signature
+        from buildsys.artifacts.signing import SIGNATURE_NAME, load_public_key, verify_signature
 
         signature = _read_bundle_file(directory / SIGNATURE_NAME, 4096)
         verify_signature(load_public_key(), data, signature, f"bundle {directory}")

@@ -18,10 +18,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from buildsys.artifacts.registry.api import RUN_FAILED, STATUS_UNVERIFIED
+from buildsys.format.status import ArtifactStatus, RunStatus
 from buildsys.config.targets import is_cross
 from buildsys.errors import BuildsysError
-from buildsys.pipeline.jobs import Action
+from buildsys.format.status import Action
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -126,7 +126,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
         spec = entry.spec
         foreign = record is not None and is_cross(record.target)  # another architecture: nothing runs here
         if record is not None:
-            status, css = ("built", "") if record.status != STATUS_UNVERIFIED else ("built, NOT verified", "pending")
+            status, css = ("built", "") if record.status != ArtifactStatus.UNVERIFIED else ("built, NOT verified", "pending")
             sizes = sum(f.size for f in record.files)
             timings = record.metrics
             build_s = sum(timings.get(k, 0.0) for k in ("export_s", "import_s", "compile_s", "serialize_s",
@@ -139,7 +139,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
         else:
             last = runs.get(entry.key)
             status = "skipped" if entry.action == Action.SKIP else (
-                "failed" if last is not None and last.status == RUN_FAILED else "not built")
+                "failed" if last is not None and last.status == RunStatus.FAILED else "not built")
             css = "failed" if status == "failed" else "pending"
             sizes = build_s = ratio = parity = None
             measured = False

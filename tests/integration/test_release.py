@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from buildsys.errors import TrustError
-from buildsys.artifacts.registry import Registry
 from buildsys.distribution.release import export_release, import_release
-from buildsys.distribution.signing import generate_keypair, load_private_key, load_public_key
+from buildsys.artifacts.signing import generate_keypair, load_private_key, load_public_key
 from buildsys.artifacts.store import Store
 from tests.fixtures.workspace import assert_same_predictions, empty_store
 

@@ -3,7 +3,6 @@ with the same registry and an empty local store downloads, verifies and caches."
 
 import socket
 
-import numpy as np
 import pytest
 
 from tests.fixtures.capabilities import need_module

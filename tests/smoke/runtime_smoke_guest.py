@@ -9,7 +9,6 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 

@@ -15,7 +15,7 @@ from buildsys.errors import BuildError, CompatibilityError, TargetError
 from buildsys.pipeline import emulation
 from buildsys.runtime import loader
 from buildsys.runtime.cpu import HostFacts, parse_flags
-from buildsys.runtime.versions import runtime_versions
+from buildsys.format.versions import runtime_versions
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
 # A Raspberry Pi 4 (cortex-a72 without crypto) and a Graviton 3 (neoverse-v1: SVE, dot product).

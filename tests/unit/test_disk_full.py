@@ -147,7 +147,8 @@ def test_a_tuning_failure_on_a_full_disk_exits_4_naming_the_file(tmp_path, monke
 
     from buildsys.config.spec import parse_specs
     from buildsys.pipeline import runner
-    from buildsys.pipeline.jobs import Action, Job
+    from buildsys.format.status import Action
+    from buildsys.pipeline.jobs import Job
 
     spec = parse_specs("models: {tiny: {source: 'tests.fixtures.models:tiny_cnn'}}\n"
                        "matrix: {model: [tiny], input_size: [32], tuning: [64]}\n", base_dir=tmp_path)[0]

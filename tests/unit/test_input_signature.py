@@ -1,10 +1,10 @@
-"""The runtime's input checks (runtime/signature.py), without a compiled artifact."""
+"""The runtime's input checks (buildsys/format/signature.py Signature.bind), without a compiled artifact."""
 
 import numpy as np
 import pytest
 
 from buildsys.errors import InputError
-from buildsys.runtime.signature import Signature
+from buildsys.format.signature import Signature
 
 TEXT = {"io": {"input": {"shape": [1, 16], "dtype": "int64"}, "batch": {"min": 1, "max": 8, "opt": 4},
                "inputs": [{"name": "input_ids", "shape": ["batch", 16], "dtype": "int64", "range": [0, 99]},

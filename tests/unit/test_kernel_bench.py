@@ -5,7 +5,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.fixtures.capabilities import need_module

@@ -29,8 +29,8 @@ from buildsys.errors import BuildsysError, CompatibilityError, IntegrityError, T
 from buildsys.runtime import load_artifact, loader
 from buildsys.runtime import params as params_reader
 from buildsys import platforms
-from buildsys.runtime.versions import runtime_versions
-from buildsys.runtime.signature import Signature
+from buildsys.format.versions import runtime_versions
+from buildsys.format.signature import Signature
 from tests.fixtures.fuzz import examples, paths, suite_timeout
 from tests.fixtures.guards import time_bound
 

@@ -208,7 +208,7 @@ matrix:
 
 
 def test_batch_axis_and_declared_inputs():
-    from buildsys.config.signature import Batch
+    from buildsys.format.signature import Batch
     from buildsys.config.spec import spec_from_dict
 
     specs = parse_specs(SIGNATURES)
@@ -263,3 +263,63 @@ def test_a_detector_cannot_declare_inputs():
             'matrix:\n  include: [{model: d}]\n')
     with pytest.raises(ConfigError, match="a detector takes one image"):
         parse_specs(text)
+
+
+EVERY_FIELD = """
+version: 1
+models:
+  tiny:
+    source: tests.fixtures.models:tiny_cnn
+    seed: 7
+    kwargs: {classes: 3, width: 4}
+    tolerance: 2.5e-3
+  text:
+    source: tests.fixtures.models:text_classifier
+    tolerance: 1.0e-2
+    inputs:
+      - {name: input_ids, shape: [batch, 16], dtype: int64, range: [0, 99]}
+      - {name: attention_mask, shape: [batch, 16], dtype: int64}
+      - {name: scale, shape: [batch, 1], dtype: float32, range: [0.5, 2.0]}
+matrix:
+  model: [tiny]
+  input_size: ["48x32"]
+  target: ["llvm -mcpu=znver3 -num-cores=2"]
+  opt_level: [2]
+  disabled_passes: [[FoldConstant, LegalizeOps]]
+  tuning: [{trials: 64, per_task: 16}]
+  batch: [{min: 2, max: 9, opt: 5}]
+  include:
+    - {model: text, batch: 4}
+"""
+
+
+def test_a_spec_with_every_field_survives_manifest_to_spec_to_manifest():
+    """What the build writes (the key's spec, parity with its tolerance, io) reads back into the
+    same spec, tolerance included (the key leaves it out), and the same signature."""
+    from buildsys.artifacts.manifest import check_loadable
+    from buildsys.config.spec import spec_from_manifest
+    from buildsys.format.signature import Signature
+    from buildsys.pipeline.build import io_signature
+    from buildsys.pipeline.parity import Parity
+
+    specs = parse_specs(EVERY_FIELD)
+    assert {s.model.tolerance for s in specs} == {2.5e-3, 1.0e-2}
+    for spec in specs:
+        manifest = {"spec": spec.to_dict(), "io": io_signature(spec),
+                    "parity": Parity(0.0, 0.0, 1, spec.model.tolerance).to_dict()}
+        back = spec_from_manifest(manifest)
+        assert back == spec, (back, spec)
+        assert back.model.tolerance == spec.model.tolerance and back.tuning == spec.tuning
+        assert {"spec": back.to_dict(), "io": io_signature(back)} == {"spec": manifest["spec"], "io": manifest["io"]}
+        assert Signature.from_io(manifest["io"]) == Signature(spec.inputs, spec.batch)
+        check_loadable({**manifest, "key": "ab" * 32, "label": "x", "runtime": {"tvm": "0.27"},
+                        "files": {n: {"digest": "sha256:" + "0" * 64, "size": 1} for n in ("lib.so", "params.npz")},
+                        "io": {**manifest["io"], "outputs": [{"name": "out"}]}}, "test")
+
+
+def test_a_manifest_without_a_usable_tolerance_reads_back_the_default():
+    from buildsys.config.spec import DEFAULT_TOLERANCE, spec_from_manifest
+
+    spec = parse_specs(EVERY_FIELD)[0]
+    for parity in ({}, {"tolerance": None}, {"tolerance": True}, {"tolerance": float("nan")}, {"tolerance": -1}, "x"):
+        assert spec_from_manifest({"spec": spec.to_dict(), "parity": parity}).model.tolerance == DEFAULT_TOLERANCE

@@ -4,8 +4,7 @@ Names are loaded on first use, so ``buildsys.artifacts.registry.lookup`` (the th
 read path) does not pay for importing SQLAlchemy.
 """
 
-_API = ("STATUS_OK", "STATUS_UNVERIFIED", "RUN_BUILT", "RUN_CRASHED", "RUN_FAILED", "RUN_RUNNING", "RunStatus", "AliasRecord", "ArtifactRecord",
-        "BuildRunRecord", "FileRecord", "NewArtifact", "Registry")
+_API = ("AliasRecord", "ArtifactRecord", "BuildRunRecord", "FileRecord", "NewArtifact", "Registry")
 __all__ = list(_API)
 
 

@@ -14,34 +14,18 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from buildsys.errors import RegistryError, UsageError, did_you_mean
+from buildsys.format.status import ArtifactStatus, RunStatus
 from buildsys.artifacts.space import remedy
 from buildsys.artifacts.registry.db import (HEAD_REVISION, discard_empty, ensure_schema, make_engine, read_only_engine, retrying,
                                             session_scope, sqlite_storage_problem, storage_refusal, writable_problem)
 from buildsys.artifacts.registry.lookup import is_key_prefix, pick_prefix_match, refuse_reference
 from buildsys.artifacts.registry.tables import Alias, Artifact, ArtifactFile, Benchmark, BuildRun, Metric, TuningDatabaseRow
-
-STATUS_OK = "ok"
-STATUS_UNVERIFIED = "unverified"  # built for a machine nothing here could run: parity never measured
-
-
-class RunStatus(StrEnum):
-    """A ``build_runs`` row's status (the strings the table has always held)."""
-
-    RUNNING = "running"
-    BUILT = "built"
-    FAILED = "failed"
-    CRASHED = "crashed"
-
-
-RUN_RUNNING, RUN_BUILT, RUN_FAILED, RUN_CRASHED = RunStatus
-
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -79,14 +63,14 @@ class NewArtifact(_ArtifactFields):
 
     files: tuple[FileRecord, ...] = ()
     metrics: Mapping[str, tuple[float, str]] = field(default_factory=dict)  # name -> (value, unit)
-    status: str = STATUS_OK  # or STATUS_UNVERIFIED
+    status: str = ArtifactStatus.OK  # or ArtifactStatus.UNVERIFIED
 
 
 @dataclass(frozen=True)
 class ArtifactRecord(_ArtifactFields):
     """A published artifact as the registry holds it."""
 
-    status: str = STATUS_OK
+    status: str = ArtifactStatus.OK
     created_at: datetime | None = None
     files: tuple[FileRecord, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)
@@ -370,7 +354,7 @@ class Registry:
     @_waits_when_busy
     def start_run(self, key: str, label: str, log_path: str | None = None) -> int:
         with self._scope() as s:
-            row = BuildRun(key=key, label=label[:400], status=RUN_RUNNING, host=socket.gethostname()[:200],
+            row = BuildRun(key=key, label=label[:400], status=RunStatus.RUNNING, host=socket.gethostname()[:200],
                            pid=os.getpid(), started_at=_now(), log_path=log_path)
             s.add(row)
             s.flush()
@@ -414,11 +398,11 @@ class Registry:
         ``dry_run``: are only counted)."""
         host = socket.gethostname()[:200]
         with self._scope() as s:
-            stale = [r for r in s.scalars(select(BuildRun).where(BuildRun.status == RUN_RUNNING,
+            stale = [r for r in s.scalars(select(BuildRun).where(BuildRun.status == RunStatus.RUNNING,
                                                                  BuildRun.host == host))
                      if not alive(r.pid)]
             for row in stale if not dry_run else ():
-                row.status, row.finished_at = RUN_CRASHED, _now()
+                row.status, row.finished_at = RunStatus.CRASHED, _now()
                 row.error = "the builder process ended without finishing (killed or crashed)"
             return len(stale)
 

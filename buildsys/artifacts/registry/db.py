@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import re
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +12,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from buildsys.format.files import file_lock
 from buildsys.artifacts.registry.lookup import HEAD_REVISION, connect_read_only, newer_registry
 from buildsys.errors import RegistryError
 
@@ -180,17 +180,13 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
-    try:
-        handle = open(f"{database}.migrate.lock", "a+")
-    except OSError as exc:
-        raise RegistryError(f"registry {database!r} needs migrating, but its lock file cannot be created: "
-                            f"{exc.strerror or exc}; run `buildsys db upgrade` where the folder is writable") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            stack.enter_context(file_lock(f"{database}.migrate.lock"))
+        except OSError as exc:
+            raise RegistryError(f"registry {database!r} needs migrating, but its lock file cannot be created: "
+                                f"{exc.strerror or exc}; run `buildsys db upgrade` where the folder is writable") from None
+        yield
 
 
 def ensure_schema(engine: Engine) -> None:

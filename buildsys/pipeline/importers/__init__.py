@@ -6,7 +6,7 @@
 
 from typing import Callable
 
-from buildsys.config.signature import STATIC_1, Batch
+from buildsys.format.signature import STATIC_1, Batch
 from buildsys.errors import BuildError
 from buildsys.pipeline.importers.torch_export import ExportedModel
 
