@@ -53,7 +53,7 @@ w = spec["weights"]
 # values of the weights change neither start-up time nor memory.
 model = instantiate(ModelSpec(name=spec["name"], source=spec["source"], task=spec["task"],
                               weights=WeightsSpec(source="none", seed=w["seed"]),
-                              kwargs_json=json.dumps(spec["kwargs"])))
+                              kwargs=spec["kwargs"]))
 ready, rss_ready = time.time() - T0, rss_mb()
 shape = json.loads(sys.argv[3])
 x = torch.rand(*shape)

@@ -20,7 +20,6 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -28,6 +27,7 @@ from buildsys.errors import ConfigError, did_you_mean
 from buildsys.config.passes import validate_disabled_passes
 from buildsys.config.signature import parse_batch, parse_inputs
 from buildsys.format.signature import STATIC_1, Batch, Input, image_input
+from buildsys.format.values import FrozenDict, freeze
 from buildsys.config.targets import format_cli_target, normalize_target
 from buildsys.config.yamlsource import LocatedDict, LocatedList, load_yaml
 
@@ -88,7 +88,7 @@ class ModelSpec:
     source: str  # "module:function" returning a torch.nn.Module
     task: str
     weights: WeightsSpec
-    kwargs_json: str = "{}"  # canonical JSON keeps the spec hashable and immutable
+    kwargs: FrozenDict = field(default_factory=FrozenDict)  # frozen: hashable, and no builder changes it
     tolerance: float = DEFAULT_TOLERANCE
     skip: str | None = None
     inputs: tuple[Input, ...] | None = None  # declared inputs (buildsys/format/signature.py); None: one image
@@ -97,10 +97,8 @@ class ModelSpec:
     config_dir: str = field(default="", compare=False)
     source_origin: str = field(default="", compare=False)  # "builds.yaml:7"
 
-    @property
-    def kwargs(self) -> dict:
-        """A fresh dict each time: model builders may change what they are given."""
-        return json.loads(self.kwargs_json)
+    def __post_init__(self):
+        object.__setattr__(self, "kwargs", freeze(dict(self.kwargs)))
 
     def to_dict(self) -> dict:
         model = {"name": self.name, "source": self.source, "task": self.task,
@@ -116,22 +114,15 @@ class BuildSpec:
 
     model: ModelSpec
     input_size: tuple[int, int] | None  # None when the model declares its inputs
-    target_json: str
+    target: FrozenDict  # normalized (config/targets.py)
     opt_level: int
     disabled_passes: tuple[str, ...] = ()
-    tuning_json: str = "null"  # canonical JSON of TuningSettings.to_dict(), "null" when off
+    tuning: TuningSettings | None = None  # None when off
     batch: Batch = STATIC_1
     origin: str = field(default="", compare=False)  # "builds.yaml:12", for messages
 
-    # Parsed once per spec (the JSON strings keep it hashable and immutable); treat them as read-only.
-    @cached_property
-    def target(self) -> dict:
-        return json.loads(self.target_json)
-
-    @cached_property
-    def tuning(self) -> TuningSettings | None:
-        raw = json.loads(self.tuning_json)
-        return None if raw is None else TuningSettings(**raw)
+    def __post_init__(self):
+        object.__setattr__(self, "target", freeze(dict(self.target)))
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -184,15 +175,14 @@ def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpe
     tuning = data.get("tuning")
     inputs = model.get("inputs")
     return BuildSpec(model=ModelSpec(name=model["name"], source=model["source"], task=model["task"], weights=weights,
-                                     kwargs_json=json.dumps(model["kwargs"], sort_keys=True, separators=(",", ":")),
+                                     kwargs=model["kwargs"],
                                      tolerance=tolerance,
                                      inputs=None if inputs is None else tuple(Input.from_dict(i) for i in inputs)),
                      input_size=tuple(data["input_shape"][2:]) if "input_shape" in data else None,
                      batch=Batch.from_dict(data.get("batch")),
-                     target_json=json.dumps(data["target"], sort_keys=True, separators=(",", ":")),
+                     target=data["target"],
                      opt_level=data["opt_level"], disabled_passes=tuple(data["disabled_passes"]),
-                     tuning_json="null" if tuning is None else json.dumps(tuning, sort_keys=True,
-                                                                           separators=(",", ":")))
+                     tuning=None if tuning is None else TuningSettings(**tuning))
 
 
 def spec_from_manifest(manifest: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> BuildSpec:
@@ -322,8 +312,7 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
                                raw.line_of("inputs"), f"{where}.inputs")
         inputs = parse_inputs(raw["inputs"], reader, raw.line_of("inputs"), f"{where}.inputs")
     return ModelSpec(name=name, source=source, task=task, weights=weights, inputs=inputs,
-                     kwargs_json=json.dumps(_plain_at(kwargs, reader, raw.line_of("kwargs"), f"{where}.kwargs"),
-                                            sort_keys=True, separators=(",", ":")),
+                     kwargs=_plain_at(kwargs, reader, raw.line_of("kwargs"), f"{where}.kwargs"),
                      tolerance=float(tolerance), skip=skip, config_dir=str(base_dir),
                      source_origin=f"{reader.filename}:{raw.line_of('source') or line}")
 
@@ -350,10 +339,10 @@ def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, 
     return WeightsSpec(source="file", seed=seed, path=str(path))
 
 
-def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> str:
-    """off | a trial budget | {trials, per_task, per_iter, population, genetic_iters, seed} -> canonical JSON."""
+def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> TuningSettings | None:
+    """off | a trial budget | {trials, per_task, per_iter, population, genetic_iters, seed}."""
     if value is None or value is False or (isinstance(value, str) and value.lower() == "off"):
-        return "null"
+        return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = {"trials": value}
     if not isinstance(value, dict):
@@ -372,7 +361,7 @@ def _parse_tuning(value: Any, reader: _Reader, line: int | None, where: str) -> 
             raise reader.error(f"tuning {name} must be a whole number >= {low} (at most 2**63-1), got {number!r}",
                                value.line_of(name) if hasattr(value, "line_of") else line, f"{where}.{name}")
         settings[name] = number
-    return json.dumps(TuningSettings(**settings).to_dict(), sort_keys=True, separators=(",", ":"))
+    return TuningSettings(**settings)
 
 
 def _plain_at(value: Any, reader: "_Reader", line: int | None, where: str) -> Any:
@@ -427,7 +416,7 @@ class _AxisValues:
 
     def __init__(self, reader: _Reader, models: Mapping[str, ModelSpec]):
         self.reader, self.models = reader, models
-        self._targets: dict[str, str] = {}
+        self._targets: dict[str, FrozenDict] = {}
         self._passes: dict[str, tuple] = {}
 
     def parse(self, axis: str, value: Any, line: int | None, where: str) -> Any:
@@ -455,7 +444,7 @@ class _AxisValues:
                     normalized = normalize_target(plain, where)
                 except ConfigError as exc:
                     raise reader.error(exc.message, line, where, hint=exc.hint) from None
-                self._targets[cache_key] = json.dumps(normalized, sort_keys=True, separators=(",", ":"))
+                self._targets[cache_key] = freeze(normalized)
             return self._targets[cache_key]
         if axis == "disabled_passes":
             if isinstance(value, str):
@@ -487,8 +476,8 @@ def _entry_spec(entry: dict, model: ModelSpec, reader: _Reader, line: int | None
                            f"it builds with batch 1 only, not batch {batch.label}", lines.get("batch", line), f"{where}.batch",
                            hint=f"exclude {{model: {model.name}, batch: ...}}, or batch detections in the "
                                 "deployment by running the artifact per image")
-    return BuildSpec(model=model, input_size=size, target_json=entry["target"], opt_level=entry["opt_level"],
-                     disabled_passes=entry["disabled_passes"], tuning_json=entry["tuning"], batch=batch,
+    return BuildSpec(model=model, input_size=size, target=entry["target"], opt_level=entry["opt_level"],
+                     disabled_passes=entry["disabled_passes"], tuning=entry["tuning"], batch=batch,
                      origin=origin)
 
 

@@ -100,7 +100,7 @@ def instantiate(model: ModelSpec):
     import torch
 
     fn = load_function(model.source, (model.config_dir,) if model.config_dir else ())
-    kwargs = model.kwargs
+    kwargs = model.kwargs.thaw()  # the builder may change what it is given
     params = inspect.signature(fn).parameters
     # torchvision builders would download weights unless told not to.
     for name in ("weights", "weights_backbone"):

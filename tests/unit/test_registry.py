@@ -368,14 +368,17 @@ def test_a_registry_busy_past_the_bound_fails_with_what_to_do(tmp_path, monkeypa
 @pytest.mark.parametrize("url, words", [
     ("postgresql://u:secret@127.0.0.1:1/db", "Connection refused"),  # nothing listens on port 1
     ("postgresql://u@[::1/db", "not a database URL: 'postgresql://u@[::1/db'"),  # was a ValueError traceback
+    ("postgresql://u:secret@db.example:port/x", "not a database URL: 'postgresql://u:***@db.example:port/x'"),
+    ("postgresql://u:secret@[::1/x", "not a database URL: 'postgresql://u:***@[::1/x'"),
     ("foo://x", "Can't load plugin: sqlalchemy.dialects:foo"),
+    ("sqlite:///{tmp}/r.db?foo=bar", "'foo' are not accepted by the pysqlite driver"),  # was a warning, then ignored
 ])
 def test_bad_registry_urls_say_what_to_do_without_sqlalchemy_links(url, words, tmp_path, capsys):
     """A --registry that cannot be used: exit 6, the cause and what to check; no "(Background on
     this error at: https://sqlalche.me/...)" line, no traceback, no password."""
     from buildsys.cli import main
 
-    assert main(["--store", str(tmp_path / "store"), "--registry", url, "ls"]) == 6
+    assert main(["--store", str(tmp_path / "store"), "--registry", url.format(tmp=tmp_path), "ls"]) == 6
     err = capsys.readouterr().err
     assert words in err and "--registry" in err, err
     assert "sqlalche.me" not in err and "Background on this" not in err and "Traceback" not in err, err

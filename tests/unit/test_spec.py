@@ -76,8 +76,12 @@ def test_specs_are_frozen_and_do_not_share_mutable_kwargs():
     spec = parse_specs(BASE + "matrix: {model: [b], input_size: [32]}")[0]
     with pytest.raises(AttributeError):
         spec.opt_level = 1
-    spec.model.kwargs["classes"] = 99  # a copy: the spec is unchanged
-    assert spec.model.kwargs == {"classes": 3}
+    with pytest.raises(TypeError, match="cannot be changed"):
+        spec.model.kwargs["classes"] = 99
+    given = spec.model.kwargs.thaw()  # what a builder function gets: its own copy
+    given["classes"] = 99
+    assert spec.model.kwargs == {"classes": 3} and type(given) is dict
+    assert hash(spec) == hash(parse_specs(BASE + "matrix: {model: [b], input_size: [32]}")[0])
 
 
 def test_disabled_passes_are_sorted_and_deduplicated():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SAWarning, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from buildsys.format.files import file_lock
@@ -30,8 +31,18 @@ REACH = "; check the URL (--registry, BUILDSYS_REGISTRY) and that the database c
 
 def said(exc: BaseException) -> str:
     """A SQLAlchemy error's own words, without its "(Background on this error at: https://sqlalche.me/...)"
-    line: a link into SQLAlchemy's documentation is no next step for someone running buildsys."""
-    return re.sub(r"\s*\(Background on this \w+ at: [^)]*\)", "", str(exc)).strip()
+    line: a link into SQLAlchemy's documentation is no next step for someone running buildsys.
+    A URL's password in them (SQLAlchemy quotes a URL it cannot parse) is hidden."""
+    return redact(re.sub(r"\s*\(Background on this \w+ at: [^)]*\)", "", str(exc)).strip())
+
+
+_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/:@\s'\"]*:)[^@\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it (``scheme://user:PASSWORD@host``) shown as
+    ``***``, as SQLAlchemy shows a URL: an error message ends up in CI logs and bug reports."""
+    return _PASSWORD.sub(lambda m: m["head"] + "***@", text)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -48,19 +59,24 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # a port that is no number: ValueError
-        raise RegistryError(f"not a database URL: {url!r} ({said(exc)}); pass --registry (BUILDSYS_REGISTRY) as "
+        raise RegistryError(f"not a database URL: {redact(repr(url))} ({said(exc)}); pass --registry (BUILDSYS_REGISTRY) as "
                             "dialect://user@host/database, or sqlite:///PATH") from None
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RegistryError(f"cannot create the folder {str(folder)!r} for registry {url!r}: "
+            raise RegistryError(f"cannot create the folder {str(folder)!r} for registry {redact(repr(url))}: "
                                 f"{exc.strerror or exc}; pass a writable --registry (or BUILDSYS_REGISTRY)") from None
     try:
-        engine = create_engine(parsed)
+        with warnings.catch_warnings():  # an option the driver ignores is a mistake, not a warning
+            warnings.simplefilter("error", SAWarning)
+            engine = create_engine(parsed)
+    except SAWarning as exc:
+        raise RegistryError(f"registry {redact(repr(url))}: {said(exc)}; remove the option from --registry "
+                            "(BUILDSYS_REGISTRY)") from None
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
-        raise RegistryError(f"cannot open registry {url!r}: {said(exc)}; pass a URL of an installed database driver "
+        raise RegistryError(f"cannot open registry {redact(repr(url))}: {said(exc)}; pass a URL of an installed database driver "
                             "as --registry (BUILDSYS_REGISTRY), or leave it out for SQLite in the store") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
