@@ -39,7 +39,7 @@ test: $(STAMP) cross-deps
 test-all: $(STAMP) cross-deps
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## The slow tier alone (tests/slow: about 15 minutes on 2 cores).
+## The slow tier alone (tests/slow: about 8 minutes on 2 cores).
 test-slow: $(STAMP)
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest -m slow tests/slow $(PYTEST_ARGS)
 
