@@ -5,7 +5,8 @@ cartesian product, an axis that is not listed takes its value from
 ``defaults``, ``exclude`` removes every combination that matches all the
 fields of an entry, and ``include`` adds whole entries (missing fields from
 ``defaults``). Per-model options (source, task, weights, kwargs, tolerance)
-live under ``models``. See README.md for the reference.
+live under ``models``; the top-level ``verify`` says where parity runs for another
+architecture (``config/verify.py``). See README.md for the reference.
 
 Longer than 400 lines on purpose: this is the schema of builds.yaml, every field's parsing and
 error text (file, line, field, hint) in one place, in the order the README documents them.
@@ -29,12 +30,13 @@ from buildsys.config.signature import parse_batch, parse_inputs
 from buildsys.format.signature import STATIC_1, Batch, Input, image_input
 from buildsys.format.values import FrozenDict, freeze
 from buildsys.config.targets import format_cli_target, normalize_target
+from buildsys.config.verify import RPC_FIELDS, VERIFY_FIELDS, RpcRoute, rpc_from_config
 from buildsys.config.yamlsource import LocatedDict, LocatedList, load_yaml
 
 CONFIG_VERSION = 1
 AXES = ("model", "input_size", "target", "opt_level", "disabled_passes", "tuning", "batch")
 TASKS = ("classification", "detection")
-TOP_LEVEL = ("version", "models", "defaults", "matrix")
+TOP_LEVEL = ("version", "models", "defaults", "matrix", "verify")
 MODEL_FIELDS = ("source", "task", "weights", "seed", "kwargs", "tolerance", "skip", "inputs")
 MIN_SIZE, MAX_SIZE = 16, 4096
 DEFAULT_TOLERANCE = 1e-4
@@ -120,6 +122,9 @@ class BuildSpec:
     tuning: TuningSettings | None = None  # None when off
     batch: Batch = STATIC_1
     origin: str = field(default="", compare=False)  # "builds.yaml:12", for messages
+    # Where parity runs for another architecture (builds.yaml's verify.rpc; config/verify.py): not
+    # the artifact's business, so neither compared nor in to_dict, hence not in the key.
+    rpc: RpcRoute | None = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "target", freeze(dict(self.target)))
@@ -460,7 +465,25 @@ class _AxisValues:
         raise AssertionError(axis)
 
 
-def _entry_spec(entry: dict, model: ModelSpec, reader: _Reader, line: int | None, origin: str) -> BuildSpec:
+def _parse_verify(doc: LocatedDict, reader: _Reader) -> RpcRoute | None:
+    """The top-level ``verify`` mapping: ``rpc: {tracker, key, timeout}`` (config/verify.py)."""
+    if doc.get("verify") is None:
+        return None
+    raw = reader.mapping(doc["verify"], doc.line_of("verify"), "verify")
+    reader.check_keys(raw, VERIFY_FIELDS, "verify")
+    if raw.get("rpc") is None:
+        return None
+    rpc = reader.mapping(raw["rpc"], raw.line_of("rpc"), "verify.rpc")
+    reader.check_keys(rpc, RPC_FIELDS, "verify.rpc")
+    try:
+        return rpc_from_config(_plain_at(rpc, reader, raw.line_of("rpc"), "verify.rpc"),
+                               origin=f"{reader.filename}:{raw.line_of('rpc')} (verify.rpc)")
+    except ConfigError as exc:
+        raise reader.error(exc.message, rpc.line_of(exc.field.rsplit(".", 1)[-1]), exc.field, hint=exc.hint) from None
+
+
+def _entry_spec(entry: dict, model: ModelSpec, reader: _Reader, line: int | None, origin: str,
+                rpc: RpcRoute | None = None) -> BuildSpec:
     """One expanded entry -> BuildSpec, with the checks that need the model and the entry together."""
     size, batch = entry["input_size"], entry["batch"]
     lines, where = entry.get("_lines", {}), entry.get("_where", "matrix")
@@ -478,7 +501,7 @@ def _entry_spec(entry: dict, model: ModelSpec, reader: _Reader, line: int | None
                                 "deployment by running the artifact per image")
     return BuildSpec(model=model, input_size=size, target=entry["target"], opt_level=entry["opt_level"],
                      disabled_passes=entry["disabled_passes"], tuning=entry["tuning"], batch=batch,
-                     origin=origin)
+                     origin=origin, rpc=rpc)
 
 
 def load_specs(path: str | os.PathLike) -> list[BuildSpec]:
@@ -532,6 +555,7 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
             raise reader.error(f"model names use letters, digits, '_', '-', '.': {name!r}",
                                raw_models.line_of(name), "models")
         models[name] = _parse_model(name, raw, reader, raw_models.line_of(name), base_dir)
+    rpc = _parse_verify(doc, reader)
 
     values = _AxisValues(reader, models)
     defaults_raw = reader.mapping(doc.get("defaults", LocatedDict()), doc.line_of("defaults"), "defaults")
@@ -619,7 +643,7 @@ def parse_specs(text: str, filename: str = "builds.yaml", base_dir: Path | None 
     specs: list[BuildSpec] = []
     seen: set[BuildSpec] = set()
     for entry, line in entries:
-        spec = _entry_spec(entry, models[entry["model"]], reader, line, f"{filename}:{line}")
+        spec = _entry_spec(entry, models[entry["model"]], reader, line, f"{filename}:{line}", rpc)
         if spec not in seen:
             seen.add(spec)
             specs.append(spec)

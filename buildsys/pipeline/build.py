@@ -20,7 +20,6 @@ from buildsys.artifacts import manifest as manifest_format
 from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NAME
 from buildsys.artifacts.store import Store
 from buildsys.format.signature import Signature
-from buildsys.format.status import Verification
 from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys import platforms
@@ -32,6 +31,7 @@ from buildsys.pipeline import sources
 from buildsys.pipeline.keys import build_key, entry_key
 from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
 from buildsys.pipeline.samples import export_examples, input_description, sample_inputs
+from buildsys.pipeline.verification import board_for, run_checks
 from buildsys.config.toolchain import toolchain_versions
 from buildsys.format.versions import runtime_versions
 
@@ -102,6 +102,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     ``on_stage`` is called with each stage's name as the build enters it (runlog.STAGES)."""
     stage = on_stage or (lambda _name: None)
     linker_for(spec.target, key=key)  # a missing cross compiler fails the build before minutes of work
+    board = board_for(spec)  # likewise a malformed BUILDSYS_RPC_TRACKER
     stage("export")  # importing torch and TVM is part of it
     import torch
 
@@ -154,10 +155,10 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     timings["serialize_s"] = time.perf_counter() - start
 
     # Verify what will be shipped: the serialized library, reloaded the way the loader does (here, or
-    # for another architecture under emulation); where it cannot run, it is published unverified.
+    # for another architecture on a board or under emulation); where it cannot run, it is published unverified.
     stage("verify")
     start = time.perf_counter()
-    ran, verification = _run_checks(spec, key, library, vm, params, checked)
+    ran, verification = run_checks(spec, key, library, vm, params, checked, board)
     by_batch, first_run_ms = {}, {}
     for size, (actual, ms) in ran.items():
         inputs, reference = checked[size]
@@ -180,10 +181,11 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         raise ParityError(f"{parity.explain([o['name'] for o in outputs])}{at}; the artifact is not published",
                           key=key, stage="verify")
 
-    if cross:  # emulated time is not latency, and eager on this host is no peer of the target
+    if cross:  # emulated time is not latency, one cold run over RPC hardly, and eager here is no peer of the target
         artifact_ms = eager_ms = None
         runs = 0
-        verification["emulated_ms"] = round(first_run_ms[timed], 3) if timed in first_run_ms else None
+        first = round(first_run_ms[timed], 3) if timed in first_run_ms else None
+        verification["remote_ms" if verification["how"] == "rpc" else "emulated_ms"] = first
     else:
         args = [to_device(t.numpy()) for t in inputs] + [to_device(p) for p in params]
         runs = TIMING_RUNS if first_run_ms[timed] < TIMING_BUDGET_S * 1e3 else 0
@@ -209,35 +211,6 @@ def _host_vm(executable):
     from tvm import relax
 
     return relax.VirtualMachine(executable, tvm.cpu())
-
-
-def _run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Mapping):
-    """Run the library on each parity input: here (``vm``), or for another architecture under
-    qemu-user (``emulation``). Returns ({batch: (outputs, ms)}, the manifest's ``verification``);
-    no runs when nothing can run it (then the reason is in ``verification``)."""
-    from buildsys.runtime.ffi import outputs_to_numpy, to_device
-
-    if vm is not None:
-        weights = [to_device(p) for p in params]
-        ran = {}
-        for size, (inputs, _reference) in checked.items():
-            args = [to_device(t.numpy()) for t in inputs] + weights
-            run_start = time.perf_counter()
-            actual = outputs_to_numpy(vm["main"](*args))
-            ran[size] = (actual, (time.perf_counter() - run_start) * 1e3)
-        return ran, {"status": Verification.VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
-    from buildsys.pipeline import emulation
-
-    row = target_platform(spec.target)
-    try:
-        ran = emulation.run(row, library, params, {size: [t.numpy() for t in inputs]
-                                                   for size, (inputs, _reference) in checked.items()}, key=key)
-    except emulation.Unavailable as exc:
-        print(f"[buildsys] {key[:12]}: built for {target_triple(spec.target)}, NOT verified: {exc}", flush=True)
-        return {}, {"status": Verification.UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
-                    "reason": f"no way to run {row.arch} code on this {platforms.host_arch()} host: {exc}"}
-    return ran, {"status": Verification.VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
-                 "sysroot": emulation.sysroot_path(row).name}
 
 
 def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, tuning, params, outputs,
@@ -302,12 +275,14 @@ def _latency(spec: BuildSpec, artifact_ms: float | None, eager_ms: float | None,
         return {"artifact_ms": round(artifact_ms, 3), "torch_eager_ms": round(eager_ms, 3),
                 "ratio_vs_eager": round(artifact_ms / eager_ms, 3), "torch_threads": torch_threads,
                 "runs": runs, "note": "build-time estimate; use a benchmark for decisions"}
-    emulated = verification.get("emulated_ms")
+    emulated, remote = verification.get("emulated_ms"), verification.get("remote_ms")
     return {"artifact_ms": None, "torch_eager_ms": None, "ratio_vs_eager": None, "torch_threads": torch_threads,
             "runs": 0, "emulated": verification.get("how") == "qemu-user", "emulated_ms": emulated,
             "note": (f"not measured: built for {target_triple(spec.target)} on this {platforms.host_arch()} host"
                      + (f"; the parity run took {emulated:.0f} ms under qemu-user emulation, which is not latency"
                         if emulated is not None else "")
+                     + (f"; the parity run took {remote:.0f} ms on the board over RPC (one cold run, with the "
+                        "round trip)" if remote is not None else "")
                      + "; measure on the target (`buildsys bench` there)")}
 
 

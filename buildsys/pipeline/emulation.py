@@ -134,8 +134,7 @@ def python_command(row: Platform, root: Path, guest_path: list[str]) -> tuple[li
 def run(row: Platform, library: Path, params, inputs: dict[int, list], key: str = "?",
         timeout: int = TIMEOUT_S) -> dict[int, tuple[list, float]]:
     """Run ``library`` on each batch's ``inputs`` under emulation: batch -> (outputs, emulated ms)."""
-    from buildsys.artifacts.manifest import LIBRARY_NAME, PARAMS_NAME, write_params
-    from buildsys.runtime.oneshot import RESULT, load_arrays, save_arrays
+    from buildsys.runtime.oneshot import RESULT, collected, lay_out
 
     emulator(row)  # say what is missing before making a sysroot
     root = sysroot(row)
@@ -143,10 +142,7 @@ def run(row: Platform, library: Path, params, inputs: dict[int, list], key: str 
     # only where that path exists there, so files created here land beside the inputs.
     work = Path(tempfile.mkdtemp(prefix="buildsys-run-"))
     try:
-        shutil.copyfile(library, work / LIBRARY_NAME)
-        write_params(work / PARAMS_NAME, params)
-        for batch, arrays in inputs.items():
-            save_arrays(work / f"inputs-{batch}.npz", arrays)
+        lay_out(work, library, params, inputs)
         runtime_copy(work / "py")
         guest = str(work)
         command, env = python_command(row, root, [f"{guest}/py"])
@@ -160,8 +156,6 @@ def run(row: Platform, library: Path, params, inputs: dict[int, list], key: str 
             tail = "\n".join((done.stdout.strip() + "\n" + done.stderr.strip()).strip().splitlines()[-12:])
             raise BuildError(f"the library failed under {row.emulator} (exit code {done.returncode}):\n{tail}",
                              key=key, stage="verify")
-        result = json.loads((work / RESULT).read_text())
-        return {batch: (load_arrays(work / f"outputs-{batch}.npz"), float(result["ms"][str(batch)]))
-                for batch in inputs}
+        return collected(work, json.loads((work / RESULT).read_text())["ms"], inputs)
     finally:
         shutil.rmtree(work, ignore_errors=True)

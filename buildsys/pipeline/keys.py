@@ -31,7 +31,8 @@ entry, its depfile), and stays put when the model's code changes.
 
 Left out on purpose: the config file path and line, the weights file path
 (its digest stands for it), the parity tolerance (it decides acceptance, not
-output), and the host.
+output), the host, and where parity runs (builds.yaml's ``verify``,
+``BUILDSYS_RPC_*``: a board over RPC, qemu-user or here check the same bytes).
 """
 
 from __future__ import annotations

@@ -10,15 +10,19 @@ architecture (``pipeline/emulation.py``)::
 ``DIR`` holds ``lib.so``, ``params.npz`` and ``inputs-<batch>.npz`` (arrays in name order); it
 gets ``outputs-<batch>.npz`` and ``result.json`` (the machine, milliseconds per run, and which TVM
 libraries the process mapped).
+The same layout (``lay_out``, ``collected``) carries a run to a board over TVM's RPC
+(``pipeline/remote.py``), where TVM's own RPC server runs the library instead of this module.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -37,6 +41,22 @@ def save_arrays(path: Path, arrays) -> None:
 def load_arrays(path: Path) -> list[np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         return [npz[name] for name in sorted(npz.files)]
+
+
+def lay_out(directory: Path, library: Path, params, inputs: Mapping[int, list]) -> None:
+    """Write what ``run_directory`` reads, wherever it runs: the library, its weights in the
+    artifact's format, and each batch's inputs."""
+    from buildsys.artifacts.manifest import write_params
+
+    shutil.copyfile(library, directory / LIBRARY_NAME)
+    write_params(directory / PARAMS_NAME, params)
+    for batch, arrays in inputs.items():
+        save_arrays(directory / f"inputs-{batch}.npz", arrays)
+
+
+def collected(directory: Path, ms: Mapping[str, float], batches: Iterable[int]) -> dict[int, tuple[list, float]]:
+    """What a run left in ``directory``: batch -> (its outputs, milliseconds)."""
+    return {batch: (load_arrays(directory / f"outputs-{batch}.npz"), float(ms[str(batch)])) for batch in batches}
 
 
 def mapped_tvm_libraries() -> list[str]:

@@ -77,8 +77,9 @@ def built_text(event: Event) -> str:
         checked = f"NOT verified ({verification.get('reason') or 'no run'})"
     else:
         how = verification.get("how")
-        checked = (f"parity max_rel {p['max_rel']:.2e} (tol {p['tolerance']:g}{compared}"
-                   + (f", under {how}" if how not in (None, "native") else "") + ")")
+        where = (f", on a {verification.get('key')} board over RPC" if how == "rpc" else
+                 f", under {how}" if how not in (None, "native") else "")
+        checked = f"parity max_rel {p['max_rel']:.2e} (tol {p['tolerance']:g}{compared}{where})"
     if lat.get("artifact_ms") is not None:
         speed = (f"{lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f} ms = "
                  f"{lat['ratio_vs_eager']:.1f}x")
