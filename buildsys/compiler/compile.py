@@ -289,15 +289,17 @@ def _compile_cuda(mod, target_dict: dict, opt_level: int, disabled_passes: tuple
     stub = cuda.ensure_device_codegen()
     target = to_tvm(target_dict)
     compiler = cuda.DeviceCompiler(tuple(target_dict["arch"]), bool(target_dict.get("ptx")))
+    scheduled: dict[str, str] = {}  # kernel -> the dlight rule that scheduled it
     recorder = _pass_recorder()
     start = time.perf_counter()
     try:
         with tvm.transform.PassContext(opt_level=opt_level, disabled_pass=list(disabled_passes),
                                        instruments=[recorder]), target, compiler.installed():
-            executable = relax.build(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+            executable = relax.build(mod, target=target, relax_pipeline=cuda.gpu_pipeline(target, scheduled))
     except BuildError:
         raise
     except Exception as exc:
+        logging.getLogger(__name__).error("relax.build for CUDA failed", exc_info=True)  # TVM's stack, to the log
         raise BuildError(cuda.explain_failure(exc), stage="compile") from None
     if not compiler.images:
         raise BuildError("the CUDA build made no device code (TVM kept CUDA source only): its CUDA runtime did not "
@@ -307,6 +309,7 @@ def _compile_cuda(mod, target_dict: dict, opt_level: int, disabled_passes: tuple
     leaked = [p for p in disabled_passes if p in recorder.counts]
     if leaked:
         raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    rules = Counter(scheduled.values())
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, default_scheduled=[],
-                         schedules_note="TVM's default GPU schedules (dlight)",
-                         device={**compiler.describe(), "driver_stub": stub})
+                         schedules_note="TVM's default GPU schedules (dlight), kernel by kernel",
+                         device={**compiler.describe(), "driver_stub": stub, "schedules": dict(sorted(rules.items()))})

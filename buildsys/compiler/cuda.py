@@ -85,8 +85,13 @@ def _stub_library() -> Path:
     return path
 
 
+_stub_loaded = False  # this process loaded the stand-in (then "libcuda.so.1" names it, not a driver)
+
+
 def driver_present() -> bool:
     """Whether this machine has a CUDA driver library (a GPU machine, or one with the driver)."""
+    if _stub_loaded:
+        return False
     try:
         ctypes.CDLL("libcuda.so.1")
         return True
@@ -101,9 +106,11 @@ def ensure_device_codegen() -> bool:
 
     if "tvm_runtime_cuda" in _LOADED_LIBS:
         return False
+    global _stub_loaded
     stub = not driver_present()
     if stub:
         ctypes.CDLL(str(_stub_library()), mode=ctypes.RTLD_GLOBAL)
+        _stub_loaded = True
     cudart = _cu13() / "lib" / "libcudart.so.13"
     if cudart.is_file():
         ctypes.CDLL(str(cudart), mode=ctypes.RTLD_GLOBAL)
@@ -214,6 +221,10 @@ def explain_failure(exc: Exception) -> str:
     import re
 
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, UnscheduledKernel) or "UnscheduledKernel" in text:
+        name = exc.args[0] if isinstance(exc, UnscheduledKernel) else text.rsplit("UnscheduledKernel:", 1)[-1].strip()
+        return (f"none of TVM's default GPU schedules covers kernel {name!r}; build this model for a CPU "
+                "target, or exclude it from the CUDA entries")
     if "forget to bind" in text or "Memory verification failed" in text:
         names = re.findall(r"PrimFunc[^\n]*?(?:name|global_symbol)[\"':= ]+([A-Za-z_][A-Za-z0-9_]*)", text)
         names += re.findall(r"in function[: ]+([A-Za-z_][A-Za-z0-9_]*)", text)
@@ -222,3 +233,55 @@ def explain_failure(exc: Exception) -> str:
                 f"cannot run it; build this model for a CPU target, or exclude it from the CUDA entries "
                 f"(TVM said: {text[-1200:]})")
     return f"relax.build for CUDA failed: {text[-2000:]}"
+
+
+def gpu_pipeline(target, scheduled: dict):
+    """TVM's CUDA pipeline (``relax.backend.cuda``) with its default GPU schedules (dlight) applied
+    kernel by kernel: a rule that fails on a kernel (dlight's Reduction asserts on the detectors'
+    data-dependent ones) is skipped for that kernel and the next rule tried, instead of failing the
+    build; a kernel no rule covers fails the build, named. ``scheduled`` gets kernel -> rule."""
+    import logging
+
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+    @tvm.transform.module_pass(opt_level=0, name="buildsys.GPUSchedules")
+    def schedule(mod, _ctx):
+        for gvar, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
+                continue
+            for rule in rules:
+                try:
+                    space = rule.apply(func, target, False)
+                except Exception as exc:  # noqa: BLE001 - a rule's own bug; the next rule may cover the kernel
+                    logging.getLogger(__name__).warning("dlight %s failed on %s (%s: %s); trying the next rule",
+                                                        type(rule).__name__, gvar.name_hint, type(exc).__name__, exc)
+                    continue
+                if space is None:
+                    continue
+                space = space[0] if isinstance(space, list) else space
+                mod[gvar] = space.mod["main"].with_attr("tirx.is_scheduled", True)
+                scheduled[gvar.name_hint] = type(rule).__name__
+                break
+            else:
+                raise UnscheduledKernel(gvar.name_hint)
+        return mod
+
+    legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+                relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule]
+
+    @tvm.transform.module_pass(opt_level=0, name="buildsys.CUDAPipeline")
+    def pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(cuda.library_dispatch_passes(target) + legalize
+                                            + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))(mod)
+
+    return pipeline
+
+
+class UnscheduledKernel(Exception):
+    """A kernel none of TVM's default GPU schedules covers."""

@@ -31,10 +31,8 @@ CUDA_PACKAGES = {"nvidia-cuda-nvrtc": "nvrtc", "nvidia-cuda-cccl": "cccl", "nvid
 def toolchain_for(target: Mapping[str, Any], versions: Mapping[str, str | None] | None = None) -> dict:
     """The toolchain that shapes an entry for ``target``: ``toolchain_versions()`` (or ``versions``),
     plus the CUDA device compiler for a CUDA target."""
-    from buildsys.config.targets import is_cuda
-
     found = dict(versions if versions is not None else toolchain_versions())
-    if is_cuda(target):
+    if target.get("kind") == "cuda":  # (targets.is_cuda; targets imports this module's users)
         found.update({short: package_version(dist) for dist, short in CUDA_PACKAGES.items()})
     return found
 
