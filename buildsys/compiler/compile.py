@@ -11,7 +11,7 @@ from buildsys.errors import BuildError
 from buildsys.config.passes import OPAQUE_DYNAMIC_PASS_NAME, PACK_PASS_NAME, PASS_NAME, TO_DATAFLOW_PASS_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys.compiler.cross import host_transform
-from buildsys.config.targets import is_cross, to_tvm
+from buildsys.config.targets import is_cross, is_cuda, to_tvm
 
 
 @dataclass
@@ -27,6 +27,7 @@ class CompiledModel:
     packed_weights: int = 0  # weights transformed at build time: batch norms folded (folding.py), ops packed (schedules.py)
     kernel_flops: dict[str, float | None] | None = None  # kernel -> floating-point ops per call (None: symbolic shape)
     host_transform: object | None = None  # a cross build's main_transform_params, built for the build host
+    device: dict | None = None  # a CUDA build's device code: architectures, PTX, images (compiler/cuda.py)
 
 
 def _pass_recorder():
@@ -214,6 +215,11 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
     import tvm
     from tvm import relax
 
+    if is_cuda(target_dict):
+        if tuned is not None:
+            raise BuildError("tuning measures kernels on the GPU that runs them: a CUDA target cannot be tuned on "
+                             "this builder (untuned entries build, with TVM's default GPU schedules)", stage="tune")
+        return _compile_cuda(mod, target_dict, opt_level, disabled_passes)
     cross = is_cross(target_dict)
     if cross and tuned is not None:
         raise BuildError("tuning measures on the machine that runs the code: a target of another architecture "
@@ -269,3 +275,41 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
                          packed_weights=sum(packed or []), prepack_note=prepack_note,
                          default_scheduled=default_scheduled, schedules_note=schedules_note,
                          kernel_flops=flops, host_transform=transform)
+
+
+def _compile_cuda(mod, target_dict: dict, opt_level: int, disabled_passes: tuple) -> CompiledModel:
+    """TVM's CUDA pipeline (its default GPU schedules, dlight) with device code for every
+    architecture of the target, compiled here whether or not this machine has a GPU
+    (``compiler/cuda.py``). A kernel no default schedule covers fails the build, named."""
+    import tvm
+    from tvm import relax
+
+    from buildsys.compiler import cuda
+
+    stub = cuda.ensure_device_codegen()
+    target = to_tvm(target_dict)
+    compiler = cuda.DeviceCompiler(tuple(target_dict["arch"]), bool(target_dict.get("ptx")))
+    scheduled: dict[str, str] = {}  # kernel -> the dlight rule that scheduled it
+    recorder = _pass_recorder()
+    start = time.perf_counter()
+    try:
+        with tvm.transform.PassContext(opt_level=opt_level, disabled_pass=list(disabled_passes),
+                                       instruments=[recorder]), target, compiler.installed():
+            executable = relax.build(mod, target=target, relax_pipeline=cuda.gpu_pipeline(target, scheduled))
+    except BuildError:
+        raise
+    except Exception as exc:
+        logging.getLogger(__name__).error("relax.build for CUDA failed", exc_info=True)  # TVM's stack, to the log
+        raise BuildError(cuda.explain_failure(exc), stage="compile") from None
+    if not compiler.images:
+        raise BuildError("the CUDA build made no device code (TVM kept CUDA source only): its CUDA runtime did not "
+                         "load", stage="compile")
+    seconds = time.perf_counter() - start
+    trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
+    leaked = [p for p in disabled_passes if p in recorder.counts]
+    if leaked:
+        raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    rules = Counter(scheduled.values())
+    return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, default_scheduled=[],
+                         schedules_note="TVM's default GPU schedules (dlight), kernel by kernel",
+                         device={**compiler.describe(), "driver_stub": stub, "schedules": dict(sorted(rules.items()))})

@@ -17,16 +17,20 @@ from buildsys import platforms
 from buildsys.errors import TargetError, did_you_mean
 from buildsys.platforms import Platform
 
-SUPPORTED_KINDS = ("llvm",)
+SUPPORTED_KINDS = ("llvm", "cuda")
+# The architectures CUDA 13's NVRTC compiles for (nvrtcGetSupportedArchs; planning does not load it).
+CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_88", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_100a",
+              "sm_103", "sm_103a", "sm_110", "sm_110a", "sm_120", "sm_120a", "sm_121", "sm_121a")
+_CUDA_OPTIONS = ("arch", "host", "ptx")
 # option name -> parser of its value
 _OPTIONS = ("mcpu", "mtriple", "mattr", "num-cores", "mabi", "opt-level")
 _UNSUPPORTED = {
     "libs": "this TVM wheel is built without MKL, BLAS, cuDNN or DNNL, so no -libs value can be honoured; "
             "drop the option",
-    "device": "device options are for GPU targets; buildsys builds CPU (llvm) targets",
-    "host": "a separate host target is only meaningful for GPU targets",
+    "device": "device options are for GPU targets other than cuda, which buildsys does not build",
+    "host": "a separate host target is only meaningful for GPU targets (kind: cuda)",
 }
-_KNOWN_NON_CPU_KINDS = ("cuda", "rocm", "vulkan", "metal", "opencl", "webgpu", "hexagon", "c")
+_KNOWN_NON_CPU_KINDS = ("rocm", "vulkan", "metal", "opencl", "webgpu", "hexagon", "c")
 
 
 def _int_option(name: str, value: Any, where: str) -> int:
@@ -72,6 +76,11 @@ def format_cli_target(target: Mapping[str, Any]) -> str:
         value = target[name]
         if isinstance(value, (list, tuple)):
             value = ",".join(value)
+        elif isinstance(value, Mapping):  # a CUDA target's host
+            value = format_cli_target(value)
+            value = value if " " not in value else repr(value)
+        elif isinstance(value, bool):
+            value = int(value)
         parts.append(f"-{name}={value}")
     return " ".join(parts)
 
@@ -93,8 +102,10 @@ def normalize_target(raw: Any, where: str = "target") -> dict:
     kind = target.pop("kind", None)
     if kind is None:
         raise TargetError("the target has no kind", field=where, hint='add kind: llvm')
+    if kind == "cuda":
+        return _normalize_cuda(target, where)
     if kind not in SUPPORTED_KINDS:
-        why = ("GPU and other non-CPU targets are not supported yet" if kind in _KNOWN_NON_CPU_KINDS
+        why = (f"{kind} targets are not supported yet" if kind in _KNOWN_NON_CPU_KINDS
                else f"unknown target kind {kind!r}")
         raise TargetError(f"{why}; buildsys builds for: {', '.join(SUPPORTED_KINDS)}", field=where,
                           hint=did_you_mean(str(kind), SUPPORTED_KINDS))
@@ -124,6 +135,59 @@ def normalize_target(raw: Any, where: str = "target") -> dict:
     if "mcpu" in normalized:
         normalized["mcpu"] = _validate_mcpu(normalized["mcpu"], normalized.get("mtriple"), where)
     return normalized
+
+
+def _normalize_cuda(options: dict, where: str) -> dict:
+    """``{kind: cuda, arch: [sm_80, sm_90], ptx: true, host: {kind: llvm, ...}}``: device code for
+    each architecture (sorted), PTX of the newest for GPUs newer than all of them when ``ptx``, and
+    the host code's CPU target (default: plain ``llvm``, this host's architecture)."""
+    for name in options:
+        if name not in _CUDA_OPTIONS:
+            where_to = (f"; {name} is a CPU option: give it to the host code, host: {{kind: llvm, {name}: ...}}"
+                        if name in _OPTIONS else "")
+            raise TargetError(f"option {name!r} is not a CUDA target option{where_to}", field=where,
+                              hint=did_you_mean(name, _CUDA_OPTIONS) or f"CUDA options: {', '.join(_CUDA_OPTIONS)}")
+    raw = options.get("arch")
+    if raw is None:
+        raise TargetError("a CUDA target names the GPU architectures it is for", field=where,
+                          hint="e.g. cuda -arch=sm_80 (A100), -arch=sm_80,sm_90 (A100 and H100)")
+    archs = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(archs, (list, tuple)) or not archs or not all(isinstance(a, str) for a in archs):
+        raise TargetError(f"arch is an architecture name or a list of them, got {raw!r}", field=where)
+    for arch in archs:
+        if arch not in CUDA_ARCHS:
+            raise TargetError(f"unknown CUDA architecture {arch!r} (CUDA 13 builds {', '.join(CUDA_ARCHS)})",
+                              field=where, hint=did_you_mean(arch, CUDA_ARCHS) or "e.g. sm_80 for A100, sm_90 for H100")
+    if len(set(archs)) != len(archs):
+        raise TargetError(f"arch lists an architecture twice: {archs}", field=where)
+    normalized: dict[str, Any] = {"kind": "cuda", "arch": sorted(archs, key=cuda_arch_number)}
+    ptx = options.get("ptx", False)
+    if isinstance(ptx, str) and ptx.lower() in ("1", "true", "yes", "0", "false", "no"):
+        ptx = ptx.lower() in ("1", "true", "yes")
+    if not isinstance(ptx, bool):
+        raise TargetError(f"ptx is true or false, got {ptx!r}", field=where)
+    if ptx:
+        normalized["ptx"] = True
+    host = normalize_target(options.get("host", "llvm"), f"{where}.host")
+    if host["kind"] != "llvm":
+        raise TargetError(f"the host code of a CUDA target is CPU code (kind: llvm), got {host['kind']!r}",
+                          field=f"{where}.host")
+    normalized["host"] = host
+    return normalized
+
+
+def cuda_arch_number(arch: str) -> int:
+    """``sm_90a`` -> 90."""
+    return int("".join(c for c in arch.split("_", 1)[-1] if c.isdigit()) or 0)
+
+
+def is_cuda(target: Mapping[str, Any]) -> bool:
+    return target.get("kind") == "cuda"
+
+
+def host_of(target: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The CPU target of the code that runs on the host: a CUDA target's ``host``, or the target."""
+    return target["host"] if is_cuda(target) else target
 
 
 def _validate_mcpu(mcpu: str, mtriple: str | None, where: str) -> str:
@@ -172,11 +236,18 @@ def _tvm_target(target: Mapping[str, Any]):
     return tvm.target.Target(dict(target))
 
 
-def to_tvm(target: Mapping[str, Any]):
-    """A ``tvm.target.Target`` for a normalized target dict."""
+def _tvm_dict(target: Mapping[str, Any]) -> dict:
+    if is_cuda(target):  # code generated for the oldest architecture runs on every one listed
+        return {"kind": "cuda", "arch": target["arch"][0], "host": _tvm_dict(target["host"])}
     tvm_dict = {k: (",".join(v) if isinstance(v, list) else v) for k, v in target.items()}
     if "mattr" in target:
         tvm_dict["mattr"] = list(target["mattr"])
+    return tvm_dict
+
+
+def to_tvm(target: Mapping[str, Any]):
+    """A ``tvm.target.Target`` for a normalized target dict."""
+    tvm_dict = _tvm_dict(target)
     try:
         return _tvm_target(tvm_dict)
     except Exception as exc:  # TVM raises its own error types; report the target we tried
@@ -186,6 +257,7 @@ def to_tvm(target: Mapping[str, Any]):
 def target_platform(target: Mapping[str, Any]) -> Platform:
     """The row of ``buildsys/platforms.py`` for a normalized target: its ``mtriple``'s architecture,
     or this host's."""
+    target = host_of(target)
     arch = platforms.triple_arch(target["mtriple"]) if "mtriple" in target else platforms.host_arch()
     found = platforms.for_arch(arch)
     if found is None:
@@ -195,18 +267,21 @@ def target_platform(target: Mapping[str, Any]) -> Platform:
 
 
 def is_cross(target: Mapping[str, Any]) -> bool:
-    """Whether code built for ``target`` cannot run on this host (another architecture)."""
+    """Whether code built for ``target`` cannot run on this host (another architecture; for a CUDA
+    target, its host code's)."""
+    target = host_of(target)
     return "mtriple" in target and platforms.triple_arch(target["mtriple"]) != platforms.host_arch()
 
 
 def target_triple(target: Mapping[str, Any]) -> str:
     """The triple the code is for, as the target names it (this host's GNU triple when it names none)."""
-    return target.get("mtriple") or target_platform(target).triple
+    return host_of(target).get("mtriple") or target_platform(target).triple
 
 
 def required_features(target: Mapping) -> list[str]:
     """/proc/cpuinfo names of the features the code compiled for ``target`` (normalized dict) may use,
     from its platform's row. Build side (needs TVM)."""
+    target = host_of(target)
     if "mcpu" not in target and "mattr" not in target:
         return []  # the architecture's baseline instructions only
     from tvm.target import codegen

@@ -7,6 +7,7 @@ must stay cheap (``import torch`` alone takes seconds).
 from __future__ import annotations
 
 import functools
+from typing import Any, Mapping
 
 from buildsys.format.versions import package_version
 
@@ -20,6 +21,20 @@ TOOLCHAIN_PACKAGES = {
     "onnxsim": "onnxsim",
     "buildsys": "buildsys",
 }
+
+
+# What compiles a CUDA target's device code (buildsys[cuda]): in its entries' keys and manifests only,
+# so CPU keys stay what they were.
+CUDA_PACKAGES = {"nvidia-cuda-nvrtc": "nvrtc", "nvidia-cuda-cccl": "cccl", "nvidia-nvfatbin": "nvfatbin"}
+
+
+def toolchain_for(target: Mapping[str, Any], versions: Mapping[str, str | None] | None = None) -> dict:
+    """The toolchain that shapes an entry for ``target``: ``toolchain_versions()`` (or ``versions``),
+    plus the CUDA device compiler for a CUDA target."""
+    found = dict(versions if versions is not None else toolchain_versions())
+    if target.get("kind") == "cuda":  # (targets.is_cuda; targets imports this module's users)
+        found.update({short: package_version(dist) for dist, short in CUDA_PACKAGES.items()})
+    return found
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,12 +20,12 @@ def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_
     records = ws.records(() if export_all else refs)
     unverified = [r for r in records if r.status == ArtifactStatus.UNVERIFIED]
     if unverified and private_key is not None and not allow_unverified:
-        named = ", ".join(f"{r.key[:12]} ({r.model}, {r.target.get('mtriple', 'host')})" for r in unverified)
+        named = ", ".join(f"{r.key[:12]} ({r.model}, {_built_for(r.target)})" for r in unverified)
         raise UsageError(
             f"{len(unverified)} of the artifacts to sign were never verified against PyTorch (no machine or emulator "
             f"could run them): {named}; "
-            "verify them (install qemu-user-static and rebuild with --force, or on a board over RPC) or pass "
-            "--allow-unverified to sign them anyway")
+            "verify them (for another CPU: install qemu-user-static and rebuild with --force, or on a board over "
+            "RPC; CUDA code: parity on a GPU is not implemented yet) or pass --allow-unverified to sign them anyway")
     if out_path.endswith(".tar"):
         from buildsys.distribution.release import export_release
 
@@ -35,3 +35,9 @@ def export_artifacts(ws, refs, *, export_all: bool = False, out_path: str, sign_
     from buildsys.distribution.bundle import export_bundle
 
     return [f"{record.key[:12]} -> {export_bundle(record, ws.store, out_path, private_key)}" for record in records]
+
+
+def _built_for(target) -> str:
+    if target.get("kind") == "cuda":
+        return f"cuda {','.join(target.get('arch', []))}"
+    return target.get("mtriple", "host")

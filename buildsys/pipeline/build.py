@@ -24,7 +24,7 @@ from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys import platforms
 from buildsys.compiler.cross import export_library, linker_for
-from buildsys.config.targets import is_cross, required_features, target_platform, target_triple
+from buildsys.config.targets import host_of, is_cross, is_cuda, required_features, target_platform, target_triple
 from buildsys.errors import BuildError, ParityError
 from buildsys.platforms import elf_header
 from buildsys.pipeline import sources
@@ -32,7 +32,7 @@ from buildsys.pipeline.keys import build_key, entry_key
 from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
 from buildsys.pipeline.samples import export_examples, input_description, sample_inputs
 from buildsys.pipeline.verification import board_for, run_checks
-from buildsys.config.toolchain import toolchain_versions
+from buildsys.config.toolchain import toolchain_for, toolchain_versions
 from buildsys.format.versions import runtime_versions
 
 TIMING_RUNS = 3
@@ -144,9 +144,11 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     start = time.perf_counter()
     library = staging_dir / LIBRARY_NAME
     cross = is_cross(spec.target)
+    gpu = is_cuda(spec.target)
     export_library(compiled.executable, str(library), spec.target, key=key)
     elf_machine, _ = elf_header(library)
-    vm = None if cross else load_executable(library, key)  # nothing built for the target runs here
+    # nothing built for another architecture runs here, nor CUDA code (run_checks says why)
+    vm = None if cross or gpu else load_executable(library, key)
     params = exported.params
     if compiled.transforms_params:  # weights prepacked into the layouts the kernels read, once, here
         transform = _host_vm(compiled.host_transform) if cross else vm
@@ -181,11 +183,12 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         raise ParityError(f"{parity.explain([o['name'] for o in outputs])}{at}; the artifact is not published",
                           key=key, stage="verify")
 
-    if cross:  # emulated time is not latency, one cold run over RPC hardly, and eager here is no peer of the target
+    if cross or gpu:  # emulated time is not latency, one cold run over RPC hardly, and eager here is no peer of the target
         artifact_ms = eager_ms = None
         runs = 0
         first = round(first_run_ms[timed], 3) if timed in first_run_ms else None
-        verification["remote_ms" if verification["how"] == "rpc" else "emulated_ms"] = first
+        if cross:
+            verification["remote_ms" if verification["how"] == "rpc" else "emulated_ms"] = first
     else:
         args = [to_device(t.numpy()) for t in inputs] + [to_device(p) for p in params]
         runs = TIMING_RUNS if first_run_ms[timed] < TIMING_BUDGET_S * 1e3 else 0
@@ -230,17 +233,19 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
         "spec": spec.to_dict(),
         "label": spec.describe(),
         "route": {"name": exported.route, **exported.details},
-        "toolchain": toolchain_versions(),
+        "toolchain": toolchain_for(spec.target),
         "runtime": runtime_versions(),
         "io": {**io_signature(spec),
                "params": len(params),
                "outputs": outputs},
         # what the library needs of the machine that loads it (runtime/loader.py checks it before dlopen)
         "cpu": {"arch": platforms.describe_elf(elf_machine), "triple": target_triple(spec.target),
-                "elf_machine": elf_machine, "mcpu": spec.target.get("mcpu"), "mattr": spec.target.get("mattr", []),
+                "elf_machine": elf_machine, "mcpu": host_of(spec.target).get("mcpu"),
+                "mattr": host_of(spec.target).get("mattr", []),
                 "required_features": required_features(spec.target),
                 "features_from": f"/proc/cpuinfo {row.cpuinfo_field}"},
         "verification": verification,
+        **({"cuda": compiled.device} if compiled.device is not None else {}),
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),
         "sources": [{"kind": d.kind, "name": d.name, "digest": d.digest, "version": d.version}
@@ -278,7 +283,9 @@ def _latency(spec: BuildSpec, artifact_ms: float | None, eager_ms: float | None,
     emulated, remote = verification.get("emulated_ms"), verification.get("remote_ms")
     return {"artifact_ms": None, "torch_eager_ms": None, "ratio_vs_eager": None, "torch_threads": torch_threads,
             "runs": 0, "emulated": verification.get("how") == "qemu-user", "emulated_ms": emulated,
-            "note": (f"not measured: built for {target_triple(spec.target)} on this {platforms.host_arch()} host"
+            "note": (f"not measured: CUDA code for {', '.join(spec.target['arch'])}, and no GPU ran it here"
+                     if is_cuda(spec.target) else
+                     f"not measured: built for {target_triple(spec.target)} on this {platforms.host_arch()} host"
                      + (f"; the parity run took {emulated:.0f} ms under qemu-user emulation, which is not latency"
                         if emulated is not None else "")
                      + (f"; the parity run took {remote:.0f} ms on the board over RPC (one cold run, with the "

@@ -14,14 +14,14 @@ from buildsys.format.status import Action
 from buildsys.pipeline.jobs import Job
 from buildsys.format.status import RunStatus
 from buildsys.artifacts.store import Store
-from buildsys.config.toolchain import toolchain_versions
+from buildsys.config.toolchain import toolchain_for, toolchain_versions
 
 FILTER_FIELDS = ("model", "input_size", "target", "opt_level", "key", "task", "batch")
 
 
 def spec_key(spec: BuildSpec, toolchain: Mapping | None = None) -> tuple[str, dict]:
     """The key without tuning records; for a tuned entry it names the entry in its tuning database."""
-    material = key_material(spec.to_dict(), weights_digest(spec.model), toolchain or toolchain_versions())
+    material = key_material(spec.to_dict(), weights_digest(spec.model), toolchain_for(spec.target, toolchain))
     return build_key(material), material
 
 

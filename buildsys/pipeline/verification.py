@@ -16,7 +16,7 @@ from typing import Mapping
 
 from buildsys import platforms
 from buildsys.config.spec import BuildSpec
-from buildsys.config.targets import is_cross, target_platform, target_triple
+from buildsys.config.targets import is_cross, is_cuda, target_platform, target_triple
 from buildsys.config.verify import RpcRoute, rpc_route
 from buildsys.format.status import Verification
 
@@ -33,6 +33,8 @@ def run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Ma
     """Run the library on each parity input: here (``vm``), on ``board``, or under qemu-user.
     Returns ({batch: (outputs, ms)}, the manifest's ``verification``); no runs when nothing can run
     it (then the reason is in ``verification``)."""
+    if is_cuda(spec.target):
+        return {}, _gpu_unverified(spec, key)
     if vm is not None:
         return _run_here(vm, params, checked), {"status": Verification.VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
     inputs = {size: [t.numpy() for t in inputs] for size, (inputs, _reference) in checked.items()}
@@ -54,6 +56,18 @@ def run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Ma
                     "reason": f"no way to run {row.arch} code on this {platforms.host_arch()} host: {exc}"}
     return ran, {"status": Verification.VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
                  "sysroot": emulation.sysroot_path(row).name}
+
+
+def _gpu_unverified(spec: BuildSpec, key: str) -> dict:
+    """A CUDA artifact's verification: nothing on this CPU builder runs it. (With a GPU here, parity
+    on it is the next step of the CUDA work: README "CUDA targets".)"""
+    from buildsys.compiler.cuda import driver_present
+
+    archs = ", ".join(spec.target["arch"])
+    why = (f"CUDA code for {archs}: parity on this machine's GPU is not implemented yet" if driver_present()
+           else f"CUDA code for {archs}: this builder has no NVIDIA GPU (no CUDA driver)")
+    print(f"[buildsys] {key[:12]}: NOT verified: {why}", flush=True)
+    return {"status": Verification.UNVERIFIED, "how": None, "host_arch": platforms.host_arch(), "reason": why}
 
 
 def _run_here(vm, params, checked: Mapping) -> dict:

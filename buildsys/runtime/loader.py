@@ -28,6 +28,7 @@ from buildsys.runtime.detections import image_to_input, to_detections
 from buildsys.runtime.ffi import outputs_to_numpy, runtime_ffi, to_device
 from buildsys.runtime.params import read_params
 from buildsys.format.signature import Signature
+from buildsys.runtime.gpu import GpuFacts, check_gpu
 
 def _base_version(version: str | None) -> str | None:
     return version.split("+")[0].split(".post")[0] if version else version
@@ -65,10 +66,11 @@ def foreign_build(manifest: Mapping[str, Any], host: HostFacts | None = None) ->
 
 
 def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[str] | None = None,
-                        host: HostFacts | None = None) -> None:
-    """Refuse an artifact built for another architecture, for CPU features this host lacks, or for
-    another TVM runtime. ``host`` (default: this machine) and ``cpu_flags`` (its features) are
-    injectable: a test checks an ARM machine's refusals on any host."""
+                        host: HostFacts | None = None, gpu: GpuFacts | None = None) -> None:
+    """Refuse an artifact built for another architecture, for CPU features this host lacks, for a
+    GPU this machine has not (runtime/gpu.py), or for another TVM runtime. ``host`` (default: this
+    machine), ``cpu_flags`` (its features) and ``gpu`` are injectable: a test checks an ARM
+    machine's or a GPU machine's refusals on any host."""
     host = host or host_facts()
     if cpu_flags is not None:
         host = HostFacts(host.machine, frozenset(cpu_flags))
@@ -82,6 +84,8 @@ def check_compatibility(manifest: Mapping[str, Any], key: str, cpu_flags: set[st
             f"artifact {key[:12]} was compiled for {words} and uses CPU features this host "
             f"lacks: {', '.join(lacking)}; running it would crash (SIGILL). Build it for this host "
             "(target \"llvm -mcpu=native\") and load that key instead")
+    if isinstance(manifest.get("cuda"), Mapping):
+        check_gpu(manifest["cuda"], key, gpu)
 
     built = manifest.get("runtime", {}).get("tvm")
     installed = runtime_versions()["tvm"]  # what the builder wrote into the manifest, read here

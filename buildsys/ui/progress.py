@@ -83,6 +83,8 @@ def built_text(event: Event) -> str:
     if lat.get("artifact_ms") is not None:
         speed = (f"{lat['artifact_ms']:.1f} ms vs eager {lat['torch_eager_ms']:.1f} ms = "
                  f"{lat['ratio_vs_eager']:.1f}x")
+    elif isinstance(m.get("cuda"), dict):
+        speed = f"no latency (CUDA code for {', '.join(m['cuda'].get('archs', []))}, {m['cuda'].get('fatbin_bytes', 0) / 1024:.0f} KiB)"
     else:
         speed = f"no latency ({m.get('cpu', {}).get('arch', 'another')} code" + (
             f"; {lat['emulated_ms'] / 1e3:.1f} s emulated, not latency)" if lat.get("emulated_ms") is not None else ")")

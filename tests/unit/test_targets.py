@@ -31,7 +31,7 @@ def test_native_resolves_to_this_host():
 
 @pytest.mark.parametrize("raw, message", [
     ("llvm -mcpu=skylake-avx512 -libs=mkl", "built without MKL"),
-    ("cuda", "not supported"),
+    ("vulkan", "vulkan targets are not supported yet"),
     ("lvm", "did you mean 'llvm'"),
     ("llvm -mcpu=bogus", "LLVM does not know CPU 'bogus'"),
     ("llvm -mcpu", "has no value"),
