@@ -121,8 +121,29 @@ def check_loadable(manifest: Mapping[str, Any], where: str) -> None:
     categories = detection.get("categories")
     if categories is not None and not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
         refuse("field detection.categories is not a list of names")
+    if "cuda" in manifest:
+        _check_cuda(mapping(manifest, "cuda", "cuda"), refuse)
     if not isinstance(manifest.get("label"), str):
         refuse(f"field label is {_shown(manifest.get('label'))}, not text")
+
+
+_CUDA_ARCH = re.compile(r"sm_[0-9]{2,3}[a-z]?")
+_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
+
+
+def _check_cuda(cuda: Mapping, refuse) -> None:
+    """A CUDA artifact's ``cuda`` section, as the loader's GPU check (runtime/gpu.py) reads it."""
+    archs = cuda.get("archs")
+    if not isinstance(archs, list) or not 1 <= len(archs) <= 32 or not all(
+            isinstance(a, str) and _CUDA_ARCH.fullmatch(a) for a in archs):
+        refuse(f"field cuda.archs is {_shown(archs)}, not a list of GPU architectures (sm_80, ...)")
+    if not isinstance(cuda.get("ptx", False), bool):
+        refuse(f"field cuda.ptx is {_shown(cuda.get('ptx'))}, not true or false")
+    for name in ("cuda_version", "min_driver"):
+        value = cuda.get(name)
+        if value is not None and not (isinstance(value, str) and (name == "min_driver" or _VERSION.fullmatch(value))
+                                      and len(value) <= 32):
+            refuse(f"field cuda.{name} is {_shown(value)}, not a version")
 
 
 def _kind(value: Any) -> str:
