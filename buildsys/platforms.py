@@ -111,6 +111,12 @@ def host() -> Platform | None:
     return for_arch(host_arch())
 
 
+def cuda_arch_number(arch: str) -> int:
+    """A CUDA architecture's compute capability as a number: ``sm_90a`` -> 90, ``compute_90`` -> 90
+    (0 for a name without one). Builder, target check and loader compare GPUs by it."""
+    return int("".join(c for c in arch.split("_", 1)[-1] if c.isdigit()) or 0)
+
+
 ELF_MAGIC = b"\x7fELF"
 
 

@@ -46,6 +46,15 @@ def _pass_recorder():
     return PassRecorder()
 
 
+def _pass_trace(recorder, disabled_passes) -> list[dict]:
+    """The manifest's pass trace ([{"name", "runs"}] in first-run order), after checking that no
+    disabled pass ran: that would mean PassContext ignored the request; never publish it silently."""
+    leaked = [p for p in disabled_passes if p in recorder.counts]
+    if leaked:
+        raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    return [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
+
+
 def kernel_flops(mod) -> dict[str, float | None]:
     """Floating-point operations of one call of each kernel (TIR function) of ``mod``, by the name the
     VM calls it by; None where a shape is only known at run time. Counted on the kernels before
@@ -265,11 +274,7 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
         raise BuildError(f"relax.build failed: {type(exc).__name__}: {str(exc)[-2000:]}", stage="compile") from None
     transform = host_transform(lifted[-1]) if cross and sum(packed or []) else None
     seconds = time.perf_counter() - start
-    trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
-    ran = set(recorder.counts)
-    leaked = [p for p in disabled_passes if p in ran]
-    if leaked:  # would mean PassContext ignored our request: never publish that silently
-        raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    trace = _pass_trace(recorder, disabled_passes)
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, scheduled=scheduled,
                          transforms_params=tuned is not None or bool(sum(packed or [])),
                          packed_weights=sum(packed or []), prepack_note=prepack_note,
@@ -305,10 +310,7 @@ def _compile_cuda(mod, target_dict: dict, opt_level: int, disabled_passes: tuple
         raise BuildError("the CUDA build made no device code (TVM kept CUDA source only): its CUDA runtime did not "
                          "load", stage="compile")
     seconds = time.perf_counter() - start
-    trace = [{"name": name, "runs": runs} for name, runs in recorder.counts.items()]
-    leaked = [p for p in disabled_passes if p in recorder.counts]
-    if leaked:
-        raise BuildError(f"disabled passes ran anyway: {leaked}", stage="compile")
+    trace = _pass_trace(recorder, disabled_passes)
     rules = Counter(scheduled.values())
     return CompiledModel(executable=executable, pass_trace=trace, seconds=seconds, default_scheduled=[],
                          schedules_note="TVM's default GPU schedules (dlight), kernel by kernel",

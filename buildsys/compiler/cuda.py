@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildsys.errors import BuildError
+from buildsys.platforms import cuda_arch_number
 
 INSTALL = "pip install 'buildsys[cuda]' (NVRTC, CCCL headers and nvFatbin from PyPI)"
 # The oldest Linux driver each CUDA release's code runs on (NVIDIA's CUDA Toolkit release notes,
@@ -126,15 +127,6 @@ def ensure_device_codegen() -> bool:
     return stub
 
 
-def supported_archs() -> list[str]:
-    """The ``sm_XX`` NVRTC compiles for (it knows; a table here would age)."""
-    from cuda.bindings import nvrtc
-
-    result, count = nvrtc.nvrtcGetNumSupportedArchs()
-    result, archs = nvrtc.nvrtcGetSupportedArchs()
-    return [f"sm_{a}" for a in archs]
-
-
 def versions() -> dict[str, str | None]:
     """The device compiler's versions, for the key and the manifest: another NVRTC is other code."""
     from buildsys.format.versions import package_version
@@ -165,14 +157,14 @@ class DeviceCompiler:
             images.append(("cubin", arch, bytes(nvcc.compile_cuda(code, target_format="cubin", arch=arch,
                                                                   options=options, compiler="nvrtc"))))
         if self.ptx:
-            newest = max(self.archs, key=arch_number)
+            newest = max(self.archs, key=cuda_arch_number)
             images.append(("ptx", newest.replace("sm_", "compute_"),
                            bytes(nvcc.compile_cuda(code, target_format="ptx", arch=newest, options=options,
                                                    compiler="nvrtc"))))
         handle = nvfatbin.create([], 0)
         try:
             for kind, arch, data in images:
-                number = str(arch_number(arch))
+                number = str(cuda_arch_number(arch))
                 if kind == "cubin":
                     nvfatbin.add_cubin(handle, data, len(data), number, "tvm_kernels")
                 else:
@@ -208,11 +200,6 @@ class DeviceCompiler:
         finally:
             if previous is not None:
                 tvm_ffi.register_global_func("tvm_callback_cuda_compile", previous, override=True)
-
-
-def arch_number(arch: str) -> int:
-    """``sm_90a`` -> 90."""
-    return int("".join(c for c in arch.split("_", 1)[1] if c.isdigit()))
 
 
 def explain_failure(exc: Exception) -> str:

@@ -160,7 +160,7 @@ def _normalize_cuda(options: dict, where: str) -> dict:
                               field=where, hint=did_you_mean(arch, CUDA_ARCHS) or "e.g. sm_80 for A100, sm_90 for H100")
     if len(set(archs)) != len(archs):
         raise TargetError(f"arch lists an architecture twice: {archs}", field=where)
-    normalized: dict[str, Any] = {"kind": "cuda", "arch": sorted(archs, key=cuda_arch_number)}
+    normalized: dict[str, Any] = {"kind": "cuda", "arch": sorted(archs, key=platforms.cuda_arch_number)}
     ptx = options.get("ptx", False)
     if isinstance(ptx, str) and ptx.lower() in ("1", "true", "yes", "0", "false", "no"):
         ptx = ptx.lower() in ("1", "true", "yes")
@@ -174,11 +174,6 @@ def _normalize_cuda(options: dict, where: str) -> dict:
                           field=f"{where}.host")
     normalized["host"] = host
     return normalized
-
-
-def cuda_arch_number(arch: str) -> int:
-    """``sm_90a`` -> 90."""
-    return int("".join(c for c in arch.split("_", 1)[-1] if c.isdigit()) or 0)
 
 
 def is_cuda(target: Mapping[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from buildsys.errors import CompatibilityError
+from buildsys.platforms import cuda_arch_number
 
 _COMPUTE_MAJOR, _COMPUTE_MINOR = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_{MAJOR,MINOR}
 
@@ -46,15 +47,11 @@ def gpu_facts() -> GpuFacts:
     return GpuFacts(version.value, tuple(devices))
 
 
-def _number(arch: str) -> int:
-    return int("".join(c for c in arch.split("_", 1)[-1] if c.isdigit()) or 0)
-
-
 def runs_on(cuda: Mapping[str, Any], device: str) -> bool:
     """Whether the artifact's device code runs on a GPU of architecture ``device``: a cubin for the
     same major version and an equal or lower minor, or PTX for an equal or lower architecture."""
-    have = _number(device)
-    cubins = [_number(a) for a in cuda.get("archs", [])]
+    have = cuda_arch_number(device)
+    cubins = [cuda_arch_number(a) for a in cuda.get("archs", [])]
     if any(c // 10 == have // 10 and c <= have for c in cubins):
         return True
     return bool(cuda.get("ptx")) and any(c <= have for c in cubins)
