@@ -117,13 +117,13 @@ def tune(ws: Workspace, filters, list_only, progress_mode, quiet):
     Builds apply the records without tuning; `make tune` runs this for the default matrix.
     """
     if list_only:
-        from buildsys.config.targets import format_cli_target
+        from buildsys.format.target import Target
 
         rows = ws.registry.tuning_databases()
         if not rows:
             click.echo("no tuning databases yet")
         for r in rows:
-            click.echo(f"{r.scope}  {format_cli_target(r.target)}  tvm {r.tvm_version}  {r.workloads} workloads  "
+            click.echo(f"{r.scope}  {Target(r.target).cli()}  tvm {r.tvm_version}  {r.workloads} workloads  "
                        f"{r.records} records  {r.digest[:19]}  updated {r.updated_at:%Y-%m-%d %H:%M}")
         return
     from buildsys.pipeline.runner import tune_entries

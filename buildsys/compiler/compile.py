@@ -6,12 +6,14 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Mapping
 
 from buildsys.errors import BuildError
 from buildsys.config.passes import OPAQUE_DYNAMIC_PASS_NAME, PACK_PASS_NAME, PASS_NAME, TO_DATAFLOW_PASS_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys.compiler.cross import host_transform
-from buildsys.config.targets import is_cross, is_cuda, to_tvm
+from buildsys.config.targets import to_tvm
+from buildsys.format.target import Target
 
 
 @dataclass
@@ -214,22 +216,23 @@ def compile_model(mod, spec: BuildSpec, tuning_db=None) -> CompiledModel:
     return _compile(mod, tuning_db.target, spec.opt_level, spec.disabled_passes, tuned)
 
 
-def compile_for_target(mod, target: dict, opt_level: int = 3, disabled_passes=()) -> CompiledModel:
+def compile_for_target(mod, target: Mapping, opt_level: int = 3, disabled_passes=()) -> CompiledModel:
     """An untuned build of ``mod`` for a normalized ``target`` (what ``compile_model`` does for an
     entry without tuning; the kernel benchmark builds its one-kernel modules this way)."""
     return _compile(mod, target, opt_level, tuple(disabled_passes), None)
 
 
-def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tuned) -> CompiledModel:
+def _compile(mod, target_dict: Mapping, opt_level: int, disabled_passes: tuple, tuned) -> CompiledModel:
     import tvm
     from tvm import relax
 
-    if is_cuda(target_dict):
+    target_dict = Target(target_dict)
+    if target_dict.is_cuda:
         if tuned is not None:
             raise BuildError("tuning measures kernels on the GPU that runs them: a CUDA target cannot be tuned on "
                              "this builder (untuned entries build, with TVM's default GPU schedules)", stage="tune")
         return _compile_cuda(mod, target_dict, opt_level, disabled_passes)
-    cross = is_cross(target_dict)
+    cross = target_dict.is_cross()
     if cross and tuned is not None:
         raise BuildError("tuning measures on the machine that runs the code: a target of another architecture "
                          "cannot be tuned here (untuned entries build)", stage="tune")
@@ -282,7 +285,7 @@ def _compile(mod, target_dict: dict, opt_level: int, disabled_passes: tuple, tun
                          kernel_flops=flops, host_transform=transform)
 
 
-def _compile_cuda(mod, target_dict: dict, opt_level: int, disabled_passes: tuple) -> CompiledModel:
+def _compile_cuda(mod, target_dict: Target, opt_level: int, disabled_passes: tuple) -> CompiledModel:
     """TVM's CUDA pipeline (its default GPU schedules, dlight) with device code for every
     architecture of the target, compiled here whether or not this machine has a GPU
     (``compiler/cuda.py``). A kernel no default schedule covers fails the build, named."""
@@ -293,7 +296,7 @@ def _compile_cuda(mod, target_dict: dict, opt_level: int, disabled_passes: tuple
 
     stub = cuda.ensure_device_codegen()
     target = to_tvm(target_dict)
-    compiler = cuda.DeviceCompiler(tuple(target_dict["arch"]), bool(target_dict.get("ptx")))
+    compiler = cuda.DeviceCompiler(target_dict.cuda_archs, target_dict.ptx)
     scheduled: dict[str, str] = {}  # kernel -> the dlight rule that scheduled it
     recorder = _pass_recorder()
     start = time.perf_counter()

@@ -17,9 +17,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from buildsys.config.targets import is_cross, target_platform, target_triple
+from buildsys.format.target import Target
 from buildsys.errors import BuildError
 from buildsys.platforms import elf_header, describe_elf
 
@@ -27,24 +27,26 @@ TRANSFORM = "main_transform_params"
 HOST_TARGET = {"kind": "llvm"}  # generic host code: it runs once, at build time
 
 
-def linker_for(target: Mapping[str, Any], which=shutil.which, key: str | None = None) -> str | None:
+def linker_for(target: Mapping, which=shutil.which, key: str | None = None) -> str | None:
     """Path of the C++ driver that links a library for ``target``; None for this host's own
     architecture (TVM's default). BuildError naming the Debian package when it is missing."""
-    if not is_cross(target):
+    target = Target(target)
+    if not target.is_cross():
         return None
-    row = target_platform(target)
+    row = target.platform()
     found = which(row.compiler)
     if found is None:
         raise BuildError(
-            f"building for {target_triple(target)} needs the cross compiler {row.compiler}, which is not on PATH; "
+            f"building for {target.gnu_triple} needs the cross compiler {row.compiler}, which is not on PATH; "
             f"install the Debian package {row.compiler_package} (`apt-get install {row.compiler_package}`)",
             key=key, stage="serialize")
     return found
 
 
-def export_library(executable, path: str, target: Mapping[str, Any], key: str | None = None) -> None:
+def export_library(executable, path: str, target: Mapping, key: str | None = None) -> None:
     """``executable.export_library(path)`` linked for ``target``, then checked: the ELF header must
     name the target's architecture (a host g++ given aarch64 objects can produce a host library)."""
+    target = Target(target)
     linker = linker_for(target, key=key)
     try:
         if linker is None:
@@ -54,9 +56,9 @@ def export_library(executable, path: str, target: Mapping[str, Any], key: str | 
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
         raise _serialize_error(exc, Path(path), key) from None
     machine, elf_class = elf_header(path)
-    row = target_platform(target)
+    row = target.platform()
     if machine != row.elf_machine:
-        raise BuildError(f"the library linked for {target_triple(target)} is {describe_elf(machine, elf_class)} "
+        raise BuildError(f"the library linked for {target.gnu_triple} is {describe_elf(machine, elf_class)} "
                          f"code, not {row.arch}: check the linker ({linker or 'the default'})", key=key, stage="serialize")
 
 

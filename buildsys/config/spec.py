@@ -29,7 +29,8 @@ from buildsys.config.passes import validate_disabled_passes
 from buildsys.config.signature import parse_batch, parse_inputs
 from buildsys.format.signature import STATIC_1, Batch, Input, image_input
 from buildsys.format.values import FrozenDict, freeze
-from buildsys.config.targets import format_cli_target, normalize_target
+from buildsys.config.targets import normalize_target
+from buildsys.format.target import Target
 from buildsys.config.verify import RPC_FIELDS, VERIFY_FIELDS, RpcRoute, rpc_from_config
 from buildsys.config.yamlsource import LocatedDict, LocatedList, load_yaml
 
@@ -116,7 +117,7 @@ class BuildSpec:
 
     model: ModelSpec
     input_size: tuple[int, int] | None  # None when the model declares its inputs
-    target: FrozenDict  # normalized (config/targets.py)
+    target: Target  # normalized (config/targets.py)
     opt_level: int
     disabled_passes: tuple[str, ...] = ()
     tuning: TuningSettings | None = None  # None when off
@@ -127,7 +128,7 @@ class BuildSpec:
     rpc: RpcRoute | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "target", freeze(dict(self.target)))
+        object.__setattr__(self, "target", Target(self.target))
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -149,7 +150,7 @@ class BuildSpec:
 
     @property
     def target_label(self) -> str:
-        return format_cli_target(self.target)
+        return self.target.cli()
 
     def describe(self) -> str:
         passes = f" -{','.join(self.disabled_passes)}" if self.disabled_passes else ""
@@ -421,7 +422,7 @@ class _AxisValues:
 
     def __init__(self, reader: _Reader, models: Mapping[str, ModelSpec]):
         self.reader, self.models = reader, models
-        self._targets: dict[str, FrozenDict] = {}
+        self._targets: dict[str, Target] = {}
         self._passes: dict[str, tuple] = {}
 
     def parse(self, axis: str, value: Any, line: int | None, where: str) -> Any:
@@ -449,7 +450,7 @@ class _AxisValues:
                     normalized = normalize_target(plain, where)
                 except ConfigError as exc:
                     raise reader.error(exc.message, line, where, hint=exc.hint) from None
-                self._targets[cache_key] = freeze(normalized)
+                self._targets[cache_key] = normalized
             return self._targets[cache_key]
         if axis == "disabled_passes":
             if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Classic TVM target strings <-> the JSON dict form TVM 0.27 accepts.
+"""Classic TVM target strings -> the normalized ``Target`` (``format/target.py``) -> TVM's target.
 
 TVM 0.27 rejects ``"llvm -mcpu=skylake-avx512"`` ("CLI target string form ...
 is no longer supported"), yet every tutorial writes it. We accept both forms,
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from buildsys import platforms
 from buildsys.errors import TargetError, did_you_mean
-from buildsys.platforms import Platform
+from buildsys.format.target import Target
 
 SUPPORTED_KINDS = ("llvm", "cuda")
 # The architectures CUDA 13's NVRTC compiles for (nvrtcGetSupportedArchs; planning does not load it).
@@ -69,24 +69,8 @@ def parse_cli_target(text: str, where: str = "target") -> dict:
     return result
 
 
-def format_cli_target(target: Mapping[str, Any]) -> str:
-    """The classic string form of a normalized target, for display."""
-    parts = [str(target["kind"])]
-    for name in sorted(k for k in target if k != "kind"):
-        value = target[name]
-        if isinstance(value, (list, tuple)):
-            value = ",".join(value)
-        elif isinstance(value, Mapping):  # a CUDA target's host
-            value = format_cli_target(value)
-            value = value if " " not in value else repr(value)
-        elif isinstance(value, bool):
-            value = int(value)
-        parts.append(f"-{name}={value}")
-    return " ".join(parts)
-
-
-def normalize_target(raw: Any, where: str = "target") -> dict:
-    """Validate a target (CLI string or dict) and return its normalized dict.
+def normalize_target(raw: Any, where: str = "target") -> Target:
+    """Validate a target (CLI string or dict) and return it normalized (``format/target.Target``).
 
     ``-mcpu=native`` resolves to this host's CPU name, so the key records the
     CPU that the code was really compiled for.
@@ -134,10 +118,10 @@ def normalize_target(raw: Any, where: str = "target") -> dict:
         normalized["mtriple"] = _validate_mtriple(normalized["mtriple"], where)
     if "mcpu" in normalized:
         normalized["mcpu"] = _validate_mcpu(normalized["mcpu"], normalized.get("mtriple"), where)
-    return normalized
+    return Target(normalized)
 
 
-def _normalize_cuda(options: dict, where: str) -> dict:
+def _normalize_cuda(options: dict, where: str) -> Target:
     """``{kind: cuda, arch: [sm_80, sm_90], ptx: true, host: {kind: llvm, ...}}``: device code for
     each architecture (sorted), PTX of the newest for GPUs newer than all of them when ``ptx``, and
     the host code's CPU target (default: plain ``llvm``, this host's architecture)."""
@@ -173,16 +157,7 @@ def _normalize_cuda(options: dict, where: str) -> dict:
         raise TargetError(f"the host code of a CUDA target is CPU code (kind: llvm), got {host['kind']!r}",
                           field=f"{where}.host")
     normalized["host"] = host
-    return normalized
-
-
-def is_cuda(target: Mapping[str, Any]) -> bool:
-    return target.get("kind") == "cuda"
-
-
-def host_of(target: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The CPU target of the code that runs on the host: a CUDA target's ``host``, or the target."""
-    return target["host"] if is_cuda(target) else target
+    return Target(normalized)
 
 
 def _validate_mcpu(mcpu: str, mtriple: str | None, where: str) -> str:
@@ -232,7 +207,7 @@ def _tvm_target(target: Mapping[str, Any]):
 
 
 def _tvm_dict(target: Mapping[str, Any]) -> dict:
-    if is_cuda(target):  # code generated for the oldest architecture runs on every one listed
+    if target.get("kind") == "cuda":  # code generated for the oldest architecture runs on every one listed
         return {"kind": "cuda", "arch": target["arch"][0], "host": _tvm_dict(target["host"])}
     tvm_dict = {k: (",".join(v) if isinstance(v, list) else v) for k, v in target.items()}
     if "mattr" in target:
@@ -241,7 +216,7 @@ def _tvm_dict(target: Mapping[str, Any]) -> dict:
 
 
 def to_tvm(target: Mapping[str, Any]):
-    """A ``tvm.target.Target`` for a normalized target dict."""
+    """A ``tvm.target.Target`` for a normalized target."""
     tvm_dict = _tvm_dict(target)
     try:
         return _tvm_target(tvm_dict)
@@ -249,38 +224,14 @@ def to_tvm(target: Mapping[str, Any]):
         raise TargetError(f"TVM rejected target {json.dumps(tvm_dict)}: {exc}") from None
 
 
-def target_platform(target: Mapping[str, Any]) -> Platform:
-    """The row of ``buildsys/platforms.py`` for a normalized target: its ``mtriple``'s architecture,
-    or this host's."""
-    target = host_of(target)
-    arch = platforms.triple_arch(target["mtriple"]) if "mtriple" in target else platforms.host_arch()
-    found = platforms.for_arch(arch)
-    if found is None:
-        raise TargetError(f"buildsys has no platform row for architecture {arch!r}",
-                          hint=f"known: {', '.join(platforms.PLATFORMS)}; add a row to buildsys/platforms.py")
-    return found
-
-
-def is_cross(target: Mapping[str, Any]) -> bool:
-    """Whether code built for ``target`` cannot run on this host (another architecture; for a CUDA
-    target, its host code's)."""
-    target = host_of(target)
-    return "mtriple" in target and platforms.triple_arch(target["mtriple"]) != platforms.host_arch()
-
-
-def target_triple(target: Mapping[str, Any]) -> str:
-    """The triple the code is for, as the target names it (this host's GNU triple when it names none)."""
-    return host_of(target).get("mtriple") or target_platform(target).triple
-
-
-def required_features(target: Mapping) -> list[str]:
-    """/proc/cpuinfo names of the features the code compiled for ``target`` (normalized dict) may use,
-    from its platform's row. Build side (needs TVM)."""
-    target = host_of(target)
+def required_features(target: Mapping[str, Any]) -> list[str]:
+    """/proc/cpuinfo names of the features the code compiled for ``target`` may use, from its
+    platform's row. Build side (needs TVM)."""
+    target = Target(target).host
     if "mcpu" not in target and "mattr" not in target:
         return []  # the architecture's baseline instructions only
     from tvm.target import codegen
 
-    names = target_platform(target).features
+    names = target.platform().features
     enabled = {str(f) for f in codegen.llvm_get_cpu_features(to_tvm(target))}
     return sorted({names[f] for f in enabled if f in names})

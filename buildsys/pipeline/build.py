@@ -24,7 +24,7 @@ from buildsys.compiler.schedules import RULE_NAME
 from buildsys.config.spec import BuildSpec
 from buildsys import platforms
 from buildsys.compiler.cross import export_library, linker_for
-from buildsys.config.targets import host_of, is_cross, is_cuda, required_features, target_platform, target_triple
+from buildsys.config.targets import required_features
 from buildsys.errors import BuildError, ParityError
 from buildsys.platforms import elf_header
 from buildsys.pipeline import sources
@@ -143,8 +143,8 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
 
     start = time.perf_counter()
     library = staging_dir / LIBRARY_NAME
-    cross = is_cross(spec.target)
-    gpu = is_cuda(spec.target)
+    cross = spec.target.is_cross()
+    gpu = spec.target.is_cuda
     export_library(compiled.executable, str(library), spec.target, key=key)
     elf_machine, _ = elf_header(library)
     # nothing built for another architecture runs here, nor CUDA code (run_checks says why)
@@ -224,7 +224,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
     another architecture (its emulated time is in ``verification``, and is no latency)."""
     from buildsys.models import category_names
 
-    row = target_platform(spec.target)
+    row = spec.target.platform()
 
     return {
         "manifest_format": MANIFEST_FORMAT,
@@ -239,9 +239,9 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
                "params": len(params),
                "outputs": outputs},
         # what the library needs of the machine that loads it (runtime/loader.py checks it before dlopen)
-        "cpu": {"arch": platforms.describe_elf(elf_machine), "triple": target_triple(spec.target),
-                "elf_machine": elf_machine, "mcpu": host_of(spec.target).get("mcpu"),
-                "mattr": host_of(spec.target).get("mattr", []),
+        "cpu": {"arch": platforms.describe_elf(elf_machine), "triple": spec.target.gnu_triple,
+                "elf_machine": elf_machine, "mcpu": spec.target.mcpu,
+                "mattr": list(spec.target.mattr),
                 "required_features": required_features(spec.target),
                 "features_from": f"/proc/cpuinfo {row.cpuinfo_field}"},
         "verification": verification,
@@ -283,9 +283,9 @@ def _latency(spec: BuildSpec, artifact_ms: float | None, eager_ms: float | None,
     emulated, remote = verification.get("emulated_ms"), verification.get("remote_ms")
     return {"artifact_ms": None, "torch_eager_ms": None, "ratio_vs_eager": None, "torch_threads": torch_threads,
             "runs": 0, "emulated": verification.get("how") == "qemu-user", "emulated_ms": emulated,
-            "note": (f"not measured: CUDA code for {', '.join(spec.target['arch'])}, and no GPU ran it here"
-                     if is_cuda(spec.target) else
-                     f"not measured: built for {target_triple(spec.target)} on this {platforms.host_arch()} host"
+            "note": (f"not measured: CUDA code for {', '.join(spec.target.cuda_archs)}, and no GPU ran it here"
+                     if spec.target.is_cuda else
+                     f"not measured: built for {spec.target.gnu_triple} on this {platforms.host_arch()} host"
                      + (f"; the parity run took {emulated:.0f} ms under qemu-user emulation, which is not latency"
                         if emulated is not None else "")
                      + (f"; the parity run took {remote:.0f} ms on the board over RPC (one cold run, with the "

@@ -4,26 +4,11 @@ its build. The status words (what the plan decides, what a build ends as) are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from buildsys.config.spec import BuildSpec
 from buildsys.format.status import Action
-
-
-class EventKind(StrEnum):
-    """What the builder tells its display, in the order they can happen for one entry."""
-
-    CACHED = "cached"
-    SKIPPED = "skipped"
-    TUNE = "tune"
-    TUNE_PROGRESS = "tune-progress"
-    TUNED = "tuned"
-    START = "start"
-    STAGE = "stage"
-    BUILT = "built"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -45,19 +30,72 @@ class Job:
     entry_key: str = ""
 
 
-@dataclass(frozen=True)
-class Event:
-    """One thing that happened to a job; the fields its kind uses are set, the rest are None."""
+# What the builder tells its display: one small type per kind, in the order they can happen for
+# one job. A display matches on the type (``match event: case Built(): ...``).
 
-    kind: EventKind
+
+@dataclass(frozen=True)
+class Cached:
+    """Nothing to build: the registry has the key (or it was built meanwhile)."""
+
     job: Job
-    reason: str | None = None  # cached, skipped, tune
-    seconds: float | None = None  # built, failed
-    error: str | None = None  # failed
-    log_path: str | None = None  # start, built, failed
-    stage: str | None = None  # stage: its name (runlog.STAGES) ...
-    at: float | None = None  # ... and when it began (time.time())
-    record: Any = None  # built: the registry record
-    manifest: dict | None = None  # built: the artifact's manifest
-    progress: dict = field(default_factory=dict)  # tune-progress: the tuner's figures
-    report: Any = None  # tuned: the tuning report
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The plan skips it (its model is marked ``skip``)."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
+class TuneStarted:
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
+class TuneProgress:
+    job: Job
+    progress: Mapping[str, Any]  # the tuner's figures (``tuning.TuneProgress`` as a dict)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    job: Job
+    report: Any  # ``tuning.TuneReport``
+
+
+@dataclass(frozen=True)
+class Started:
+    job: Job
+    log_path: str | None = None
+
+
+@dataclass(frozen=True)
+class StageBegun:
+    job: Job
+    stage: str  # runlog.STAGES
+    at: float | None = None  # time.time() when it began
+
+
+@dataclass(frozen=True)
+class Built:
+    job: Job
+    seconds: float
+    manifest: Mapping[str, Any]
+    record: Any = None  # the registry record
+    log_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    job: Job
+    seconds: float
+    error: str
+    log_path: str | None = None
+
+
+Event = Cached | Skipped | TuneStarted | TuneProgress | Tuned | Started | StageBegun | Built | Failed

@@ -25,7 +25,8 @@ from buildsys.pipeline import isolation, runlog, sources
 from buildsys.pipeline.build import BuildOutcome, build_artifact, tune_entry
 from buildsys.pipeline.failures import failure_text, in_model_code, log_text
 from buildsys.format.status import Action, Outcome, RunStatus
-from buildsys.pipeline.jobs import Event, EventKind, Job
+from buildsys.pipeline import jobs as events
+from buildsys.pipeline.jobs import Job
 from buildsys.pipeline.keys import entry_key
 from buildsys.pipeline.plan import plan_builds
 from buildsys.pipeline.publish import publish
@@ -99,7 +100,7 @@ class _RunLogs:
     def on_stage(self, key: str, stage: str, at: float) -> None:
         entry = self.entries.get(key)
         if entry is not None:
-            self.emit(Event(EventKind.STAGE, entry, stage=stage, at=at))
+            self.emit(events.StageBegun(entry, stage, at))
 
     def note(self, entry: Job, text: str) -> None:
         runlog.append_line(self.path(entry), f"[buildsys] {text}")
@@ -113,14 +114,14 @@ def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport
         if not entry.tune_first:
             ready.append(entry)
             continue
-        emit(Event(EventKind.TUNE, entry, reason=entry.reason))
+        emit(events.TuneStarted(entry, entry.reason))
         started = time.perf_counter()
         reporter = logs.reporter(entry)
         try:
             with runlog.captured(reporter.log_path), _interrupts_noticed() as interrupted:
                 try:
                     tuned = tune_entry(entry.spec, store, registry, entry.key, on_stage=reporter,
-                                       on_progress=lambda progress, e=entry: emit(Event(EventKind.TUNE_PROGRESS, e, progress=progress)))
+                                       on_progress=lambda progress, e=entry: emit(events.TuneProgress(e, progress)))
                 except BaseException:
                     if interrupted:  # TVM turns Ctrl-C into a RuntimeError; it must still stop the build
                         raise KeyboardInterrupt from None
@@ -132,20 +133,19 @@ def _tune_first(entries: list[Job], store: Store, registry, report: "BuildReport
             registry.finish_run(run_id, RunStatus.FAILED, text)
             report.results.append(BuildResult(entry, Outcome.FAILED, time.perf_counter() - started, error=text,
                                               log_path=reporter.log_path, storage=storage))
-            emit(Event(EventKind.FAILED, entry, seconds=time.perf_counter() - started, error=text,
-                                   log_path=reporter.log_path))
+            emit(events.Failed(entry, time.perf_counter() - started, text, reporter.log_path))
             if isinstance(exc, KeyboardInterrupt):
                 raise
             continue
         logs.note(entry, f"tuned: {tuned.trials_run} trials run, {tuned.trials_before} found in the database")
-        emit(Event(EventKind.TUNED, entry, report=tuned))
+        emit(events.Tuned(entry, tuned))
         again = plan_builds([entry.spec], registry, store, force=entry.forced)[0]
         if again.tune_first:  # cannot happen unless the database was removed meanwhile
             raise BuildError(f"tuning finished but the entry still needs tuning: {again.reason}", key=entry.key)
         if again.action == Action.CACHED:
             logs.note(entry, f"cached after tuning: {again.key}")
             report.results.append(BuildResult(again, Outcome.CACHED))
-            emit(Event(EventKind.CACHED, again, reason=again.reason))
+            emit(events.Cached(again, again.reason))
         else:
             logs.note(entry, f"its key after tuning: {again.key}")
             ready.append(again)
@@ -179,9 +179,9 @@ def _interrupts_noticed():
 
 
 def tune_entries(entries: list[Job], store: Store, registry,
-                 on_event: Callable[[str, Job, dict], None] | None = None) -> BuildReport:
+                 on_event: Callable[[events.Event], None] | None = None) -> BuildReport:
     """Tune the entries that need it (events and logs as in ``run_builds``); build nothing."""
-    emit = on_event or (lambda *_: None)
+    emit = on_event or (lambda _event: None)
     report = BuildReport()
     _tune_first(entries, store, registry, report, emit, _RunLogs(store, emit))
     return report
@@ -201,161 +201,169 @@ def build_logged(spec: BuildSpec, key: str, material: Mapping, staging: str, sto
 
 
 def run_builds(entries: list[Job], store: Store, registry, *, jobs: int = 1,
-               on_event: Callable[[str, Job, dict], None] | None = None,
+               on_event: Callable[[events.Event], None] | None = None,
                timeout_s: float | None = isolation.DEFAULT_TIMEOUT_S) -> BuildReport:
     """Build every entry whose action is ``build``; one failure never stops the others.
 
     Each build runs in a process of its own (``isolation``): a crash, an exit or a hang
-    (``timeout_s``) inside model code fails that entry only, with its cause.
-    Events (kind, entry, info) tell the caller what happens: cached, skipped, tune,
-    tune-progress, tuned, start, stage, built, failed. Each build run writes a log
-    file under the store's logs/; its path is on the run's registry row."""
-    emit = on_event or (lambda *_: None)
+    (``timeout_s``) inside model code fails that entry only, with its cause. Events
+    (``jobs.Event``) tell the caller what happens. Each build run writes a log file under the
+    store's logs/; its path is on the run's registry row."""
+    emit = on_event or (lambda _event: None)
     report = BuildReport()
     logs = _RunLogs(store, emit)
-    # what crashed builders left: staging dirs, and runs that will never finish
-    store.clean_tmp()
+    store.clean_tmp()  # what crashed builders left: staging dirs, and runs that will never finish
     registry.mark_crashed_runs(pid_alive)
     todo = []
     for entry in entries:
         if entry.action == Action.BUILD:
             todo.append(entry)
-        else:
-            status = Outcome.CACHED if entry.action == Action.CACHED else Outcome.SKIPPED
-            report.results.append(BuildResult(entry, status))
-            emit(Event(EventKind(status), entry, reason=entry.reason))
-    todo = _tune_first(todo, store, registry, report, emit, logs)
-    if not todo:
-        return report
-
-    def finish(entry: Job, run_id: int, started: float, outcome=None, exc=None) -> None:
-        seconds = time.perf_counter() - started
-        log_path = str(logs.path(entry))
-        if exc is None and outcome.key != entry.key:
-            logs.note(entry, f"its recorded model sources give it the key {outcome.key} (planned {entry.key})")
-            entry = replace(entry, key=outcome.key, material=outcome.material)
-            existing = None if entry.forced else registry.get(entry.key)
-            if existing is not None and all(store.has(f.digest) for f in existing.files):  # built before, same sources
-                _remember_sources(store, entry, outcome, logs)
-                registry.finish_run(run_id, RunStatus.BUILT, key=entry.key)
-                report.results.append(BuildResult(entry, Outcome.CACHED, seconds, log_path=log_path))
-                emit(Event(EventKind.CACHED, entry, reason="its recorded sources name an artifact already built"))
-                return
-        if exc is None:
-            logs.reporter(entry)("publish")  # the log line and the event, as from the build itself
-            try:
-                record = publish(outcome, entry.spec, store, registry)
-            except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
-                exc = publish_exc
-            else:
-                _remember_sources(store, entry, outcome, logs)
-                registry.finish_run(run_id, RunStatus.BUILT, key=entry.key)
-                logs.note(entry, f"built and published {entry.key} in {seconds:.1f}s")
-                report.results.append(BuildResult(entry, Outcome.BUILT, seconds, record=record, log_path=log_path))
-                emit(Event(EventKind.BUILT, entry, seconds=seconds, record=record, manifest=outcome.manifest,
-                                      log_path=log_path))
-                return
-        text, storage = failure_text(exc, store)
-        logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
-        registry.finish_run(run_id, RunStatus.FAILED, text)
-        report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path,
-                                          storage=storage))
-        emit(Event(EventKind.FAILED, entry, seconds=seconds, error=text, log_path=log_path))
-        if isinstance(exc, KeyboardInterrupt):
-            raise exc
-
-    def begin(entry: Job, stack: ExitStack):
-        """With the key's lock held: (run id, staging dir), or None if another builder
-        published the key while we waited for its lock."""
-        existing = None if entry.forced else registry.get(entry.key)
-        if existing is not None and all(store.has(f.digest) for f in existing.files):
+        elif entry.action == Action.CACHED:
             report.results.append(BuildResult(entry, Outcome.CACHED))
-            emit(Event(EventKind.CACHED, entry, reason="built by another process meanwhile"))
-            return None  # (a row whose objects are gone is rebuilt, and its row replaced)
-        run_id = registry.start_run(entry.key, entry.spec.describe(), log_path=str(logs.path(entry)))
-        staging = stack.enter_context(store.staging(prefix=entry.key[:12]))
-        emit(Event(EventKind.START, entry, log_path=str(logs.path(entry))))
-        return run_id, staging
+            emit(events.Cached(entry, entry.reason))
+        else:
+            report.results.append(BuildResult(entry, Outcome.SKIPPED))
+            emit(events.Skipped(entry, entry.reason))
+    todo = _tune_first(todo, store, registry, report, emit, logs)
+    if todo:
+        _Builds(store, registry, report, logs, emit, timeout_s).run(todo, jobs)
+    return report
 
-    isolate = not isolation.in_process()
-    guard = threading.RLock()  # registry rows, results and events: one thread at a time
 
-    def on_stage(item) -> None:
-        with guard:
-            logs.on_stage(*item)
+class _Builds:
+    """One invocation's builds: each job under its key's lock, built (in a process of its own unless
+    BUILDSYS_BUILD_IN_PROCESS is set), then published or recorded as failed. Registry rows,
+    results and events are written by one thread at a time (``guard``)."""
 
-    def build_one(entry: Job, stack: ExitStack, run_id: int, staging) -> None:
-        """Runs the build (in its own process unless BUILDSYS_BUILD_IN_PROCESS is set), then
-        publishes or records the failure; the stack holds the key's lock and the staging dir."""
+    def __init__(self, store: Store, registry, report: BuildReport, logs: _RunLogs, emit,
+                 timeout_s: float | None):
+        self.store, self.registry, self.report, self.logs, self.emit = store, registry, report, logs, emit
+        self.timeout_s = timeout_s
+        self.isolate = not isolation.in_process()
+        self.guard = threading.RLock()
+
+    def run(self, todo: list[Job], jobs: int) -> None:
+        """A builder holds at most one key lock while it waits for another, so builders with
+        overlapping matrices cannot deadlock: busy keys are deferred, then waited for one by one."""
+        pool, queued = None, {}
+        if self.isolate:
+            isolation.reset()
+            isolation.start_server()  # from this thread: the server lives as long as the builder does
+        try:
+            deferred = todo
+            if jobs > 1 and len(todo) > 1:
+                deferred = []
+                pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="buildsys-build")
+                for entry in todo:
+                    stack = ExitStack()
+                    if not stack.enter_context(self.store.lock(entry.key, blocking=False)):
+                        stack.close()
+                        deferred.append(entry)
+                        continue
+                    begun = self.begin(entry, stack)
+                    if begun is not None:
+                        queued[pool.submit(self.build_one, entry, stack, *begun)] = (stack, begun[0])
+                for future in list(queued):
+                    future.result()
+                pool.shutdown()
+            for entry in deferred:
+                stack = ExitStack()
+                stack.enter_context(self.store.lock(entry.key))
+                begun = self.begin(entry, stack)
+                if begun is not None:
+                    self.build_one(entry, stack, *begun)
+        except BaseException:
+            isolation.kill_all()  # Ctrl-C: no build outlives the builder, and no queued one starts
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                for future, (stack, run_id) in queued.items():
+                    if future.cancelled():  # never started: its lock and staging go, its run says why
+                        stack.close()
+                        with self.guard:
+                            self.registry.finish_run(run_id, RunStatus.FAILED,
+                                                     "interrupted (Ctrl-C) before it started")
+            raise
+
+    def begin(self, entry: Job, stack: ExitStack) -> tuple[int, Path] | None:
+        """With the key's lock held (on ``stack``): (run id, staging dir), or None (and ``stack``
+        closed) if another builder published the key while we waited for its lock."""
+        with self.guard:
+            existing = None if entry.forced else self.registry.get(entry.key)
+            if existing is not None and all(self.store.has(f.digest) for f in existing.files):
+                self.report.results.append(BuildResult(entry, Outcome.CACHED))
+                self.emit(events.Cached(entry, "built by another process meanwhile"))
+                stack.close()
+                return None  # (a row whose objects are gone is rebuilt, and its row replaced)
+            log_path = str(self.logs.path(entry))
+            run_id = self.registry.start_run(entry.key, entry.spec.describe(), log_path=log_path)
+            staging = stack.enter_context(self.store.staging(prefix=entry.key[:12]))
+            self.emit(events.Started(entry, log_path))
+            return run_id, staging
+
+    def build_one(self, entry: Job, stack: ExitStack, run_id: int, staging) -> None:
+        """Runs the build, then publishes or records the failure; ``stack`` holds the key's lock and
+        the staging dir until then."""
         with stack:
             started = time.perf_counter()
-            args = (entry.spec, entry.key, dict(entry.material), str(staging), str(store.root),
-                    logs.reporter(entry, isolation.PARENT_QUEUE if isolate else None))
+            args = (entry.spec, entry.key, dict(entry.material), str(staging), str(self.store.root),
+                    self.logs.reporter(entry, isolation.PARENT_QUEUE if self.isolate else None))
             stages: list[str] = []  # the build's stages so far, as its process reported them
 
             def on_message(item) -> None:
                 stages.append(item[1])
-                on_stage(item)
+                with self.guard:
+                    self.logs.on_stage(*item)
 
             try:
-                if isolate:
-                    outcome = isolation.run_isolated(build_logged, args, key=entry.key, timeout_s=timeout_s,
+                if self.isolate:
+                    outcome = isolation.run_isolated(build_logged, args, key=entry.key, timeout_s=self.timeout_s,
                                                      on_message=on_message)
                 else:
                     outcome = build_logged(*args)
             except BaseException as exc:  # noqa: BLE001 - recorded per entry
                 exc = in_model_code(exc, entry, stages[-1] if stages else None)
-                with guard:
-                    finish(entry, run_id, started, exc=exc)
+                with self.guard:
+                    self.finish(entry, run_id, started, exc=exc)
             else:
-                with guard:
-                    finish(entry, run_id, started, outcome=outcome)
+                with self.guard:
+                    self.finish(entry, run_id, started, outcome=outcome)
 
-    # A builder holds at most one key lock while it waits for another, so builders with
-    # overlapping matrices cannot deadlock: busy keys are deferred, then waited for one by one.
-    deferred = todo
-    pool, queued = None, {}
-    if isolate:
-        isolation.reset()
-        isolation.start_server()  # from this thread: the server lives as long as the builder does
-    try:
-        if jobs > 1 and len(todo) > 1:
-            deferred = []
-            pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="buildsys-build")
-            for entry in todo:
-                stack = ExitStack()
-                if not stack.enter_context(store.lock(entry.key, blocking=False)):
-                    stack.close()
-                    deferred.append(entry)
-                    continue
-                with guard:
-                    begun = begin(entry, stack)
-                if begun is None:
-                    stack.close()
-                    continue
-                queued[pool.submit(build_one, entry, stack, *begun)] = (entry, stack, begun[0])
-            for future in list(queued):
-                future.result()
-            pool.shutdown()
-        for entry in deferred:
-            stack = ExitStack()
-            stack.enter_context(store.lock(entry.key))
-            begun = begin(entry, stack)
-            if begun is None:
-                stack.close()
-                continue
-            build_one(entry, stack, *begun)
-    except BaseException:
-        isolation.kill_all()  # Ctrl-C: no build outlives the builder, and no queued one starts
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future, (entry, stack, run_id) in queued.items():
-                if future.cancelled():  # never started: its lock and staging go, its run says why
-                    stack.close()
-                    with guard:
-                        registry.finish_run(run_id, RunStatus.FAILED, "interrupted (Ctrl-C) before it started")
-        raise
-    return report
+    def finish(self, entry: Job, run_id: int, started: float, outcome: BuildOutcome | None = None,
+               exc: BaseException | None = None) -> None:
+        seconds = time.perf_counter() - started
+        log_path = str(self.logs.path(entry))
+        if exc is None and outcome.key != entry.key:
+            self.logs.note(entry, f"its recorded model sources give it the key {outcome.key} (planned {entry.key})")
+            entry = replace(entry, key=outcome.key, material=outcome.material)
+            existing = None if entry.forced else self.registry.get(entry.key)
+            if existing is not None and all(self.store.has(f.digest) for f in existing.files):  # same sources
+                _remember_sources(self.store, entry, outcome, self.logs)
+                self.registry.finish_run(run_id, RunStatus.BUILT, key=entry.key)
+                self.report.results.append(BuildResult(entry, Outcome.CACHED, seconds, log_path=log_path))
+                self.emit(events.Cached(entry, "its recorded sources name an artifact already built"))
+                return
+        if exc is None:
+            self.logs.reporter(entry)("publish")  # the log line and the event, as from the build itself
+            try:
+                record = publish(outcome, entry.spec, self.store, self.registry)
+            except BaseException as publish_exc:  # noqa: BLE001 - recorded, then reported
+                exc = publish_exc
+            else:
+                _remember_sources(self.store, entry, outcome, self.logs)
+                self.registry.finish_run(run_id, RunStatus.BUILT, key=entry.key)
+                self.logs.note(entry, f"built and published {entry.key} in {seconds:.1f}s")
+                self.report.results.append(BuildResult(entry, Outcome.BUILT, seconds, record=record,
+                                                       log_path=log_path))
+                self.emit(events.Built(entry, seconds, outcome.manifest, record, log_path))
+                return
+        text, storage = failure_text(exc, self.store)
+        self.logs.note(entry, f"FAILED after {seconds:.1f}s: {text}")
+        self.registry.finish_run(run_id, RunStatus.FAILED, text)
+        self.report.results.append(BuildResult(entry, Outcome.FAILED, seconds, error=text, log_path=log_path,
+                                               storage=storage))
+        self.emit(events.Failed(entry, seconds, text, log_path))
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
 
 
 def _remember_sources(store: Store, entry: Job, outcome: BuildOutcome, logs: "_RunLogs") -> None:

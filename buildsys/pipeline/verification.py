@@ -16,7 +16,6 @@ from typing import Mapping
 
 from buildsys import platforms
 from buildsys.config.spec import BuildSpec
-from buildsys.config.targets import is_cross, is_cuda, target_platform, target_triple
 from buildsys.config.verify import RpcRoute, rpc_route
 from buildsys.format.status import Verification
 
@@ -25,7 +24,7 @@ from buildsys.format.status import Verification
 def board_for(spec: BuildSpec) -> RpcRoute | None:
     """The board a build of ``spec`` verifies on, if any: read before minutes of work, so that a
     malformed ``BUILDSYS_RPC_*`` fails first. A library for this host never needs one."""
-    return rpc_route(spec.rpc) if is_cross(spec.target) else None
+    return rpc_route(spec.rpc) if spec.target.is_cross() else None
 
 
 def run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Mapping,
@@ -33,7 +32,7 @@ def run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Ma
     """Run the library on each parity input: here (``vm``), on ``board``, or under qemu-user.
     Returns ({batch: (outputs, ms)}, the manifest's ``verification``); no runs when nothing can run
     it (then the reason is in ``verification``)."""
-    if is_cuda(spec.target):
+    if spec.target.is_cuda:
         return {}, _gpu_unverified(spec, key)
     if vm is not None:
         return _run_here(vm, params, checked), {"status": Verification.VERIFIED, "how": "native", "host_arch": platforms.host_arch()}
@@ -47,11 +46,11 @@ def run_checks(spec: BuildSpec, key: str, library: Path, vm, params, checked: Ma
         return ran, {"status": Verification.VERIFIED, "how": "rpc", **board.to_dict(), **where, "host_arch": platforms.host_arch()}
     from buildsys.pipeline import emulation
 
-    row = target_platform(spec.target)
+    row = spec.target.platform()
     try:
         ran = emulation.run(row, library, params, inputs, key=key)
     except emulation.Unavailable as exc:
-        print(f"[buildsys] {key[:12]}: built for {target_triple(spec.target)}, NOT verified: {exc}", flush=True)
+        print(f"[buildsys] {key[:12]}: built for {spec.target.gnu_triple}, NOT verified: {exc}", flush=True)
         return {}, {"status": Verification.UNVERIFIED, "how": None, "host_arch": platforms.host_arch(),
                     "reason": f"no way to run {row.arch} code on this {platforms.host_arch()} host: {exc}"}
     return ran, {"status": Verification.VERIFIED, "how": "qemu-user", "emulator": row.emulator, "host_arch": platforms.host_arch(),
@@ -63,7 +62,7 @@ def _gpu_unverified(spec: BuildSpec, key: str) -> dict:
     on it is the next step of the CUDA work: README "CUDA targets".)"""
     from buildsys.compiler.cuda import driver_present
 
-    archs = ", ".join(spec.target["arch"])
+    archs = ", ".join(spec.target.cuda_archs)
     why = (f"CUDA code for {archs}: parity on this machine's GPU is not implemented yet" if driver_present()
            else f"CUDA code for {archs}: this builder has no NVIDIA GPU (no CUDA driver)")
     print(f"[buildsys] {key[:12]}: NOT verified: {why}", flush=True)

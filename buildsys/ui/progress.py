@@ -13,7 +13,8 @@ import threading
 import time
 from typing import IO
 
-from buildsys.pipeline.jobs import Event, EventKind
+from buildsys.pipeline.jobs import (Built, Cached, Event, Failed, Skipped, StageBegun, Started, TuneProgress, Tuned,
+                                    TuneStarted)
 
 MODES = ("auto", "rich", "plain", "quiet")
 
@@ -62,7 +63,7 @@ def head(index: int | str, total: int, entry) -> str:
     return f"[{index}/{total}] {entry.spec.describe()} ({entry.key[:12]})"
 
 
-def built_text(event: Event) -> str:
+def built_text(event: Built) -> str:
     m = event.manifest
     t, p, lat = m["timings"], m["parity"], m["latency"]
     compared = ""
@@ -108,10 +109,10 @@ def tune_progress_text(info: dict) -> str:
             f"measured, {info['elapsed_s']:.0f}s{best}{left}")
 
 
-def failed_text(event: Event) -> str:
-    first = (event.error or "").strip().splitlines()
+def failed_text(event: Failed) -> str:
+    first = event.error.strip().splitlines()
     log = f" (log: {event.log_path})" if event.log_path else ""
-    return f"FAILED after {event.seconds or 0.0:.1f}s: {first[0] if first else ''}{log}"
+    return f"FAILED after {event.seconds:.1f}s: {first[0] if first else ''}{log}"
 
 
 class _Display:
@@ -149,9 +150,8 @@ class QuietDisplay(_Display):
     """Failures only (and the summary the command prints)."""
 
     def __call__(self, event: Event) -> None:
-        kind, entry = event.kind, event.job
-        if kind == EventKind.FAILED:
-            self.line(f"{self.head(entry)}: {failed_text(event)}", self.errors)
+        if isinstance(event, Failed):
+            self.line(f"{self.head(event.job)}: {failed_text(event)}", self.errors)
 
 
 class PlainDisplay(_Display):
@@ -164,34 +164,34 @@ class PlainDisplay(_Display):
         self.started: dict[object, float] = {}
 
     def __call__(self, event: Event) -> None:
-        kind, entry = event.kind, event.job
+        entry = event.job
         h = self.head(entry)
-        if kind == EventKind.TUNE:
-            self.started[entry.spec] = time.monotonic()
-            self.line(f"{h}: {event.reason}; tuning ...")
-        elif kind == EventKind.TUNE_PROGRESS:
-            now = time.monotonic()
-            progress = event.progress
-            final = progress.get("trials") is not None and progress["trials"] >= progress["total"]
-            if now - self.last_tune_line >= self.tune_interval_s or final:
-                self.last_tune_line = now
-                self.line(f"{h}: {tune_progress_text(event.progress)}")
-        elif kind == EventKind.TUNED:
-            self.line(f"{h}: {tuned_text(event.report)}")
-        elif kind == EventKind.START:
-            self.started[entry.spec] = time.monotonic()
-            self.line(f"{h}: building (log: {event.log_path})" if event.log_path else f"{h}: building ...")
-        elif kind == EventKind.STAGE:
-            since = time.monotonic() - self.started.get(entry.spec, time.monotonic())
-            self.line(f"{h}: {event.stage} ({since:.1f}s in)")
-        elif kind == EventKind.CACHED:
-            self.line(f"{h}: cached, nothing to do: {event.reason}")
-        elif kind == EventKind.SKIPPED:
-            self.line(f"{h}: {event.reason}")
-        elif kind == EventKind.BUILT:
-            self.line(f"{h}: {built_text(event)}")
-        elif kind == EventKind.FAILED:
-            self.line(f"{h}: {failed_text(event)}", self.errors)
+        match event:
+            case TuneStarted(reason=reason):
+                self.started[entry.spec] = time.monotonic()
+                self.line(f"{h}: {reason}; tuning ...")
+            case TuneProgress(progress=progress):
+                now = time.monotonic()
+                final = progress.get("trials") is not None and progress["trials"] >= progress["total"]
+                if now - self.last_tune_line >= self.tune_interval_s or final:
+                    self.last_tune_line = now
+                    self.line(f"{h}: {tune_progress_text(progress)}")
+            case Tuned(report=report):
+                self.line(f"{h}: {tuned_text(report)}")
+            case Started(log_path=log_path):
+                self.started[entry.spec] = time.monotonic()
+                self.line(f"{h}: building (log: {log_path})" if log_path else f"{h}: building ...")
+            case StageBegun(stage=stage):
+                since = time.monotonic() - self.started.get(entry.spec, time.monotonic())
+                self.line(f"{h}: {stage} ({since:.1f}s in)")
+            case Cached(reason=reason):
+                self.line(f"{h}: cached, nothing to do: {reason}")
+            case Skipped(reason=reason):
+                self.line(f"{h}: {reason}")
+            case Built():
+                self.line(f"{h}: {built_text(event)}")
+            case Failed():
+                self.line(f"{h}: {failed_text(event)}", self.errors)
 
 
 class RichDisplay(_Display):
@@ -263,28 +263,29 @@ class RichDisplay(_Display):
         self.console.print(Text.assemble((f"{status:7} ", style), f"{self.head(entry)}: {text}"))
 
     def __call__(self, event: Event) -> None:
-        kind, entry = event.kind, event.job
         from rich.text import Text
 
+        entry = event.job
         with self.lock:
-            if kind == EventKind.TUNE:
-                self._row(entry, "tune")
-            elif kind == EventKind.TUNE_PROGRESS:
-                self._row(entry, "tune", tune_progress_text(event.progress))
-            elif kind == EventKind.TUNED and self.tune_only:
-                self._done(entry, "tuned", tuned_text(event.report), "bold green")
-            elif kind == EventKind.TUNED:  # the build follows
-                self.console.print(Text.assemble(("tuned   ", "green"), f"{self.head(entry)}: {tuned_text(event.report)}"))
-                self._row(entry, "tuned")
-            elif kind == EventKind.START:
-                self._row(entry, "export")
-            elif kind == EventKind.STAGE:
-                self._row(entry, event.stage)
-            elif kind == EventKind.CACHED:
-                self._done(entry, "cached", f"cache hit, nothing to do ({event.reason})", "green")
-            elif kind == EventKind.SKIPPED:
-                self._done(entry, "skipped", event.reason, "yellow")
-            elif kind == EventKind.BUILT:
-                self._done(entry, "built", built_text(event), "bold green")
-            elif kind == EventKind.FAILED:
-                self._done(entry, "failed", failed_text(event), "bold red")
+            match event:
+                case TuneStarted():
+                    self._row(entry, "tune")
+                case TuneProgress(progress=progress):
+                    self._row(entry, "tune", tune_progress_text(progress))
+                case Tuned(report=report) if self.tune_only:
+                    self._done(entry, "tuned", tuned_text(report), "bold green")
+                case Tuned(report=report):  # the build follows
+                    self.console.print(Text.assemble(("tuned   ", "green"), f"{self.head(entry)}: {tuned_text(report)}"))
+                    self._row(entry, "tuned")
+                case Started():
+                    self._row(entry, "export")
+                case StageBegun(stage=stage):
+                    self._row(entry, stage)
+                case Cached(reason=reason):
+                    self._done(entry, "cached", f"cache hit, nothing to do ({reason})", "green")
+                case Skipped(reason=reason):
+                    self._done(entry, "skipped", reason, "yellow")
+                case Built():
+                    self._done(entry, "built", built_text(event), "bold green")
+                case Failed():
+                    self._done(entry, "failed", failed_text(event), "bold red")

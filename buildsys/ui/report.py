@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from buildsys.format.status import ArtifactStatus, RunStatus
-from buildsys.config.targets import is_cross
+from buildsys.format.target import Target
 from buildsys.errors import BuildsysError
 from buildsys.format.status import Action
 
@@ -113,7 +113,6 @@ def default_photo() -> Path | None:
 def build_report(entries, registry, store, *, photo: Path | None = None, photo_budget_s: float = 30.0,
                  title: str = "buildsys matrix") -> str:
     """The HTML page for ``entries`` (a plan) and the registry's records."""
-    from buildsys.config.targets import format_cli_target
     from buildsys.runtime import load_artifact
 
     runs = {}
@@ -124,7 +123,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
             last = registry.runs(entry.key, limit=1)
             runs[entry.key] = last[0] if last else None
         spec = entry.spec
-        foreign = record is not None and is_cross(record.target)  # another architecture: nothing runs here
+        foreign = record is not None and Target(record.target).is_cross()  # another architecture: nothing runs here
         if record is not None:
             status, css = ("built", "") if record.status != ArtifactStatus.UNVERIFIED else ("built, NOT verified", "pending")
             sizes = sum(f.size for f in record.files)
@@ -134,7 +133,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
             ratio, measured = _ratio(record)
             parity = record.parity_max_rel
             if ratio is not None:
-                plot_rows.append((f"{spec.model.name} {spec.size_label} {format_cli_target(spec.target)}"
+                plot_rows.append((f"{spec.model.name} {spec.size_label} {spec.target.cli()}"
                                   + (" tuned" if spec.tuning else ""), ratio, measured))
         else:
             last = runs.get(entry.key)
@@ -143,7 +142,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
             css = "failed" if status == "failed" else "pending"
             sizes = build_s = ratio = parity = None
             measured = False
-        cells = [spec.model.name, spec.size_label, format_cli_target(spec.target), f"O{spec.opt_level}",
+        cells = [spec.model.name, spec.size_label, spec.target.cli(), f"O{spec.opt_level}",
                  ", ".join(spec.disabled_passes) or "-",
                  "off" if spec.tuning is None else f"{spec.tuning.trials} trials", status]
         numbers = [f"{build_s:.1f}" if build_s else "-", f"{sizes / 1e6:.1f}" if sizes else "-",
@@ -164,7 +163,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
         if record is not None and record.task == "detection" and photo is not None:
             caption = f"{spec.describe()}"
             if foreign:
-                photos.append((None, f"{caption}: built for {record.target.get('mtriple')}, not run on this "
+                photos.append((None, f"{caption}: built for {Target(record.target).triple}, not run on this "
                                      f"{platform.machine()} host"))
             elif estimate_s <= photo_budget_s:
                 if not_loadable is not None:

@@ -10,7 +10,8 @@ import pytest
 
 from buildsys import platforms
 from buildsys.compiler import cross
-from buildsys.config.targets import is_cross, normalize_target, required_features, target_platform
+from buildsys.config.targets import normalize_target, required_features
+from buildsys.format.target import Target
 from buildsys.errors import BuildError, CompatibilityError, TargetError
 from buildsys.pipeline import emulation
 from buildsys.runtime import loader
@@ -37,8 +38,8 @@ def elf(machine: int, elf_class: int = 2) -> bytes:
     ("riscv64-linux-gnu", "riscv64-linux-gnu-g++", "g++-riscv64-linux-gnu"),
 ])
 def test_the_linker_follows_the_triple(triple, compiler, package):
-    target = {"kind": "llvm", "mtriple": triple}
-    assert is_cross(target)
+    target = Target({"kind": "llvm", "mtriple": triple})
+    assert target.is_cross()
     assert cross.linker_for(target, which=lambda name: f"/usr/bin/{name}") == f"/usr/bin/{compiler}"
     with pytest.raises(BuildError, match=re.escape(f"needs the cross compiler {compiler}, which is not on PATH; "
                                                    f"install the Debian package {package}")):
@@ -46,9 +47,10 @@ def test_the_linker_follows_the_triple(triple, compiler, package):
 
 
 def test_the_host_links_with_tvms_default():
-    for target in ({"kind": "llvm"}, {"kind": "llvm", "mcpu": "znver3"},
-                   {"kind": "llvm", "mtriple": f"{platforms.host_arch()}-linux-gnu"}):
-        assert not is_cross(target)
+    for raw in ({"kind": "llvm"}, {"kind": "llvm", "mcpu": "znver3"},
+                {"kind": "llvm", "mtriple": f"{platforms.host_arch()}-linux-gnu"}):
+        target = Target(raw)
+        assert not target.is_cross()
         assert cross.linker_for(target, which=lambda name: None) is None
 
 
@@ -64,7 +66,7 @@ def test_one_row_per_architecture():
 
 def test_cross_targets_normalize_and_unknown_rows_are_refused():
     target = normalize_target("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon,+dotprod")
-    assert target == {**A72, "mattr": ["+dotprod", "+neon"]} and target_platform(target).arch == "aarch64"
+    assert target == {**A72, "mattr": ["+dotprod", "+neon"]} and target.platform().arch == "aarch64"
     with pytest.raises(TargetError, match="-mcpu=native means this host's CPU"):
         normalize_target("llvm -mtriple=aarch64-linux-gnu -mcpu=native")
     with pytest.raises(TargetError, match="cannot link or load code for architecture 'nvptx64'"):

@@ -7,7 +7,8 @@ import pytest
 
 from buildsys.config import toolchain
 from buildsys.config.spec import parse_specs
-from buildsys.config.targets import format_cli_target, normalize_target, to_tvm
+from buildsys.config.targets import normalize_target, to_tvm
+from buildsys.format.target import Target
 from buildsys.errors import CompatibilityError, TargetError
 from buildsys.pipeline.plan import spec_key
 from buildsys.runtime.gpu import GpuFacts, check_gpu, runs_on
@@ -30,7 +31,7 @@ def test_the_tvm_target_is_for_the_oldest_architecture_with_its_host():
     target = to_tvm(normalize_target("cuda -arch=sm_90,sm_80"))
     assert target.kind.name == "cuda" and str(target.attrs["arch"]) == "sm_80"
     assert target.host.kind.name == "llvm"
-    assert format_cli_target(A100_H100) == "cuda -arch=sm_80,sm_90 -host=llvm"
+    assert Target(A100_H100).cli() == "cuda -arch=sm_80,sm_90 -host=llvm"
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from buildsys.pipeline.jobs import Event, EventKind
+from buildsys.pipeline.jobs import Built, Cached, Failed, StageBegun, Started
 from buildsys.ui.progress import PlainDisplay, RichDisplay, choose_mode
 
 
@@ -56,16 +56,15 @@ def _plain(text: str) -> str:
 
 def _events(display):
     cached, built, failed = ENTRIES
-    display(Event(EventKind("cached"), cached, reason="built already"))
-    display(Event(EventKind("start"), built, log_path="/store/logs/b.log"))
+    display(Cached(cached, "built already"))
+    display(Started(built, "/store/logs/b.log"))
     for stage in ("export", "import", "build", "verify"):
-        display(Event(EventKind("stage"), built, stage=stage))
-    display(Event(EventKind("start"), failed, log_path="/store/logs/c.log"))
-    display(Event(EventKind("stage"), failed, stage="export"))
-    display(Event(EventKind("stage"), built, stage="publish"))
-    display(Event(EventKind("built"), built, seconds=3.8, manifest=MANIFEST))
-    display(Event(EventKind("failed"), failed, seconds=1.2, error="[ccc] export: torch.export failed: boom\ntraceback",
-                               log_path="/store/logs/c.log"))
+        display(StageBegun(built, stage))
+    display(Started(failed, "/store/logs/c.log"))
+    display(StageBegun(failed, "export"))
+    display(StageBegun(built, "publish"))
+    display(Built(built, 3.8, MANIFEST))
+    display(Failed(failed, 1.2, "[ccc] export: torch.export failed: boom\ntraceback", "/store/logs/c.log"))
 
 
 def test_rich_view_shows_running_stages_then_one_line_per_finished_entry():
@@ -74,16 +73,16 @@ def test_rich_view_shows_running_stages_then_one_line_per_finished_entry():
     display.console.width = 200
     with display:
         cached, built, failed = ENTRIES
-        display(Event(EventKind("cached"), cached, reason="built already"))
-        display(Event(EventKind("start"), built))
-        display(Event(EventKind("stage"), built, stage="verify"))
+        display(Cached(cached, "built already"))
+        display(Started(built))
+        display(StageBegun(built, "verify"))
         display.live.refresh()
         live = _plain(out.getvalue())
         assert "verify" in live and "[2/3] model2 32x32 [llvm -mcpu=znver3] O3" in live  # brackets are not markup
         assert "1/3" in live and "1 cached" in live
-        display(Event(EventKind("built"), built, seconds=3.8, manifest=MANIFEST))
-        display(Event(EventKind("start"), failed))
-        display(Event(EventKind("failed"), failed, seconds=1.2, error="boom", log_path="/store/logs/c.log"))
+        display(Built(built, 3.8, MANIFEST))
+        display(Started(failed))
+        display(Failed(failed, 1.2, "boom", "/store/logs/c.log"))
     text = _plain(out.getvalue())
     assert "\x1b[" in out.getvalue()  # a terminal gets colour
     assert "cached  [1/3]" in text and "cache hit, nothing to do (built already)" in text

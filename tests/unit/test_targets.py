@@ -1,7 +1,7 @@
 import pytest
 
 from buildsys.errors import TargetError
-from buildsys.config.targets import format_cli_target, normalize_target, parse_cli_target, to_tvm
+from buildsys.config.targets import normalize_target, parse_cli_target, to_tvm
 
 
 def test_cli_string_translates_to_dict():
@@ -58,8 +58,8 @@ def test_normalized_target_is_accepted_by_tvm():
 
 def test_format_round_trips():
     normalized = normalize_target("llvm -num-cores=2 -mcpu=znver3")
-    assert format_cli_target(normalized) == "llvm -mcpu=znver3 -num-cores=2"
-    assert normalize_target(format_cli_target(normalized)) == normalized
+    assert normalized.cli() == "llvm -mcpu=znver3 -num-cores=2"
+    assert normalize_target(normalized.cli()) == normalized
 
 
 @pytest.mark.parametrize("triple, message", [
