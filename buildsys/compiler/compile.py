@@ -24,9 +24,9 @@ class CompiledModel:
     scheduled: int | None = None  # functions scheduled by tuning records (None: untuned build)
     transforms_params: bool = False  # has main_transform_params (weights prepacked at build time)
     prepack_note: str | None = None  # why weights could not be prepacked, when they could not
-    default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules.py)
+    default_scheduled: list[str] | None = None  # kernels given buildsys' default CPU schedule (schedules/)
     schedules_note: str | None = None  # why the default schedules were turned off, when they were
-    packed_weights: int = 0  # weights transformed at build time: batch norms folded (folding.py), ops packed (schedules.py)
+    packed_weights: int = 0  # weights transformed at build time: batch norms folded (folding.py), ops packed (schedules/)
     kernel_flops: dict[str, float | None] | None = None  # kernel -> floating-point ops per call (None: symbolic shape)
     host_transform: object | None = None  # a cross build's main_transform_params, built for the build host
     device: dict | None = None  # a CUDA build's device code: architectures, PTX, images (compiler/cuda.py)

@@ -12,7 +12,7 @@ import functools
 from buildsys.errors import PassError, did_you_mean
 
 # buildsys' own passes, names `disabled_passes` accepts like TVM's:
-# the pass that applies the default CPU schedules (compiler/schedules.py; disabled: nothing is scheduled so)
+# the pass that applies the default CPU schedules (compiler/schedules/; disabled: nothing is scheduled so)
 PASS_NAME = "buildsys.DefaultCPUSchedules"
 # the pass that packs dense and convolution weights and folds batch norms at build time (disabled:
 # weights stay as they are, and their kernels go to the schedules above)

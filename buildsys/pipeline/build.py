@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from buildsys.artifacts import manifest as manifest_format
 from buildsys.artifacts.manifest import LIBRARY_NAME, MANIFEST_FORMAT, PARAMS_NAME
@@ -196,9 +196,9 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
             eager_ms = _median_ms(lambda: exported.reference(*inputs), runs or 1)
         artifact_ms = _median_ms(lambda: vm["main"](*args)) if runs else first_run_ms[timed]
 
-    manifest = _manifest(spec, key, material, exported, compiled, tuning, params, outputs, dependencies, parity,
-                         timings, artifact_ms, eager_ms, torch.get_num_threads(), runs or 1, verification,
-                         elf_machine)
+    made = _Made(exported, compiled, tuning, params, outputs, dependencies, elf_machine)
+    latency = _latency(spec, artifact_ms, eager_ms, torch.get_num_threads(), runs or 1, verification)
+    manifest = _manifest(spec, key, material, made, parity, verification, timings, latency)
     if len(by_batch) > 1:
         manifest["parity"]["batches"] = {str(size): {"max_abs": p.max_abs, "max_rel": p.max_rel, "passed": p.passed}
                                          for size, p in by_batch.items()}
@@ -216,14 +216,28 @@ def _host_vm(executable):
     return relax.VirtualMachine(executable, tvm.cpu())
 
 
-def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, tuning, params, outputs,
-              dependencies, parity, timings: dict, artifact_ms: float | None, eager_ms: float | None,
-              torch_threads: int, runs: int, verification: dict, elf_machine: int) -> dict:
+@dataclass(frozen=True)
+class _Made:
+    """What a build made, in the order it made it: the manifest describes these."""
+
+    exported: Any  # importers.ExportedModel: the Relax module, its route, PyTorch's reference
+    compiled: Any  # compile.CompiledModel
+    tuning: tuple | None  # (the tuning database, its stats) when the entry is tuned
+    params: list  # the weights as shipped (transformed at build time when the kernels read them packed)
+    outputs: list[dict]  # the output signature
+    dependencies: list  # sources.Dependency: the model's code and data
+    elf_machine: int  # e_machine of the library's ELF header
+
+
+def _manifest(spec: BuildSpec, key: str, material: Mapping, made: _Made, parity, verification: dict,
+              timings: dict, latency: dict) -> dict:
     """The artifact's manifest.json (``artifacts.manifest`` reads it back). ``parity`` is None for an
-    artifact nothing could run (``verification`` says why); ``artifact_ms`` None for one built for
-    another architecture (its emulated time is in ``verification``, and is no latency)."""
+    artifact nothing could run (``verification`` says why); ``latency`` holds no figures for one built
+    for another architecture or a GPU (an emulated time is in ``verification``, and is no latency)."""
     from buildsys.models import category_names
 
+    exported, compiled, tuning, elf_machine = made.exported, made.compiled, made.tuning, made.elf_machine
+    outputs = made.outputs
     row = spec.target.platform()
 
     return {
@@ -236,7 +250,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
         "toolchain": toolchain_for(spec.target),
         "runtime": runtime_versions(),
         "io": {**io_signature(spec),
-               "params": len(params),
+               "params": len(made.params),
                "outputs": outputs},
         # what the library needs of the machine that loads it (runtime/loader.py checks it before dlopen)
         "cpu": {"arch": platforms.describe_elf(elf_machine), "triple": spec.target.gnu_triple,
@@ -249,7 +263,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
         **({"detection": {**exported.detection, "categories": category_names(spec.model)}}
            if exported.detection is not None else {}),
         "sources": [{"kind": d.kind, "name": d.name, "digest": d.digest, "version": d.version}
-                    for d in dependencies],
+                    for d in made.dependencies],
         "exported": exported_digests(exported),
         "pass_trace": compiled.pass_trace,
         # floating-point operations of one call of each kernel (None: a symbolic shape): `buildsys profile`
@@ -267,7 +281,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, exported, compiled, 
                        "passed": None, "not_verified": verification.get("reason")}),
                    "input": input_description(spec), "batch_sizes": list(spec.batch.parity_sizes)},
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "latency": _latency(spec, artifact_ms, eager_ms, torch_threads, runs, verification),
+        "latency": latency,
         "build_host": {"host": socket.gethostname(), "machine": platform.machine(),
                        "python": platform.python_version()},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

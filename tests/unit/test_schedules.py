@@ -10,7 +10,8 @@ tvm = need_module("tvm", "make venv (the build extra)")
 from tvm import relax  # noqa: E402
 
 from buildsys.compiler.compile import _pipeline  # noqa: E402
-from buildsys.compiler.schedules import apply_default_schedules, schedule_matmul  # noqa: E402
+from buildsys.compiler.schedules import apply_default_schedules  # noqa: E402
+from buildsys.compiler.schedules.matmul import schedule_matmul  # noqa: E402
 
 
 def _module(k: int, n: int, epilogue: bool, transpose_b: bool = False):
@@ -207,7 +208,8 @@ def test_disabled_passes_can_turn_the_default_schedules_off():
 
 
 def test_tiles_follow_the_targets_vector_width():
-    from buildsys.compiler.schedules import _pixels, vector_lanes
+    from buildsys.compiler.schedules.common import vector_lanes
+    from buildsys.compiler.schedules.conv2d import conv_tile_pixels as _pixels
 
     lanes = {mcpu: vector_lanes(tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})}))
              for mcpu in (None, "znver3", "skylake-avx512")}
@@ -447,7 +449,8 @@ def test_depthwise_convolutions_get_their_own_kernel_and_compute_the_same(mcpu, 
 @pytest.mark.parametrize("out_h, out_w, lanes", [(56, 56, 16), (7, 7, 16), (28, 28, 8), (1, 1, 4), (19, 19, 16),
                                                  (112, 112, 16)])
 def test_depthwise_tiles_fit_the_registers_and_cover_the_row(out_h, out_w, lanes):
-    from buildsys.compiler.schedules import ACCUMULATORS, depthwise_tile
+    from buildsys.compiler.schedules.common import ACCUMULATORS
+    from buildsys.compiler.schedules.depthwise import depthwise_tile
 
     vector, vectors, rows = depthwise_tile(out_h, out_w, lanes)
     assert vector in (lanes, lanes // 2, lanes // 4) and vector >= 4
