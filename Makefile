@@ -14,7 +14,7 @@ SMOKE_DIR ?= /tmp/buildsys-runtime-smoke
 # mmdebstrap are installed by .ci/cross-deps (names from buildsys/platforms.py).
 CROSS_ARCHS ?= aarch64
 
-.PHONY: venv cross-deps runtime-smoke-aarch64 build-all build-aarch64 tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-fairness bench-kernels bench-plan stress clean-artifacts
+.PHONY: onnx-models venv cross-deps runtime-smoke-aarch64 build-all build-aarch64 tune bench detector-report test test-all test-slow runtime-venv runtime-smoke bench-loader bench-fairness bench-kernels bench-plan stress clean-artifacts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ venv: $(STAMP)
 cross-deps: $(STAMP)
 	.ci/cross-deps $(BIN)/python $(CROSS_ARCHS)
 
+## The ONNX files builds.yaml names (models/, never committed): a small BERT-style text encoder, one of
+## BERT-base's shape (438 MB) and resnet18, exported by buildsys/models/text.py with seeded weights
+## (the same bytes each time; about 15 s).
+ONNX_MODELS := models/text_encoder.onnx models/bert_base.onnx models/resnet18.onnx
+$(ONNX_MODELS) &: buildsys/models/text.py | $(STAMP)
+	$(BIN)/python -m buildsys.models.text models
+
+onnx-models: $(ONNX_MODELS)
+
 ## Build the default matrix in builds.yaml (cached entries are not rebuilt).
-build-all: $(STAMP) cross-deps
+build-all: $(STAMP) cross-deps onnx-models
 	$(BIN)/buildsys build $(BUILD_ARGS)
 
 ## The eight detectors for aarch64 (builds.aarch64.yaml): parity under qemu-user, about 30 minutes cold.
@@ -40,11 +49,11 @@ test: $(STAMP) cross-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Everything: the fast run plus the slow tier (every full-size detector of builds.yaml with parity).
-test-all: $(STAMP) cross-deps
+test-all: $(STAMP) cross-deps onnx-models
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The slow tier alone (tests/slow: about 8 minutes on 2 cores).
-test-slow: $(STAMP)
+test-slow: $(STAMP) onnx-models
 	BUILDSYS_SLOW_TESTS=1 $(BIN)/python -m pytest -m slow tests/slow $(PYTEST_ARGS)
 
 $(RUNTIME_STAMP): pyproject.toml

@@ -8,6 +8,7 @@ first use, so a command that only reads the registry never parses the matrix.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Iterable
 
 from buildsys.artifacts.locations import Locations, resolve_locations
@@ -61,7 +62,9 @@ class Workspace:
         spec = matrix.get(record.key)
         if spec is not None:
             return spec
-        spec = spec_from_manifest(manifest_format.read_stored(self.store, record), record.spec)
+        # its sources resolve beside this builds.yaml, as the matrix's do (a user's module, a model file)
+        spec = spec_from_manifest(manifest_format.read_stored(self.store, record), record.spec,
+                                  config_dir=str(Path(self.config_path).resolve().parent))
         if spec.model.weights.source == "file":
             raise UsageError(f"{record.key[:12]} was built from a weights file that the current matrix does not "
                              "name; use the builds.yaml that built it")

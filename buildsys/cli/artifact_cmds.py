@@ -53,8 +53,9 @@ def show(ws: Workspace, ref, as_json):
 
 @cli.command()
 @click.argument("ref")
-@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
-              help="A .npy array of the artifact's input shape (default: seeded random input).")
+@click.option("--input", "input_paths", multiple=True, metavar="[NAME=]PATH",
+              help="A .npy array per input, in the signature's order or as NAME=PATH; repeat for each input "
+                   "(default: seeded random inputs).")
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False),
               help="A photo (any format Pillow reads) for a detector: resized to the input, detections printed.")
 @click.option("--score-threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
@@ -65,14 +66,14 @@ def show(ws: Workspace, ref, as_json):
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="TVM runtime threads.")
 @click.option("--top", default=5, show_default=True, help="Top classes to print for classifiers.")
 @pass_ws
-def run(ws: Workspace, ref, input_path, image_path, score_threshold, max_detections, out_path, seed, threads, top):
+def run(ws: Workspace, ref, input_paths, image_path, score_threshold, max_detections, out_path, seed, threads, top):
     """Load an artifact with the thin runtime and print its outputs (or detections on a photo)."""
     from buildsys.errors import UsageError
     from buildsys.ui.runs import describe_detections, describe_outputs, run_artifact
 
     if out_path and not image_path:
         raise UsageError("--out draws on the photo given with --image")
-    result = run_artifact(ref, ws.registry, ws.store, threads=threads, input_path=input_path, image_path=image_path,
+    result = run_artifact(ref, ws.registry, ws.store, threads=threads, input_paths=input_paths, image_path=image_path,
                           seed=seed, score_threshold=score_threshold, max_detections=max_detections)
     lines = (describe_detections(result, image_path, score_threshold) if image_path
              else describe_outputs(result, top))

@@ -142,3 +142,78 @@ def _parse_range(value: Any, name: str, dtype: str, reader, line: int | None, wh
     if not low < high or max(abs(low), abs(high)) > 1e30:
         raise reader.error(f"range of a float input is [low, high) with low < high, got {value!r}", line, where)
     return (float(low), float(high))
+
+
+def inputs_from_file(file_inputs, declared: Any, reader, line: int | None, where: str,
+                     source: str) -> tuple[tuple[Input, ...], int | None]:
+    """A model file's inputs (``config.modelfiles.FileInput``) completed and checked by the entry's
+    ``inputs:``: (the signature's inputs, the batch size the file fixes, or None when its first
+    dimension is symbolic, a batch range's). The file decides names and order; a declared input
+    may give a size to a dimension the file leaves open, the value ``range``, and repeat what the
+    file says; anything it contradicts is refused, naming both sides."""
+    items = reader.sequence(declared, line, where) if declared is not None else []
+    by_name: dict[str, tuple[int, Any]] = {}
+    names = [f.name for f in file_inputs]
+    for i, raw in enumerate(items):
+        raw = reader.mapping(raw, items.line_of(i) if hasattr(items, "line_of") else line, f"{where}[{i}]")
+        reader.check_keys(raw, INPUT_FIELDS, f"{where}[{i}]")
+        name = raw.get("name")
+        if name not in names:
+            from buildsys.errors import did_you_mean
+            raise reader.error(f"{source} has no input {name!r}", items.line_of(i), f"{where}[{i}].name",
+                               hint=did_you_mean(str(name), names) or f"its inputs: {', '.join(names)}")
+        if name in by_name:
+            raise reader.error(f"two inputs are named {name!r}", items.line_of(i), f"{where}[{i}].name")
+        by_name[name] = (i, raw)
+    if not 1 <= len(file_inputs) <= MAX_INPUTS:
+        raise reader.error(f"{source} has {len(file_inputs)} inputs; a model has 1..{MAX_INPUTS}", line, where)
+    inputs, fixed_batch = [], None
+    for spec in file_inputs:
+        index, raw = by_name.get(spec.name, (None, {}))
+        at = f"{where}[{index}]" if index is not None else where
+        at_line = items.line_of(index) if index is not None else line
+        if spec.dtype not in DTYPES:
+            raise reader.error(f"{source}: input {spec.name!r} is {spec.dtype}; buildsys takes {', '.join(DTYPES)}",
+                               at_line, at)
+        if "dtype" in raw and raw["dtype"] != spec.dtype:
+            raise reader.error(f"input {spec.name!r} is declared {raw['dtype']} but {source} says {spec.dtype}",
+                               at_line, f"{at}.dtype", hint="leave dtype out: the file decides it")
+        if not 2 <= len(spec.dims) <= 8:
+            raise reader.error(f"{source}: input {spec.name!r} has {len(spec.dims)} dimensions ({list(spec.dims)}); "
+                               "buildsys takes 2..8, the first the batch", at_line, at)
+        declared_shape = raw.get("shape")
+        if declared_shape is not None and (not isinstance(declared_shape, list) or
+                                           len(declared_shape) != len(spec.dims)):
+            raise reader.error(f"input {spec.name!r} is declared with shape {declared_shape!r} but {source} gives it "
+                               f"{len(spec.dims)} dimensions {_dims_text(spec.dims)}", at_line, f"{at}.shape")
+        first = spec.dims[0]
+        if isinstance(first, int):
+            if fixed_batch not in (None, first):
+                raise reader.error(f"{source} fixes the batch at {fixed_batch} for one input and {first} for "
+                                   f"input {spec.name!r}", at_line, at)
+            fixed_batch = first
+        shape = [BATCH]
+        for d, (dim, want) in enumerate(zip(spec.dims[1:], (declared_shape or [None] * len(spec.dims))[1:]), 1):
+            if isinstance(dim, int):
+                if want is not None and want != dim:
+                    raise reader.error(f"input {spec.name!r} dimension {d} is declared {want!r} but {source} says "
+                                       f"{dim} (its shape {_dims_text(spec.dims)})", at_line, f"{at}.shape")
+                shape.append(dim)
+            elif want is None:
+                raise reader.error(f"{source} leaves dimension {d} ({dim or '?'}) of input {spec.name!r} open "
+                                   f"(its shape {_dims_text(spec.dims)}); give it a size", at_line, where,
+                                   hint=f"inputs: [{{name: {spec.name}, shape: {_example_shape(spec.dims)}}}]")
+            else:
+                shape.append(want)
+        merged = {"name": spec.name, "shape": shape, "dtype": spec.dtype,
+                  **({"range": raw["range"]} if "range" in raw else {})}
+        inputs.append(_parse_input(merged, reader, at_line, at))
+    return tuple(inputs), fixed_batch
+
+
+def _dims_text(dims) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
+
+
+def _example_shape(dims) -> str:
+    return "[" + ", ".join([BATCH] + [str(d) if isinstance(d, int) else "128" for d in dims[1:]]) + "]"

@@ -26,7 +26,8 @@ from typing import Any, Iterable, Mapping
 
 from buildsys.errors import ConfigError, did_you_mean
 from buildsys.config.passes import validate_disabled_passes
-from buildsys.config.signature import parse_batch, parse_inputs
+from buildsys.config import modelfiles
+from buildsys.config.signature import inputs_from_file, parse_batch, parse_inputs
 from buildsys.format.signature import STATIC_1, Batch, Input, image_input
 from buildsys.format.values import FrozenDict, freeze
 from buildsys.config.targets import normalize_target
@@ -88,7 +89,7 @@ class TuningSettings:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    source: str  # "module:function" returning a torch.nn.Module
+    source: str  # "module:function" returning a torch.nn.Module, or a model file (config/modelfiles.py)
     task: str
     weights: WeightsSpec
     kwargs: FrozenDict = field(default_factory=FrozenDict)  # frozen: hashable, and no builder changes it
@@ -99,9 +100,22 @@ class ModelSpec:
     # errors about them name this place. Neither is part of the key (a moved checkout keeps its keys).
     config_dir: str = field(default="", compare=False)
     source_origin: str = field(default="", compare=False)  # "builds.yaml:7"
+    # The batch size a model file fixes (its inputs' first dimension is a number), checked against
+    # the entry's batch; None when the file leaves it symbolic, and for Python sources.
+    file_batch: int | None = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "kwargs", freeze(dict(self.kwargs)))
+
+    @property
+    def file_kind(self) -> str | None:
+        """"onnx" or "pt2" when ``source`` names a model file, None for ``module:function``."""
+        return modelfiles.file_kind(self.source)
+
+    @property
+    def file_path(self) -> Path | None:
+        """A model file's absolute path (``source`` is relative to the config's folder)."""
+        return modelfiles.resolve_model_file(self.source, self.config_dir) if self.file_kind else None
 
     def to_dict(self) -> dict:
         model = {"name": self.name, "source": self.source, "task": self.task,
@@ -173,16 +187,17 @@ class BuildSpec:
         return spec
 
 
-def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpec:
+def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE, config_dir: str = "") -> BuildSpec:
     """A BuildSpec back from ``BuildSpec.to_dict`` (as the registry keeps it). A weights file
-    comes back without its path (the key keeps its digest, not where it was)."""
+    comes back without its path (the key keeps its digest, not where it was); the model's
+    sources resolve beside ``config_dir`` (the folder of the builds.yaml in use)."""
     model = data["model"]
     weights = WeightsSpec(**model["weights"])
     tuning = data.get("tuning")
     inputs = model.get("inputs")
     return BuildSpec(model=ModelSpec(name=model["name"], source=model["source"], task=model["task"], weights=weights,
                                      kwargs=model["kwargs"],
-                                     tolerance=tolerance,
+                                     tolerance=tolerance, config_dir=config_dir,
                                      inputs=None if inputs is None else tuple(Input.from_dict(i) for i in inputs)),
                      input_size=tuple(data["input_shape"][2:]) if "input_shape" in data else None,
                      batch=Batch.from_dict(data.get("batch")),
@@ -191,7 +206,8 @@ def spec_from_dict(data: dict, tolerance: float = DEFAULT_TOLERANCE) -> BuildSpe
                      tuning=None if tuning is None else TuningSettings(**tuning))
 
 
-def spec_from_manifest(manifest: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> BuildSpec:
+def spec_from_manifest(manifest: Mapping[str, Any], spec: Mapping[str, Any] | None = None,
+                       config_dir: str = "") -> BuildSpec:
     """The spec an artifact was built from, read back from its manifest: the key's ``spec`` (or
     ``spec``, the registry row's copy of it) with the parity tolerance the artifact was accepted
     with, which the key leaves out (``manifest.parity.tolerance``; the default when it is absent
@@ -200,7 +216,7 @@ def spec_from_manifest(manifest: Mapping[str, Any], spec: Mapping[str, Any] | No
     tolerance = parity.get("tolerance") if isinstance(parity, Mapping) else None
     usable = (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
               and math.isfinite(tolerance) and tolerance > 0)
-    return spec_from_dict(manifest["spec"] if spec is None else spec,
+    return spec_from_dict(manifest["spec"] if spec is None else spec, config_dir=config_dir,
                           **({"tolerance": float(tolerance)} if usable else {}))
 
 
@@ -287,9 +303,12 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
     raw = reader.mapping(raw, line, where)
     reader.check_keys(raw, MODEL_FIELDS, where)
     source = raw.get("source")
-    if not isinstance(source, str) or ":" not in source or source.startswith(":") or source.endswith(":"):
-        raise reader.error(f"source must be \"module:function\", got {source!r}", raw.line_of("source"),
-                           f"{where}.source", hint="e.g. torchvision.models:resnet18 or mypkg.models:build")
+    kind = modelfiles.file_kind(source) if isinstance(source, str) else None
+    if kind is None and (not isinstance(source, str) or ":" not in source or source.startswith(":")
+                         or source.endswith(":")):
+        raise reader.error(f"source must be \"module:function\" or a model file (.onnx, .pt2), got {source!r}",
+                           raw.line_of("source"), f"{where}.source",
+                           hint="e.g. torchvision.models:resnet18, mypkg.models:build or models/encoder.onnx")
     task = raw.get("task", "classification")
     if task not in TASKS:
         raise reader.error(f"unknown task {task!r}", raw.line_of("task"), f"{where}.task",
@@ -311,16 +330,43 @@ def _parse_model(name: str, raw: Any, reader: _Reader, line: int, base_dir: Path
     skip = raw.get("skip")
     if skip is not None and (not isinstance(skip, str) or not skip.strip()):
         raise reader.error("skip takes the reason as text", raw.line_of("skip"), f"{where}.skip")
-    inputs = None
-    if "inputs" in raw:
-        if task == "detection":
-            raise reader.error("a detector takes one image (input_size); it cannot declare inputs",
-                               raw.line_of("inputs"), f"{where}.inputs")
+    inputs, file_batch = None, None
+    if "inputs" in raw and task == "detection":
+        raise reader.error("a detector takes one image (input_size); it cannot declare inputs",
+                           raw.line_of("inputs"), f"{where}.inputs")
+    if kind is not None:
+        inputs, file_batch = _model_file_inputs(source, kind, raw, reader, line, where, base_dir, weights, task)
+    elif "inputs" in raw:
         inputs = parse_inputs(raw["inputs"], reader, raw.line_of("inputs"), f"{where}.inputs")
     return ModelSpec(name=name, source=source, task=task, weights=weights, inputs=inputs,
                      kwargs=_plain_at(kwargs, reader, raw.line_of("kwargs"), f"{where}.kwargs"),
                      tolerance=float(tolerance), skip=skip, config_dir=str(base_dir),
-                     source_origin=f"{reader.filename}:{raw.line_of('source') or line}")
+                     source_origin=f"{reader.filename}:{raw.line_of('source') or line}", file_batch=file_batch)
+
+
+def _model_file_inputs(source: str, kind: str, raw: LocatedDict, reader: _Reader, line: int, where: str,
+                       base_dir: Path, weights: WeightsSpec, task: str) -> tuple[tuple[Input, ...] | None, int | None]:
+    """A model file's checks, and its signature: an ONNX file's inputs completed by ``inputs:``;
+    a .pt2 program's declared (``inputs:``, or the image ``input_size`` stands for)."""
+    at = raw.line_of("source") or line
+    for name, present in (("weights", weights.source != "none"), ("kwargs", bool(raw.get("kwargs"))),
+                          ("seed", "seed" in raw)):
+        if present:
+            raise reader.error(f"{name} does not apply to a model file: {source} holds its weights",
+                               raw.line_of(name), f"{where}.{name}", hint=f"remove {name}")
+    if task == "detection":
+        raise reader.error("a detector is built from its Python source (the ONNX route wraps its outputs); "
+                           "a model file builds as a classifier-like model", raw.line_of("task"), f"{where}.task")
+    path = modelfiles.resolve_model_file(source, base_dir)
+    options = {"file": reader.filename, "line": at, "field_name": f"{where}.source"}
+    if kind == "pt2":
+        modelfiles.check_pt2_file(path, **options)
+        declared = raw.get("inputs")
+        return (None if declared is None else
+                parse_inputs(declared, reader, raw.line_of("inputs"), f"{where}.inputs")), None
+    info = modelfiles.read_onnx_file(path, **options)
+    return inputs_from_file(info.inputs, raw.get("inputs"), reader, raw.line_of("inputs") or at, f"{where}.inputs",
+                            source)
 
 
 def _parse_weights(raw: Any, seed: int, reader: _Reader, line: int, where: str, base_dir: Path) -> WeightsSpec:
@@ -495,6 +541,10 @@ def _entry_spec(entry: dict, model: ModelSpec, reader: _Reader, line: int | None
     if model.inputs is None and size is None:
         raise reader.error("the matrix lists axes but no value for input_size", line, "matrix",
                            hint="add matrix.input_size or defaults.input_size")
+    if model.file_batch is not None and batch != Batch.static(model.file_batch):
+        raise reader.error(f"model {model.name!r}: {model.source} fixes the batch at {model.file_batch} (its inputs' "
+                           f"first dimension), not batch {batch.label}", lines.get("batch", line), f"{where}.batch",
+                           hint=f"build it with batch: {model.file_batch}, or export the file with a dynamic batch axis")
     if model.task == "detection" and batch != STATIC_1:
         raise reader.error(f"model {model.name!r} is a detector: its ONNX route takes a list of one image, so "
                            f"it builds with batch 1 only, not batch {batch.label}", lines.get("batch", line), f"{where}.batch",

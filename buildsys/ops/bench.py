@@ -159,7 +159,11 @@ def bench_artifact(record, spec, *, threads: int, rounds: int, number: int, budg
         with_compile = spec.model.task != "detection"
     setups: dict[str, dict] = {"artifact": {"key": record.key}, "torch_eager": {"spec": spec}}
     failed: dict[str, str] = {}
-    if with_compile:
+    onnx_file = spec.model.file_kind == "onnx"
+    if onnx_file:  # onnxruntime runs the file itself and is the reference; there is no PyTorch module
+        del setups["torch_eager"]
+        failed["torch_eager"] = failed["torch_compile"] = f"not run: the model is an ONNX file ({spec.model.source})"
+    elif with_compile:
         setups["torch_compile"] = {"spec": spec}
     else:
         failed["torch_compile"] = ("not run (--no-compile)" if spec.model.task != "detection" else
@@ -167,7 +171,9 @@ def bench_artifact(record, spec, *, threads: int, rounds: int, number: int, budg
     with tempfile.TemporaryDirectory(prefix="buildsys-bench-") as tmp:
         workdir = Path(tmp)
         torch.set_num_threads(threads)
-        if with_ort:
+        if with_ort and onnx_file:
+            setups["onnxruntime"] = {"onnx": str(spec.model.file_path)}
+        elif with_ort:
             status("onnxruntime: exporting ...")
             module = instantiate(spec.model)
             if spec.model.task == "detection":
@@ -195,9 +201,10 @@ def bench_artifact(record, spec, *, threads: int, rounds: int, number: int, budg
                 sizes, inputs, rounds, number, share)
         finally:
             session.close()
+        reference = "onnxruntime" if onnx_file else "torch_eager"  # whose outputs the others are compared with
         for size in sizes:
             timed = per_size[size]
-            expected = _load_outputs(session.outputs.get(("torch_eager", size)))
+            expected = _load_outputs(session.outputs.get((reference, size)))
             for name in dict.fromkeys([*setups, *failed]):
                 entry = timed[name] = {"error": failed[name]} if name in failed else timed.get(name, {})
                 if name in session.info:  # a runner that failed later keeps what its process was
@@ -207,12 +214,13 @@ def bench_artifact(record, spec, *, threads: int, rounds: int, number: int, budg
                 if name in failed:
                     continue
                 got = _load_outputs(session.outputs.get((name, size)))
-                if name != "torch_eager" and expected is not None and got is not None:
+                if name != reference and expected is not None and got is not None:
                     if final_outputs:  # detections compared by match, not by position (parity.matched_outputs)
                         from buildsys.pipeline.parity import matched_outputs
 
                         got = matched_outputs(expected, got, int(final_outputs))
-                    entry["max_rel_vs_eager"] = _max_rel(expected, got)
+                    entry["max_rel_vs_eager" if reference == "torch_eager" else "max_rel_vs_onnxruntime"] = \
+                        _max_rel(expected, got)
             result.batches.append({"batch": size, "runners": timed})
         result.number = min([result.number, *session.numbers]) if session.numbers else result.number
     shown = spec.batch.opt if spec.batch.opt in sizes else sizes[0]

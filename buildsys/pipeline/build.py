@@ -30,7 +30,7 @@ from buildsys.platforms import elf_header
 from buildsys.pipeline import sources
 from buildsys.pipeline.keys import build_key, entry_key
 from buildsys.pipeline.parity import compare_detector_outputs, compare_outputs, flatten_outputs, worst_parity
-from buildsys.pipeline.samples import export_examples, input_description, sample_inputs
+from buildsys.pipeline.samples import input_description, sample_inputs
 from buildsys.pipeline.verification import board_for, run_checks
 from buildsys.config.toolchain import toolchain_for, toolchain_versions
 from buildsys.format.versions import runtime_versions
@@ -107,7 +107,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     import torch
 
     from buildsys.compiler.compile import compile_model
-    from buildsys.pipeline.importers import export_model
+    from buildsys.pipeline.importers import import_model
     from buildsys.models import instantiate
     from buildsys.runtime.ffi import outputs_to_numpy, to_device
     from buildsys.runtime.loader import load_executable
@@ -115,23 +115,33 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
     staging_dir = Path(staging)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    # Everything the model loads while it is made, exported and run is recorded: its key covers it.
-    with sources.recording(spec.model.source, skip_dirs=[staging, *([store_root] if store_root else [])]) as recorder:
+
+    def make_model(model):
         try:
-            module = instantiate(spec.model)
+            module = instantiate(model)
         except BuildError as exc:  # say where the model is defined
             raise BuildError(f"{model_origin(spec, 'weights' if exc.stage == 'weights' else 'source')}: {exc}",
                              key=key, stage=exc.stage) from None
         timings["model_s"] = time.perf_counter() - start
+        return module
 
-        exported = export_model(module, export_examples(spec), spec.model.task, spec.batch, on_stage=stage)
+    # Everything the model loads while it is made, exported and run is recorded: its key covers it
+    # (a model file is its own source: the file and its external data, nothing else).
+    with sources.recording(spec.model.source, skip_dirs=[staging, *([store_root] if store_root else [])]) as recorder:
+        try:
+            exported = import_model(spec, on_stage=stage, instantiate=make_model)
+        except BuildError as exc:
+            if exc.key is not None or not spec.model.file_kind:
+                raise
+            raise BuildError(f"{model_origin(spec)}: {exc.detail}", key=key, stage=exc.stage) from None
         timings["export_s"], timings["import_s"] = exported.seconds_export, exported.seconds_import
-        checked = {}  # batch size -> (inputs, PyTorch's outputs): parity at each (a range: min, opt, max)
+        checked = {}  # batch size -> (inputs, the reference's outputs): parity at each (a range: min, opt, max)
         with torch.no_grad():
             for size in spec.batch.parity_sizes:
                 inputs = sample_inputs(spec, size)
                 checked[size] = (inputs, flatten_outputs(exported.reference(*inputs)))
-    dependencies = recorder.dependencies()
+    dependencies = (sources.model_file_dependencies(spec.model.file_path) if spec.model.file_kind
+                    else recorder.dependencies())
     material = {**material, "sources": sources.sources_digest(dependencies)}
     if build_key(material) != key:  # the plan predicted other sources (first build here, or an edit since)
         key = build_key(material)
@@ -203,6 +213,7 @@ def build_artifact(spec: BuildSpec, key: str, material: Mapping, staging: str,
         manifest["parity"]["batches"] = {str(size): {"max_abs": p.max_abs, "max_rel": p.max_rel, "passed": p.passed}
                                          for size, p in by_batch.items()}
     manifest["latency"]["batch"] = timed
+    manifest["latency"]["reference"] = exported.reference_runtime  # torch_eager_ms is its time
     metrics = _metrics(parity, timings, artifact_ms, eager_ms, verification.get("emulated_ms"))
     return BuildOutcome(key=key, staged={LIBRARY_NAME: str(library), PARAMS_NAME: str(staging_dir / PARAMS_NAME)},
                         manifest=manifest, metrics=metrics, material=dict(material), dependencies=dependencies)
@@ -279,6 +290,7 @@ def _manifest(spec: BuildSpec, key: str, material: Mapping, made: _Made, parity,
         "parity": {**(parity.to_dict() if parity is not None else
                       {"max_abs": None, "max_rel": None, "outputs": len(outputs), "tolerance": spec.model.tolerance,
                        "passed": None, "not_verified": verification.get("reason")}),
+                   "reference": exported.reference_runtime,
                    "input": input_description(spec), "batch_sizes": list(spec.batch.parity_sizes)},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "latency": latency,
@@ -356,15 +368,13 @@ def tune_entry(spec: BuildSpec, store: Store, registry, entry_key: str,
                on_progress: Callable[[dict], None] | None = None, on_stage: Callable[[str], None] | None = None):
     """Export the entry and tune what its target's database lacks; the database is
     then recorded in the registry. Returns the tuning report."""
-    from buildsys.pipeline.importers import export_model
-    from buildsys.models import instantiate
+    from buildsys.pipeline.importers import import_model
     from buildsys.compiler.tuning import tune
     from buildsys.compiler.tuning_db import TuningDatabase
 
     stage = on_stage or (lambda _name: None)
     stage("export")
-    module = instantiate(spec.model)
-    exported = export_model(module, export_examples(spec), spec.model.task, spec.batch, on_stage=stage)
+    exported = import_model(spec, on_stage=stage)
     stage("tune")
     database = TuningDatabase(store.root, spec.target, toolchain_versions()["tvm"])
     report = tune(exported.mod, spec, database, entry_key, on_progress)

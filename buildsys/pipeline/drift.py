@@ -20,7 +20,6 @@ from buildsys.config.spec import BuildSpec
 from buildsys.errors import BuildsysError
 from buildsys.pipeline import isolation
 from buildsys.pipeline.build import exported_digests
-from buildsys.pipeline.samples import export_examples
 from buildsys.format.status import Action
 from buildsys.pipeline.jobs import Job
 
@@ -68,16 +67,14 @@ def find_drift(entries: list[Job], store: Store, registry,
 def _current_digests(spec: BuildSpec) -> dict:
     """The entry's model exported now, as ``exported_digests`` (what the model prints goes to
     stderr: stdout may be carrying a JSON document)."""
-    from buildsys.pipeline.importers import export_model
-    from buildsys.models import instantiate
+    from buildsys.pipeline.importers import import_model
 
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            return exported_digests(export_model(instantiate(spec.model), export_examples(spec), spec.model.task,
-                                                         spec.batch))
+            return exported_digests(import_model(spec))
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

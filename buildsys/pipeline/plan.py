@@ -102,7 +102,7 @@ def _check_sources(specs: list[BuildSpec]) -> None:
     checked = set()
     for spec in specs:
         model = spec.model
-        if (model.source, model.config_dir) in checked:
+        if model.file_kind or (model.source, model.config_dir) in checked:  # files: checked when read
             continue
         checked.add((model.source, model.config_dir))
         file, _, line = (model.source_origin or spec.origin).rpartition(":")
@@ -116,7 +116,9 @@ def _with_sources(spec: BuildSpec, store: Store, entry_key: str, material: Mappi
     they are model code; nothing for torchvision's models); the builder records the truth and
     keys the artifact by it."""
     deps = sources.read_depfile(store.root, entry_key, spec.model.config_dir)
-    if deps is None:
+    if deps is None and spec.model.file_kind:
+        digest, changed = sources.sources_digest(_file_sources(spec)), ""
+    elif deps is None:
         predicted = sources.predict_dependencies(spec.model.source, [spec.model.config_dir])
         digest, changed = sources.sources_digest(predicted), ""
     else:
@@ -125,6 +127,16 @@ def _with_sources(spec: BuildSpec, store: Store, entry_key: str, material: Mappi
         changed = sources.describe_changes(check.changes)
     material = {**material, "sources": digest}
     return build_key(material), material, changed
+
+
+def _file_sources(spec: BuildSpec) -> list:
+    """A model file's dependencies, hashed at planning (exactly what the builder records)."""
+    try:
+        return sources.model_file_dependencies(spec.model.file_path)
+    except BuildError as exc:
+        file, _, line = (spec.model.source_origin or spec.origin).rpartition(":")
+        raise ConfigError(exc.detail, file=file or None, line=int(line) if line.isdigit() else None,
+                          field=f"models.{spec.model.name}.source") from None
 
 
 def plan_builds(specs: Iterable[BuildSpec], registry, store: Store, *, force: bool = False,

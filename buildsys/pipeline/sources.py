@@ -596,6 +596,28 @@ def predict_dependencies(source: str, search_path: Iterable[str]) -> list[Depend
     return deps
 
 
+def model_file_dependencies(path: str | os.PathLike) -> list[Dependency]:
+    """A model file source (config/modelfiles.py) as the key sees it: the file and, for ONNX, the
+    external-data files its weights are in, by content (streamed: files of hundreds of MB)."""
+    from buildsys.config.modelfiles import file_kind, read_onnx_file
+    from buildsys.errors import BuildError
+
+    path = str(path)
+    files = [path]
+    if file_kind(path) == "onnx":
+        try:
+            files += read_onnx_file(path).external_data
+        except ConfigError as exc:
+            raise BuildError(exc.message, stage="model") from None
+    deps = []
+    for name in files:
+        dep = _file_dependency("data", os.path.basename(name), name)
+        if dep is None:
+            raise BuildError(f"cannot read the model file {name}", stage="model")
+        deps.append(dep)
+    return deps
+
+
 def describe_changes(changes: Iterable[str], limit: int = 3) -> str:
     changes = list(changes)
     text = ", ".join(changes[:limit])

@@ -19,10 +19,11 @@ class RunResult:
     detections: Any = None  # ... and what the detector found in it
 
 
-def run_artifact(ref: str, registry, store, *, threads: int | None = None, input_path: str | None = None,
+def run_artifact(ref: str, registry, store, *, threads: int | None = None, input_paths: tuple[str, ...] = (),
                  image_path: str | None = None, seed: int = 0, score_threshold: float = 0.9,
                  max_detections: int = 100) -> RunResult:
-    """Load ``ref`` and run it on a photo (detectors), a .npy array, or a seeded random input."""
+    """Load ``ref`` and run it on a photo (detectors), .npy arrays (one per input, in the signature's
+    order or as NAME=PATH), or a seeded random input."""
     import numpy as np
 
     from buildsys.runtime import load_artifact
@@ -40,14 +41,22 @@ def run_artifact(ref: str, registry, store, *, threads: int | None = None, input
         return RunResult(predictor, loaded - start, (time.perf_counter() - loaded) * 1e3, image=image,
                          detections=detections)
     signature = predictor.signature
-    if input_path:
+    positional, named = [], {}
+    for given in input_paths:
+        name, sep, path = given.partition("=")
+        if not sep:
+            name, path = None, given
         try:
-            inputs = [np.load(input_path, allow_pickle=False)]
+            array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--input {input_path}: not a .npy array ({exc})") from None
-    else:
-        inputs = signature.sample(signature.batch_min, seed)
-    outputs = predictor.run(*inputs)  # InputError (exit 2) names what does not fit
+            raise UsageError(f"--input {given}: not a .npy array ({exc})") from None
+        if name is None:
+            positional.append(array)
+        else:
+            named[name] = array
+    if not input_paths:
+        positional = list(signature.sample(signature.batch_min, seed))
+    outputs = predictor.run(*positional, **named)  # InputError (exit 2) names what does not fit
     return RunResult(predictor, loaded - start, (time.perf_counter() - loaded) * 1e3, outputs=outputs)
 
 

@@ -41,6 +41,7 @@ def test_the_slow_tier_covers_every_full_size_detector():
 def matrix(tmp_path_factory):
     """builds.yaml's full-size detectors on `llvm` (what make build-all builds), in a fresh store."""
     root = tmp_path_factory.mktemp("full-size")
+    (root / "models").symlink_to(ROOT / "models")  # the model files builds.yaml names (make onnx-models)
     ws = Workspace(root, (ROOT / "builds.yaml").read_text())
     only = [arg for name in FULL_SIZE_DETECTORS for arg in ("--only", f"model={name}")]
     code = ws.cli("build", *only, "--only", "target=llvm", "--progress", "plain")

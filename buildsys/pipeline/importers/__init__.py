@@ -2,6 +2,10 @@
 
 - classification: ``torch.export`` (torch_export.py)
 - detection: ONNX (onnx_route.py), which keeps NMS, RoIAlign and top-k inside the VM
+- model files named by ``source:``: ``.onnx`` and ``.pt2`` (model_files.py)
+
+``import_model`` is how every command that imports a model (build, tune, ``plan --deep``,
+``build --check-repro``) gets it from its spec: one way to resolve a source.
 """
 
 from typing import Callable
@@ -29,4 +33,23 @@ def export_model(module, examples: tuple, task: str, batch: Batch = STATIC_1,
     return export_classifier(module, examples, batch, on_import)
 
 
-__all__ = ["ExportedModel", "export_model", "ROUTES"]
+def import_model(spec, on_stage: Callable[[str], None] | None = None, instantiate=None) -> ExportedModel:
+    """The entry's model as Relax: a model file through its route, a Python source made by
+    ``instantiate`` (``buildsys.models.instantiate`` unless given) and exported."""
+    from buildsys.pipeline.samples import export_examples
+
+    on_import = (lambda: on_stage("import")) if on_stage is not None else (lambda: None)
+    kind = spec.model.file_kind
+    if kind == "onnx":
+        from buildsys.pipeline.importers.model_files import import_onnx_file
+        return import_onnx_file(spec, on_import)
+    if kind == "pt2":
+        from buildsys.pipeline.importers.model_files import import_pt2_file
+        return import_pt2_file(spec, on_import)
+    if instantiate is None:
+        from buildsys.models import instantiate
+    return export_model(instantiate(spec.model), export_examples(spec), spec.model.task, spec.batch,
+                        on_stage=on_stage)
+
+
+__all__ = ["ExportedModel", "export_model", "import_model", "ROUTES"]

@@ -32,7 +32,7 @@ from buildsys.pipeline.importers.torch_export import ExportedModel
 
 OPSET = 17
 INPUT_NAME = "input0"
-SMALL_INITIALIZER = 16  # elements; see _initializers_as_constants
+SMALL_INITIALIZER = 16  # elements; see initializers_as_constants
 
 
 def _detector_wrapper(model):
@@ -154,7 +154,7 @@ def _flatten(value, suffix=""):
     return pairs
 
 
-def _initializers_as_constants(model) -> None:
+def initializers_as_constants(model) -> None:
     """Cures ``Reshape requires the input new shape to be Shape. However, the given
     one is relax.TensorType`` when weights are kept as inputs.
 
@@ -179,7 +179,7 @@ def _initializers_as_constants(model) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_native_output():
+def quiet_native_output():
     """Silence what native code writes to file descriptors 1 and 2 (Python's own streams too)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -196,14 +196,32 @@ def _quiet_native_output():
                 os.close(fd)
 
 
-def export_detector(module, example, on_import=lambda: None) -> ExportedModel:
-    import onnx
-    import onnxsim
-    import torch
+def import_onnx_graph(graph, shape_dict: dict, dtype_dict: dict | None = None, what: str = ""):
+    """An ONNX ModelProto into Relax, weights as parameters (``initializers_as_constants``, the
+    importer fixes): (module, the weights as numpy arrays). ``what`` names the model in errors."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     from buildsys.pipeline.importers.onnx_fixes import apply_onnx_importer_fixes
+
+    initializers_as_constants(graph)
+    try:
+        apply_onnx_importer_fixes()
+        mod = from_onnx(graph, shape_dict=shape_dict, keep_params_in_input=True,
+                        **({"dtype_dict": dtype_dict} if dtype_dict else {}))
+        mod, params = relax.frontend.detach_params(mod)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"Relax ONNX import{what} failed: {type(exc).__name__}: {str(exc)[:2000]}",
+                         stage="import") from None
+    return mod, [p.numpy() for p in params.get("main", [])]
+
+
+def export_detector(module, example, on_import=lambda: None) -> ExportedModel:
+    import onnx
+    import onnxsim
+    import torch
 
     wrapper = _detector_wrapper(module)
     start = time.perf_counter()
@@ -214,25 +232,16 @@ def export_detector(module, example, on_import=lambda: None) -> ExportedModel:
             torch.onnx.export(wrapper, (example,), buffer, dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], do_constant_folding=True)
         graph = onnx.load_from_string(buffer.getvalue())
-        with _quiet_native_output():  # onnxsim's C++ prints a line per op it cannot fold
+        with quiet_native_output():  # onnxsim's C++ prints a line per op it cannot fold
             graph, ok = onnxsim.simplify(graph, check_n=0)
     except Exception as exc:
         raise BuildError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="export") from None
     if not ok:
         raise BuildError("onnxsim could not validate the simplified graph", stage="export")
-    _initializers_as_constants(graph)
     exported = time.perf_counter()
     on_import()
-    try:
-        apply_onnx_importer_fixes()
-        mod = from_onnx(graph, shape_dict={INPUT_NAME: list(example.shape)}, keep_params_in_input=True)
-        mod, params = relax.frontend.detach_params(mod)
-    except BuildError:
-        raise
-    except Exception as exc:
-        raise BuildError(f"Relax ONNX import failed: {type(exc).__name__}: {str(exc)[:2000]}",
-                         stage="import") from None
-    return ExportedModel(mod=mod, params=[p.numpy() for p in params.get("main", [])], route="onnx",
+    mod, params = import_onnx_graph(graph, {INPUT_NAME: list(example.shape)})
+    return ExportedModel(mod=mod, params=params, route="onnx",
                          seconds_export=exported - start, seconds_import=time.perf_counter() - exported,
                          reference=wrapper, output_names=wrapper.output_names,
                          details={"onnx_nodes": len(graph.graph.node), "opset": OPSET},

@@ -29,14 +29,11 @@ class ExportedModel:
     output_names: list[str] | None = None
     details: dict = field(default_factory=dict)
     detection: dict | None = None  # detectors: how outputs map back to the image (see runtime.detections)
+    reference_runtime: str = "PyTorch"  # what ``reference`` runs on: parity and the latency estimate name it
 
 
 def export_classifier(module, examples: tuple, batch=None, on_import=lambda: None) -> ExportedModel:
     import torch
-    from tvm import relax
-    from tvm.relax.frontend.torch import from_exported_program
-
-    from buildsys.pipeline.importers import fixes
 
     dynamic = None
     if batch is not None and batch.dynamic:
@@ -52,6 +49,17 @@ def export_classifier(module, examples: tuple, batch=None, on_import=lambda: Non
                if dynamic else "")
         raise BuildError(f"torch.export failed{why}: {type(exc).__name__}: {str(exc)[:2000]}",
                          stage="export") from None
+    return import_program(program, module, start, on_import)
+
+
+def import_program(program, reference, start: float, on_import=lambda: None,
+                   route: str = "torch.export") -> ExportedModel:
+    """An ``ExportedProgram`` into Relax, its weights detached; ``start`` is when exporting began."""
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from buildsys.pipeline.importers import fixes
+
     exported = time.perf_counter()
     on_import()
     try:
@@ -60,6 +68,6 @@ def export_classifier(module, examples: tuple, batch=None, on_import=lambda: Non
         mod = fixes.apply_torch_importer_fixes(mod)
     except Exception as exc:
         raise BuildError(f"Relax import failed: {type(exc).__name__}: {str(exc)[:2000]}", stage="import") from None
-    return ExportedModel(mod=mod, params=[p.numpy() for p in params.get("main", [])], route="torch.export",
+    return ExportedModel(mod=mod, params=[p.numpy() for p in params.get("main", [])], route=route,
                          seconds_export=exported - start, seconds_import=time.perf_counter() - exported,
-                         reference=module)
+                         reference=reference)
