@@ -45,7 +45,7 @@ build-aarch64: $(STAMP) cross-deps
 	$(BIN)/buildsys -c builds.aarch64.yaml build $(BUILD_ARGS)
 
 ## Fast default test run: unit tests plus small model builds (the slow tier is deselected).
-test: $(STAMP) cross-deps
+test: $(STAMP) cross-deps onnx-models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Everything: the fast run plus the slow tier (every full-size detector of builds.yaml with parity).
