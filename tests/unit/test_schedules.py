@@ -237,6 +237,48 @@ def _weight_module(k: int, n: int, transposed: bool, epilogue: bool, lead: tuple
     return bb.get()
 
 
+def _flattened_tokens_module(k: int, n: int):
+    """main(x: [batch, 16, k]) reshaped to [batch * 16, k] rows before a dense layer: a text encoder's
+    tokens, whose row count is an expression of the batch, not a variable."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([batch, 16, k], "float32"))
+    w = relax.Var("w", relax.TensorType([n, k], "float32"))
+    b = relax.Var("b", relax.TensorType([n], "float32"))
+    with bb.function("main", [x, w, b], attrs={"num_input": 1}):
+        with bb.dataflow():
+            rows = bb.emit(relax.op.reshape(x, [batch * 16, k]))
+            y = bb.emit(relax.op.add(relax.op.matmul(rows, relax.op.permute_dims(w)), b))
+            out = bb.emit_output(relax.op.reshape(y, [batch, 16, n]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_a_row_count_that_is_an_expression_reaches_the_packed_kernel_as_a_variable():
+    """With rows = batch * 16 inside the kernel its tiles could not be shown whole: it ran 60x slower
+    (4 x 128 x 768 x 768, AVX2: 348 ms against 5.8). The kernel gets a variable, the result its shape back."""
+    from buildsys.compiler.compile import compile_for_target
+    from buildsys.compiler.schedules import pack_weights
+
+    packed, count = pack_weights(_flattened_tokens_module(64, 32), lanes=8)
+    assert count == 1
+    calls = [b.value for block in packed["main"].body.blocks for b in block.bindings
+             if isinstance(b.value, relax.Call) and "matmul_packed" in str(b.value.args[0])]
+    assert len(calls) == 1
+    kernel = packed[calls[0].args[0]]  # the PrimFunc: its rows come from its input buffer's shape
+    rows = kernel.params[0].shape[-2]
+    assert isinstance(rows, tvm.tirx.Var), rows
+
+    compiled = compile_for_target(_flattened_tokens_module(64, 32), {"kind": "llvm"})
+    assert "matmul_packed" in " ".join(compiled.default_scheduled) and compiled.transforms_params
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    rng = np.random.default_rng(2)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((3, 16, 64), (32, 64), (32,)))
+    params = vm["main_transform_params"]([tvm.runtime.tensor(w), tvm.runtime.tensor(b)])
+    out = vm["main"](tvm.runtime.tensor(x), *[params[i] for i in range(len(params))])
+    np.testing.assert_allclose(out.numpy(), x @ w.T + b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("mcpu, k, n, transposed, epilogue, lead", [
     (None, 33, 91, True, True, ()),  # SSE: 4 lanes; 91: a 13-wide panel; k odd
     ("x86-64-v3", 257, 91, True, False, ()),  # AVX2

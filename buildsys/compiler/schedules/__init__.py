@@ -32,7 +32,7 @@ from buildsys.compiler.schedules.reduction import schedule_plane_sum
 
 __all__ = ["RULE_NAME", "RULES", "apply_default_schedules", "pack_weights", "vector_lanes"]
 
-RULE_NAME = "buildsys.CPUMatmul/6"  # recorded in the manifest; bump when a schedule changes
+RULE_NAME = "buildsys.CPUMatmul/7"  # recorded in the manifest; bump when a schedule changes
 
 # In order: the first rule that takes a kernel schedules it (each returns None for a kernel it is not for).
 RULES = (schedule_packed_matmul, schedule_packed_conv2d, schedule_depthwise_conv2d, schedule_plane_sum,
