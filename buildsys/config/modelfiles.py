@@ -33,6 +33,8 @@ FILE_SUFFIXES = (ONNX_SUFFIX, PT2_SUFFIX)
 MAX_PROTOBUF_BYTES = (2 << 30) - 1  # protobuf's own limit: larger models keep their weights as external data
 MAX_DEPTH = 32  # subgraphs inside subgraphs
 MAX_NODES = 1_000_000
+MAX_VALUES = 1_000_000  # graph inputs, outputs and initializers, subgraphs' included: each is kept in memory
+MAX_FIELDS = 50_000_000  # protobuf fields visited in all (about 30 s): 2 GiB of two-byte fields would take 10 min
 MAX_PT2_MEMBERS = 100_000
 MAX_PT2_BYTES = 64 << 30  # uncompressed, all members
 # ONNX TensorProto.DataType -> the signature's dtype (format/signature.py DTYPES); others are named
@@ -84,7 +86,10 @@ def file_kind(source: str) -> str | None:
 
 
 def resolve_model_file(source: str, base_dir: str | os.PathLike) -> Path:
-    """The absolute path of a file source (relative ones are relative to builds.yaml's folder)."""
+    """The absolute path of a file source (relative ones are relative to builds.yaml's folder);
+    ModelFileError for a path no file can have (a NUL byte)."""
+    if "\0" in source:
+        raise ModelFileError(f"{source!r}: a path cannot hold a NUL byte")
     return (Path(base_dir or ".") / os.path.expanduser(source)).resolve()
 
 
@@ -108,11 +113,15 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf, start: int, end: int):
+def _fields(buf, start: int, end: int, budget: list):
     """(field number, wire type, value) of one message: value is an int (varint, fixed) or the
-    (start, end) of a length-delimited field, checked to lie inside the message."""
+    (start, end) of a length-delimited field, checked to lie inside the message. ``budget`` is
+    the one-element list of fields the whole file may still have (MAX_FIELDS)."""
     pos = start
     while pos < end:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Malformed(f"more than {MAX_FIELDS} protobuf fields")
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
@@ -142,27 +151,27 @@ def _text(buf, span) -> str:
         raise _Malformed(f"a name at byte {span[0]} is not UTF-8") from None
 
 
-def _value_info(buf, span) -> FileInput:
+def _value_info(buf, span, budget) -> FileInput:
     name, dims, dtype = "", (), "unknown"
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in _fields(buf, *span, budget):
         if number == 1 and wire == 2:
             name = _text(buf, value)
         elif number == 2 and wire == 2:  # TypeProto
-            for n2, w2, v2 in _fields(buf, *value):
+            for n2, w2, v2 in _fields(buf, *value, budget):
                 if n2 == 1 and w2 == 2:  # tensor_type
-                    for n3, w3, v3 in _fields(buf, *v2):
+                    for n3, w3, v3 in _fields(buf, *v2, budget):
                         if n3 == 1 and w3 == 0:
                             dtype = ELEM_TYPES.get(v3, f"type {v3}")
                         elif n3 == 2 and w3 == 2:
-                            dims = tuple(_dimension(buf, v4) for n4, w4, v4 in _fields(buf, *v3) if n4 == 1 and w4 == 2)
+                            dims = tuple(_dimension(buf, v4, budget) for n4, w4, v4 in _fields(buf, *v3, budget) if n4 == 1 and w4 == 2)
     return FileInput(name, dims, dtype)
 
 
-def _dimension(buf, span):
+def _dimension(buf, span, budget):
     dim = None
-    for number, wire, value in _fields(buf, *span):
-        if number == 1 and wire == 0:
-            dim = value if value > 0 else None
+    for number, wire, value in _fields(buf, *span, budget):
+        if number == 1 and wire == 0:  # an int64: a negative one (-1 for "dynamic" in some tools) is open
+            dim = value if 0 < value < 1 << 63 else None
         elif number == 2 and wire == 2:
             dim = _text(buf, value) or None
     return dim
@@ -173,6 +182,13 @@ class _GraphWalk:
         self.buf, self.model_dir = buf, model_dir
         self.nodes: list[OnnxNode] = []
         self.external: dict[str, None] = {}
+        self.budget = [MAX_FIELDS]
+        self.values = 0  # graph inputs, outputs, initializers (MAX_VALUES)
+
+    def _value(self):
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise _Malformed(f"more than {MAX_VALUES} graph inputs, outputs and initializers")
 
     def graph(self, span, path: str, depth: int):
         """(inputs, outputs, initializer names) of a GraphProto; nodes and external data collected."""
@@ -180,17 +196,20 @@ class _GraphWalk:
             raise _Malformed(f"subgraphs nested deeper than {MAX_DEPTH}")
         buf = self.buf
         inputs, outputs, initializers = [], [], set()
-        for number, wire, value in _fields(buf, *span):
+        for number, wire, value in _fields(buf, *span, self.budget):
             if wire != 2:
                 continue
             if number == 1:
                 self.node(value, path, depth)
             elif number == 5:
+                self._value()
                 initializers.add(self.tensor(value))
             elif number == 11:
-                inputs.append(_value_info(buf, value))
+                self._value()
+                inputs.append(_value_info(buf, value, self.budget))
             elif number == 12:
-                outputs.append(_value_info(buf, value).name)
+                self._value()
+                outputs.append(_value_info(buf, value, self.budget).name)
         return inputs, outputs, initializers
 
     def node(self, span, path: str, depth: int):
@@ -198,7 +217,7 @@ class _GraphWalk:
             raise _Malformed(f"more than {MAX_NODES} nodes")
         op_type = domain = name = ""
         subgraphs = []
-        for number, wire, value in _fields(self.buf, *span):
+        for number, wire, value in _fields(self.buf, *span, self.budget):
             if wire != 2:
                 continue
             if number == 3:
@@ -207,13 +226,15 @@ class _GraphWalk:
                 op_type = _text(self.buf, value)
             elif number == 7:
                 domain = _text(self.buf, value)
-            elif number == 5:  # AttributeProto: g (6), graphs (11)
+            elif number == 5:  # AttributeProto: g (6), graphs (11); t (5), tensors (12) may keep data outside too
                 attribute = ""
-                for n2, w2, v2 in _fields(self.buf, *value):
+                for n2, w2, v2 in _fields(self.buf, *value, self.budget):
                     if n2 == 1 and w2 == 2:
                         attribute = _text(self.buf, v2)
                     elif n2 in (6, 11) and w2 == 2:
                         subgraphs.append((attribute, v2))
+                    elif n2 in (5, 12) and w2 == 2:  # a Constant's value: onnx.load reads its external data
+                        self.tensor(v2)
         self.nodes.append(OnnxNode(op_type, domain, name, path))
         for attribute, sub in subgraphs:
             self.graph(sub, f"{path}/{name or op_type}.{attribute}", depth + 1)
@@ -221,13 +242,13 @@ class _GraphWalk:
     def tensor(self, span) -> str:
         """A TensorProto's name; its external-data file, when it has one, is recorded."""
         name, location, external = "", None, False
-        for number, wire, value in _fields(self.buf, *span):
+        for number, wire, value in _fields(self.buf, *span, self.budget):
             if number == 8 and wire == 2:
                 name = _text(self.buf, value)
             elif number == 14 and wire == 0:
                 external = value == 1
             elif number == 13 and wire == 2:  # StringStringEntryProto
-                entry = {n2: _text(self.buf, v2) for n2, w2, v2 in _fields(self.buf, *value) if w2 == 2}
+                entry = {n2: _text(self.buf, v2) for n2, w2, v2 in _fields(self.buf, *value, self.budget) if w2 == 2}
                 if entry.get(1) == "location":
                     location = entry.get(2, "")
         if external:
@@ -237,6 +258,8 @@ class _GraphWalk:
     def _external_path(self, tensor: str, location: str | None) -> str:
         if not location:
             raise _Malformed(f"initializer {tensor!r} keeps its data outside the file but names no location")
+        if "\0" in location:
+            raise _Malformed(f"initializer {tensor!r} names its data file with a NUL byte: {location!r}")
         relative = Path(location)
         target = (self.model_dir / relative).resolve()
         if relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(self.model_dir.resolve()):
@@ -273,12 +296,12 @@ def read_onnx_file(path: str | os.PathLike, *, file: str | None = None, line: in
         walk = _GraphWalk(buf, path.parent)
         ir_version, opsets, graph = None, {}, None
         try:
-            for number, wire, value in _fields(buf, 0, size):
+            for number, wire, value in _fields(buf, 0, size, walk.budget):
                 if number == 1 and wire == 0:
                     ir_version = value
                 elif number == 8 and wire == 2:
                     domain, version = "", 0
-                    for n2, w2, v2 in _fields(buf, *value):
+                    for n2, w2, v2 in _fields(buf, *value, walk.budget):
                         if n2 == 1 and w2 == 2:
                             domain = _text(buf, v2)
                         elif n2 == 2 and w2 == 0:
@@ -312,6 +335,8 @@ def check_pt2_file(path: str | os.PathLike, *, file: str | None = None, line: in
                               hint="a .pt2 file is what torch.export.save writes")
 
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block open() until a writer comes
+            raise refuse("not a regular file")
         with open(path, "rb") as handle:
             magic = handle.read(4)
     except OSError as exc:

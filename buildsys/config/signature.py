@@ -167,7 +167,11 @@ def inputs_from_file(file_inputs, declared: Any, reader, line: int | None, where
         by_name[name] = (i, raw)
     if not 1 <= len(file_inputs) <= MAX_INPUTS:
         raise reader.error(f"{source} has {len(file_inputs)} inputs; a model has 1..{MAX_INPUTS}", line, where)
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise reader.error(f"{source} names two inputs {twice!r} (not a valid ONNX graph)", line, where)
     inputs, fixed_batch = [], None
+    symbols: dict[str, tuple[int, str]] = {}  # a named open dimension -> the size it got, and where
     for spec in file_inputs:
         index, raw = by_name.get(spec.name, (None, {}))
         at = f"{where}[{index}]" if index is not None else where
@@ -204,6 +208,12 @@ def inputs_from_file(file_inputs, declared: Any, reader, line: int | None, where
                                    f"(its shape {_dims_text(spec.dims)}); give it a size", at_line, where,
                                    hint=f"inputs: [{{name: {spec.name}, shape: {_example_shape(spec.dims)}}}]")
             else:
+                if isinstance(dim, str):  # one name is one size: the graph combines the inputs along it
+                    size, first_use = symbols.setdefault(dim, (want, f"input {spec.name!r} dimension {d}"))
+                    if size != want:
+                        raise reader.error(f"{source} names dimension {d} of input {spec.name!r} {dim!r}, as "
+                                           f"{first_use}; they are declared {want!r} and {size!r}", at_line,
+                                           f"{at}.shape", hint=f"give every {dim!r} dimension one size")
                 shape.append(want)
         merged = {"name": spec.name, "shape": shape, "dtype": spec.dtype,
                   **({"range": raw["range"]} if "range" in raw else {})}

@@ -357,7 +357,10 @@ def _model_file_inputs(source: str, kind: str, raw: LocatedDict, reader: _Reader
     if task == "detection":
         raise reader.error("a detector is built from its Python source (the ONNX route wraps its outputs); "
                            "a model file builds as a classifier-like model", raw.line_of("task"), f"{where}.task")
-    path = modelfiles.resolve_model_file(source, base_dir)
+    try:
+        path = modelfiles.resolve_model_file(source, base_dir)
+    except modelfiles.ModelFileError as exc:
+        raise reader.error(exc.message, at, f"{where}.source") from None
     options = {"file": reader.filename, "line": at, "field_name": f"{where}.source"}
     if kind == "pt2":
         modelfiles.check_pt2_file(path, **options)

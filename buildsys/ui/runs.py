@@ -47,8 +47,13 @@ def run_artifact(ref: str, registry, store, *, threads: int | None = None, input
         if not sep:
             name, path = None, given
         try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            # mapped, not read: a header declaring more bytes than the file has is refused before any
+            # allocation (a 300 GiB shape in a 100-byte file made np.load raise MemoryError)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if not isinstance(array, np.ndarray):  # an .npz archive, whatever its name: a dict of arrays
+                raise ValueError(f"a {type(array).__name__}, not one array; save one with numpy.save")
+            array = np.array(array)
+        except (OSError, ValueError, MemoryError) as exc:
             raise UsageError(f"--input {given}: not a .npy array ({exc})") from None
         if name is None:
             positional.append(array)

@@ -125,17 +125,22 @@ def test_a_file_over_protobufs_limit_is_refused_before_reading(tmp_path, monkeyp
         modelfiles.read_onnx_file(path)
 
 
+def _set_location(path, location):
+    """Every initializer of the file at ``path`` points its external data at ``location``."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(path))
+
+
 def test_external_data_outside_the_models_folder_or_missing_is_refused(tmp_path):
     path = _encoder_like(tmp_path / "m.onnx", external=True)
     (tmp_path / "m.onnx.data").unlink()
     with pytest.raises(modelfiles.ModelFileError, match="external data file .* is missing"):
         modelfiles.read_onnx_file(path)
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../../etc/passwd"
-    onnx.save(model, str(path))
+    _set_location(path, "../../etc/passwd")
     with pytest.raises(modelfiles.ModelFileError, match="points outside the model's folder"):
         modelfiles.read_onnx_file(path)
 
@@ -229,3 +234,113 @@ def test_the_key_follows_the_files_content_and_its_external_data(tmp_path):
     data.write_bytes(before)
     os.utime(path)  # the graph file touched, its content the same
     assert key() == first
+
+
+# ---------------------------------------------------------------- review findings (attack26)
+
+
+def test_nul_bytes_in_a_source_or_an_external_data_location_are_config_errors(tmp_path):
+    # os.path.realpath raised ValueError (a traceback, exit 1) for both
+    with pytest.raises(ConfigError, match="cannot hold a NUL byte") as caught:
+        _specs(tmp_path, 'source: "m\\0x.onnx"\n')
+    assert caught.value.line == 3 and caught.value.field == "models.m.source"
+    path = _encoder_like(tmp_path / "m.onnx", external=True)
+    _set_location(path, "a\0b.data")
+    with pytest.raises(modelfiles.ModelFileError, match="NUL byte"):
+        modelfiles.read_onnx_file(path)
+
+
+def _constant_with_external_value(path, location):
+    value = TensorProto(name="c", data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
+    value.external_data.add(key="location", value=location)
+    graph = helper.make_graph([helper.make_node("Constant", [], ["w"], value=value, name="const"),
+                               helper.make_node("Add", ["x", "w"], ["y"], name="add")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])])
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+def test_a_constants_external_data_is_checked_and_in_the_key(tmp_path):
+    # only initializers were walked: a Constant node's value kept outside the file (onnx.load reads
+    # it) was neither confined to the model's folder nor part of the key (an edit left plan "cached")
+    (tmp_path / "c.bin").write_bytes(np.ones(2, np.float32).tobytes())
+    info = modelfiles.read_onnx_file(_constant_with_external_value(tmp_path / "m.onnx", "c.bin"))
+    assert info.external_data == (str(tmp_path / "c.bin"),)
+    with pytest.raises(modelfiles.ModelFileError, match="points outside the model's folder"):
+        modelfiles.read_onnx_file(_constant_with_external_value(tmp_path / "m.onnx", "../c.bin"))
+
+
+def test_many_graph_inputs_or_fields_are_bounded(tmp_path, monkeypatch):
+    # 10 MB of empty graph inputs (two bytes each) took 640 MB and 10 s: 2 GiB would exhaust memory
+    empty_inputs = b"\x5a\x00" * 1000
+    path = tmp_path / "inputs.onnx"
+    path.write_bytes(b"\x08\x08\x3a" + bytes([0xd0, 0x0f]) + empty_inputs)  # graph: 2000 bytes
+    monkeypatch.setattr(modelfiles, "MAX_VALUES", 100)
+    with pytest.raises(modelfiles.ModelFileError, match="more than 100 graph inputs"):
+        modelfiles.read_onnx_file(path)
+    monkeypatch.setattr(modelfiles, "MAX_VALUES", 10_000)
+    monkeypatch.setattr(modelfiles, "MAX_FIELDS", 500)
+    with pytest.raises(modelfiles.ModelFileError, match="more than 500 protobuf fields"):
+        modelfiles.read_onnx_file(path)
+
+
+def test_a_negative_dimension_is_open_not_two_to_the_64(tmp_path):
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert modelfiles.read_onnx_file(path).inputs[0].dims == (None, 4)  # was 18446744073709551615
+
+
+def test_a_pt2_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "p.pt2"
+    os.mkfifo(fifo)  # open() waited for a writer forever
+    with pytest.raises(modelfiles.ModelFileError, match="not a regular file"):
+        modelfiles.check_pt2_file(fifo)
+
+
+@pytest.mark.parametrize("model_lines, message", [
+    # the same symbolic dimension given two sizes: the graph adds the inputs, the build failed late
+    ("source: enc.onnx\ninputs:\n  - {name: input_ids, shape: [batch, 8], range: [0, 3]}\n"
+     "  - {name: attention_mask, shape: [batch, 16]}\n", "'sequence', as input 'input_ids' dimension 1"),
+    ("source: twice.onnx\ninputs:\n  - {name: x, shape: [batch, 4]}\n", "names two inputs 'x'"),
+])
+def test_inputs_the_file_ties_together_cannot_be_declared_apart(tmp_path, model_lines, message):
+    _encoder_like(tmp_path / "enc.onnx")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])] * 2,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    (tmp_path / "twice.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    with pytest.raises(ConfigError, match=message) as caught:
+        _specs(tmp_path, model_lines)
+    assert caught.value.file == str(tmp_path / "builds.yaml")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("header_bomb", "mmap length is greater than file size"),  # was numpy's MemoryError, a traceback
+    ("npz", "NpzFile, not one array"),  # was "input 'x' takes float32, got <U1"
+    ("pickled", "Object arrays cannot be loaded|can't be memory-mapped"),
+])
+def test_run_input_refuses_arrays_it_cannot_map(tmp_path, monkeypatch, kind, message):
+    import buildsys.runtime
+    from buildsys.errors import UsageError
+    from buildsys.ui.runs import run_artifact
+
+    path = tmp_path / "x.npy"
+    if kind == "header_bomb":  # a 100-byte file whose header declares 373 GiB
+        header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000,), }"
+        header = header.ljust(117) + b"\n"
+        path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 16)
+    elif kind == "npz":
+        with open(path, "wb") as handle:
+            np.savez(handle, x=np.ones((1, 4), np.float32))
+    else:
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    called = []
+    monkeypatch.setattr(buildsys.runtime, "load_artifact",
+                        lambda *a, **k: type("P", (), {"signature": None, "run": lambda *a, **k: called.append(a)})())
+    with pytest.raises(UsageError, match=message):
+        run_artifact("k", None, None, input_paths=(str(path),))
+    assert not called
