@@ -33,6 +33,19 @@ class Target(FrozenDict):
             data["host"] = Target(data["host"])
         super().__init__(data)
 
+    @classmethod
+    def read(cls, value: Any) -> "Target":
+        """A target read back from outside (a registry row, a manifest): ValueError unless it has the
+        normalized form's shape (a mapping with a kind; a CUDA target's arch names and host too)."""
+        if not isinstance(value, Mapping) or not isinstance(value.get("kind"), str):
+            raise ValueError(f"{value!r:.80} is not a target (a mapping with a kind)")
+        if value["kind"] == "cuda":
+            arch = value.get("arch")
+            if not (isinstance(arch, list) and arch and all(isinstance(a, str) for a in arch)):
+                raise ValueError(f"a CUDA target names its architectures, got arch {arch!r:.80}")
+            cls.read(value.get("host"))
+        return cls(value)
+
     def __reduce__(self):  # pickled for the build process: rebuilt through __init__
         return (Target, (thaw(self),))
 

@@ -67,3 +67,23 @@ def test_an_architecture_without_a_row_is_a_target_error():
     assert target.arch == "mips" and target.is_cross("x86_64")
     with pytest.raises(TargetError, match="no platform row for architecture 'mips'"):
         target.platform()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("llvm", "is not a target"), ([1, 2], "is not a target"), ({"nokind": 1}, "is not a target"),
+    ({"kind": "cuda"}, "names its architectures"), ({"kind": "cuda", "arch": ["sm_80"]}, "is not a target"),
+])
+def test_a_target_read_from_outside_is_refused_unless_it_has_the_normalized_shape(value, message):
+    with pytest.raises(ValueError, match=message):
+        Target.read(value)
+    assert Target.read(CUDA) == CUDA and isinstance(Target.read(CUDA).host, Target)
+
+
+def test_a_damaged_target_column_is_a_registry_error_not_a_traceback(tmp_path):
+    from buildsys.artifacts.registry.api import _artifact_record
+    from buildsys.artifacts.registry.tables import Artifact
+    from buildsys.errors import RegistryError
+
+    row = Artifact(key="ab" * 32, target='"llvm"')
+    with pytest.raises(RegistryError, match="artifact abababababab: the registry's target column is damaged"):
+        _artifact_record(row)

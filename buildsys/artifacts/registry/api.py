@@ -21,6 +21,7 @@ from sqlalchemy.orm import selectinload, sessionmaker
 
 from buildsys.errors import RegistryError, UsageError, did_you_mean
 from buildsys.format.status import ArtifactStatus, RunStatus
+from buildsys.format.target import Target
 from buildsys.artifacts.space import remedy
 from buildsys.artifacts.registry.db import (HEAD_REVISION, discard_empty, ensure_schema, make_engine, read_only_engine, retrying,
                                             session_scope, sqlite_storage_problem, storage_refusal, writable_problem)
@@ -106,10 +107,18 @@ class AliasRecord:
     updated_at: datetime
 
 
+def _row_target(row: Artifact) -> Target:
+    try:
+        return Target.read(json.loads(row.target))
+    except ValueError as exc:  # JSONDecodeError too
+        raise RegistryError(f"artifact {row.key[:12]}: the registry's target column is damaged ({exc}); "
+                            "rebuild the entry (`buildsys build --force`) or remove its row") from None
+
+
 def _artifact_record(row: Artifact) -> ArtifactRecord:
     return ArtifactRecord(
         key=row.key, model=row.model, task=row.task, input_size=row.input_size,
-        target=json.loads(row.target), opt_level=row.opt_level,
+        target=_row_target(row), opt_level=row.opt_level,
         disabled_passes=tuple(json.loads(row.disabled_passes)), spec=json.loads(row.spec_json),
         key_material=json.loads(row.key_material_json), toolchain=json.loads(row.toolchain_json),
         manifest_digest=row.manifest_digest, status=row.status, parity_max_abs=row.parity_max_abs,
