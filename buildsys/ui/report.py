@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from buildsys.format.status import ArtifactStatus, RunStatus
-from buildsys.format.target import Target
 from buildsys.errors import BuildsysError
 from buildsys.format.status import Action
 
@@ -123,7 +122,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
             last = registry.runs(entry.key, limit=1)
             runs[entry.key] = last[0] if last else None
         spec = entry.spec
-        foreign = record is not None and Target(record.target).is_cross()  # another architecture: nothing runs here
+        foreign = record is not None and record.target.is_cross()  # another architecture: nothing runs here
         if record is not None:
             status, css = ("built", "") if record.status != ArtifactStatus.UNVERIFIED else ("built, NOT verified", "pending")
             sizes = sum(f.size for f in record.files)
@@ -163,7 +162,7 @@ def build_report(entries, registry, store, *, photo: Path | None = None, photo_b
         if record is not None and record.task == "detection" and photo is not None:
             caption = f"{spec.describe()}"
             if foreign:
-                photos.append((None, f"{caption}: built for {Target(record.target).triple}, not run on this "
+                photos.append((None, f"{caption}: built for {record.target.triple}, not run on this "
                                      f"{platform.machine()} host"))
             elif estimate_s <= photo_budget_s:
                 if not_loadable is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from buildsys.format.target import Target
 
 ARTIFACT_HEADER = ("KEY", "MODEL", "SIZE", "BATCH", "TARGET", "OPT", "STATUS", "MAX_REL", "VS_EAGER", "VS_ORT", "ALIASES")
 BENCH_HEADER = ("ARTIFACT", "EAGER ms", "TVM ms", "TVM/EAGER", "COMPILE ms", "ORT ms", "ORT/EAGER", "TVM/ORT",
@@ -21,7 +20,7 @@ def artifact_row(record) -> tuple[str, ...]:
     estimate = record.metrics.get("ratio_vs_eager")
     shown = _fmt(ratio, ".2f", "x") if ratio is not None else ("-" if estimate is None else f"~{estimate:.1f}x")
     return (record.key[:12], record.model, record.input_size, batch_label(record.spec.get("batch", 1)),
-            Target(record.target).cli(),
+            record.target.cli(),
             f"O{record.opt_level}", record.status, _fmt(record.parity_max_rel, ".1e"), shown,
             _fmt(record.metrics.get("bench_ratio_vs_onnxruntime"), ".2f", "x"), ",".join(record.aliases))
 

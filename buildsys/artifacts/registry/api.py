@@ -47,7 +47,7 @@ class _ArtifactFields:
     model: str
     task: str
     input_size: str
-    target: Mapping[str, Any]
+    target: Target  # read from the row as outside input (Target.read)
     opt_level: int
     disabled_passes: tuple[str, ...]
     spec: Mapping[str, Any]
